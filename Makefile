@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+
+.PHONY: demo test venv venv-test clean
+
+$(VENV)/.runtime-stamp: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test-stamp: requirements.txt requirements-test.txt $(VENV)/.runtime-stamp
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.runtime-stamp
+venv-test: $(VENV)/.test-stamp
+
+demo: $(VENV)/.runtime-stamp
+	$(PY) -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
+
+test: $(VENV)/.test-stamp
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache runs

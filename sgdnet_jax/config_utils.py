@@ -1,0 +1,80 @@
+"""Loading experiment configs: `path/to/config.py[:arg]` plus `--config.a.b=value` overrides.
+
+Mirrors `ml_collections.config_flags` for commands that parse their own arguments.
+"""
+import ast
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `file.py[:arg]` via its `get_config(arg)` and applies `--config.x.y=value` overrides."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist (expected configs/<experiment>.py)")
+  # Configs import `configs.common`: make the folder above `configs/` importable.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config file {path!r} has no get_config(arg) function")
+  config = module.get_config(arg or None)
+  apply_overrides(config, overrides)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]):
+  """Applies `--config.a.b=value` items; the value is parsed as a Python literal when it can be."""
+  items = list(overrides)
+  while items:
+    item = items.pop(0)
+    if not item.startswith("--config."):
+      raise ValueError(f"unexpected argument {item!r} (overrides look like --config.model.num_classes=2)")
+    key, sep, value = item[len("--config."):].partition("=")
+    if not sep:
+      if not items:
+        raise ValueError(f"override {item!r} has no value")
+      value = items.pop(0)
+    set_path(config, key, parse_value(value))
+
+
+def parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+      return lowered == "true"
+    return text
+
+
+def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
+  """Sets `config.a.b = value`, refusing unknown fields (a typo must not pass silently)."""
+  *parents, leaf = dotted.split(".")
+  target = config
+  for index, parent in enumerate(parents):
+    if parent not in target:
+      raise KeyError(f"--config.{dotted}: no field {'.'.join(parents[:index + 1])!r} in the config")
+    target = target[parent]
+  if leaf not in target:
+    raise KeyError(f"--config.{dotted}: no field {dotted!r}; known: {sorted(target.keys())}")
+  current = target[leaf]
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  target[leaf] = value
+
+
+def save_config(config: ml_collections.ConfigDict, path: str):
+  """Writes the resolved config as JSON (the record of what ran)."""
+  with open(path, "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)

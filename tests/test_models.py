@@ -1,0 +1,193 @@
+"""Model structure: exact parameter counts, GMACs, variant shapes, SGDC implementations, Sobel."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from sgdnet_jax import models, summary
+from sgdnet_jax.models import layers, res2net, sgdc, sge, cto
+
+
+def _params(module, *shapes, **kwargs):
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  return jax.eval_shape(lambda *a: module.init(jax.random.PRNGKey(0), *a, **kwargs), *args)
+
+
+@pytest.mark.parametrize("variant,expected", [("sgdnet", 74_006_043), ("cto", 59_773_848)])
+def test_full_model_parameter_counts_match_spec(variant, expected):
+  variables = summary.abstract_variables(models.build(common.model_config(variant, 2)), 256)
+  assert summary.count(variables["params"]) == expected
+
+
+def test_one_class_head_has_65_fewer_parameters_per_predictor():
+  two = summary.abstract_variables(models.build(common.model_config("sgdnet", 2)), 256)
+  one = summary.abstract_variables(models.build(common.model_config("sgdnet", 1)), 256)
+  assert summary.count(two["params"]) - summary.count(one["params"]) == 3 * 65
+
+
+def test_submodule_parameter_counts_match_spec():
+  variables = summary.abstract_variables(models.build(common.model_config("sgdnet", 2)), 256)
+  counts = {name: summary.count(tree) for name, tree in variables["params"].items()}
+  assert counts["resnet"] == 23_669_352
+  assert summary.count(variables["batch_stats"]["resnet"]) == 59_620
+  assert counts["sge"] == 1_916_160
+  assert counts["multi_trans"] == 1_969_152
+  assert counts["head"] == 31_461_586
+  sgdc_counts = {k: summary.count(v) for k, v in variables["params"]["sgdc"].items()}
+  assert sgdc_counts == {"x1": 715_972, "x2": 2_742_468, "x3": 10_727_620}
+  assert [counts[f"dm{i}"] for i in (1, 2, 3)] == [185_605] * 3
+  assert [counts[f"reduce{i}"] for i in (1, 2, 3, 4)] == [16_576, 32_960, 65_728, 131_264]
+
+
+def test_sgdc_standalone_counts():
+  for dim, expected in ((256, 715_972), (512, 2_742_468), (1024, 10_727_620)):
+    variables = _params(sgdc.SGDC(), (1, 8, 8, dim), (1, 8, 8, 16), train=False)
+    assert summary.count(variables["params"]) == expected
+
+
+def test_res2net101_option_builds():
+  config = common.model_config("baseline", 1)
+  config.backbone_depth = 101
+  variables = _params(res2net.Res2Net(101), (1, 64, 64, 3), train=False)
+  # Res2Net-50 plus 17 more layer3 blocks of 1,147,504 parameters each.
+  assert summary.count(variables["params"]) == 23_669_352 + 17 * 1_147_504
+
+
+@pytest.mark.parametrize("variant,paper,tolerance", [("sgdnet", 36.23, 0.01), ("cto", 22.70, 0.02)])
+def test_paper_convention_gmacs(variant, paper, tolerance):
+  module = models.build(common.model_config(variant, 2))
+  variables = summary.abstract_variables(module, 256)
+  gmacs = summary.gmacs_paper(module, variables, module_config := common.model_config(variant, 2), 256)
+  assert abs(gmacs - paper) / paper < tolerance, (variant, gmacs, module_config.variant)
+
+
+@pytest.mark.parametrize("variant", sorted(models.VARIANTS))
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_every_variant_output_shapes(variant, num_classes):
+  module = models.build(common.tiny_model_config(variant, num_classes))
+  images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), images)
+  for train in (False, True):
+    out = jax.eval_shape(
+        lambda v, x: module.apply(v, x, train=train, mutable=["batch_stats"] if train else False,
+                                  rngs={"dropout": jax.random.PRNGKey(1)}), variables, images)
+    out = out[0] if train else out
+    for key in ("o1", "o2", "o3"):
+      assert out[key].shape == (2, 64, 64, num_classes) and out[key].dtype == jnp.float32
+    has_edge = models.VARIANTS[variant].get("edge_branch", "sge") != "none"
+    assert ("edge" in out) == has_edge
+    if has_edge:
+      assert out["edge"].shape == (2, 64, 64, 1)
+    assert out["aux"]["x1"].shape == (2, 16, 16, 64) and out["aux"]["x4"].shape == (2, 2, 2, 512)
+    assert ("guidance" in out["aux"]) == (variant not in ("cto", "baseline"))
+
+
+def test_build_rejects_inconsistent_configs():
+  config = common.tiny_model_config("sgdnet", 1)
+  config.edge_branch = "none"
+  with pytest.raises(ValueError, match="skip_fusion='sgdc' needs model.edge_branch='sge'"):
+    models.build(config)
+  config = common.tiny_model_config("sgdnet", 3)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.build(config)
+  with pytest.raises(ValueError, match="model.variant"):
+    common.model_config("sgdc_everything", 1)
+
+
+def test_patch_sizes_must_divide_the_transformer_input():
+  config = common.tiny_model_config("baseline", 1)
+  config.trans_patch_sizes = (32, 16, 8, 4)
+  module = models.build(config)
+  with pytest.raises(ValueError, match="trans_patch_sizes"):
+    jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x),
+                   jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+
+
+@pytest.mark.parametrize("heads,kernel", [(4, 7), (2, 3)])
+def test_sgdc_dynamic_implementations_agree_in_values_and_gradients(heads, kernel):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 16)), jnp.float32)
+  logits = jnp.asarray(rng.normal(size=(2, 9, 7, heads, kernel * kernel)), jnp.float32)
+  kernels = jax.nn.softmax(logits, -1)
+  a = sgdc.dynamic_conv_patches(x, kernels)
+  b = sgdc.dynamic_conv_shifted(x, kernels)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  weights = jnp.asarray(rng.normal(size=a.shape), jnp.float32)
+  loss = lambda fn: lambda x, k: jnp.sum(fn(x, k) * weights)
+  ga = jax.grad(loss(sgdc.dynamic_conv_patches), (0, 1))(x, kernels)
+  gb = jax.grad(loss(sgdc.dynamic_conv_shifted), (0, 1))(x, kernels)
+  for u, v in zip(ga, gb):
+    np.testing.assert_allclose(u, v, atol=1e-5)
+
+
+def test_sgdc_module_implementations_agree_end_to_end():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32)
+  shifted, patches = sgdc.SGDC(kernel_size=5, impl="shifted"), sgdc.SGDC(kernel_size=5, impl="patches")
+  variables = shifted.init(jax.random.PRNGKey(0), x, g, train=False)
+  # Large layer scales so the dynamic branch dominates the output.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.ones_like(v) if path[-1].key in ("ls1", "ls2") else v, variables)
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x, g, train=False)))
+  np.testing.assert_allclose(shifted.apply(variables, x, g, train=False),
+                             patches.apply(variables, x, g, train=False), atol=1e-5)
+  for u, v in zip(jax.tree_util.tree_leaves(jax.grad(loss(shifted), (0, 1))(variables, x)),
+                  jax.tree_util.tree_leaves(jax.grad(loss(patches), (0, 1))(variables, x))):
+    np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
+
+
+def test_sgdc_ablation_switches_change_the_parameter_head():
+  x, g = (1, 8, 8, 32), (1, 8, 8, 16)
+  attn = lambda **kw: _params(sgdc.SGDC(**kw), x, g, train=False)["params"]
+  full = attn()
+  assert full["attn"]["kernel"].shape == (1, 1, 32, 2 * 32 + 4 * 49)
+  assert attn(local_branch=False)["attn"]["kernel"].shape[-1] == 32 + 4 * 49
+  no_dynamic = attn(dynamic_branch=False)
+  assert no_dynamic["attn"]["kernel"].shape[-1] == 32 and "norm1" not in no_dynamic
+  assert "proj_guidance" not in attn(guidance="self")
+  paper = attn(form="paper")
+  assert "ls1" not in paper and "ls2" not in paper
+  with pytest.raises(ValueError, match="cannot both be off"):
+    attn(local_branch=False, dynamic_branch=False)
+
+
+def test_sobel_kernels_are_constants_and_gradients_stay_finite_on_flat_maps():
+  module = sge.StructureGuidanceExtractor(mid_channels=16, guide_channels=4)
+  x4 = jnp.zeros((1, 2, 2, 32))
+  x1 = jnp.zeros((1, 8, 8, 32))
+  variables = module.init(jax.random.PRNGKey(0), x4, x1, train=False)
+  names = {"/".join(str(k.key) for k in path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(variables["params"])[0]}
+  assert not any("sobel" in n for n in names)
+  # Every parameter is a learned layer of the official SGE; nothing 3x3 with C->C Sobel shape.
+  assert sorted({n.split("/")[0] for n in names}) == [
+      "fuse", "out_edge_map", "out_guidance", "refine1", "refine4", "s1_proj", "s4_proj"]
+
+  def loss(params, x4, x1):
+    out = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x4, x1, train=False)
+    return jnp.sum(out["edge_logits"]) + jnp.sum(out["guidance"])
+
+  grads = jax.grad(loss, (0, 1, 2))(variables["params"], x4, x1)  # Flat input: magnitude exactly 0.
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+  gate_grad = jax.grad(lambda s: jnp.sum(sge.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(jnp.ones((1, 5, 5, 3)))
+  assert bool(jnp.all(jnp.isfinite(gate_grad)))
+
+
+def test_channel_sum_sobel_equals_dense_sobel_convolution():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 6, 7, 5)), jnp.float32)
+  gx, gy = layers.sobel_of_channel_sum(x)
+  for kernel, ours in ((layers.SOBEL_X, gx), (layers.SOBEL_Y, gy)):
+    dense = jnp.broadcast_to(jnp.asarray(kernel)[:, :, None, None], (3, 3, 5, 5))
+    ref = jax.lax.conv_general_dilated(x, dense, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(jnp.broadcast_to(ours, ref.shape), ref, atol=1e-5)
+
+
+def test_patch_tokens_round_trip():
+  x = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+  tokens = cto._to_tokens(x, 4)
+  assert tokens.shape == (2, 4, 48)
+  np.testing.assert_array_equal(cto._from_tokens(tokens, 4, 8, 8), x)

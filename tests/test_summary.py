@@ -1,0 +1,31 @@
+"""The summary command and config loading."""
+import json
+
+import pytest
+
+from sgdnet_jax import config_utils, main
+
+
+def test_summary_json_line(capsys):
+  assert main.main(["summary", "--config", "configs/test.py:variant=cto,num_classes=2", "--json"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  result = json.loads(lines[-1])
+  assert result["trainable_params"] == sum(result["modules"].values())
+  assert set(result["modules"]) >= {"resnet", "multi_trans", "head", "eam", "sobel_x1_1"}
+  assert result["gmacs_paper"] > 0 and result["flops_executed"] > 1e6
+  assert any("trainable params" in line for line in lines)
+
+
+def test_config_overrides_and_errors():
+  config = config_utils.load_config("configs/isic2018.py:variant=cto,fold=3",
+                                    ["--config.model.sgdc.kernel_size=5", "--config.model.dtype", "bfloat16"])
+  assert config.fold == 3 and config.model.skip_fusion == "edge_gate"
+  assert config.model.sgdc.kernel_size == 5 and config.model.dtype == "bfloat16"
+  with pytest.raises(ValueError, match="unknown config argument 'folds'"):
+    config_utils.load_config("configs/isic2018.py:folds=3")
+  with pytest.raises(KeyError, match="no field 'model.sgdc.kernel'"):
+    config_utils.load_config("configs/isic2018.py", ["--config.model.sgdc.kernel=5"])
+  with pytest.raises(FileNotFoundError, match="configs/nope.py"):
+    config_utils.load_config("configs/nope.py")
+  with pytest.raises(ValueError, match="expected an integer"):
+    config_utils.load_config("configs/isic2018.py:fold=x")
