@@ -56,3 +56,30 @@ def tiny_model_config(variant: str, num_classes: int) -> ml_collections.ConfigDi
   config.sge.mid_channels = 32
   config.sge.guide_channels = 8
   return config
+
+
+def training_config(model: ml_collections.ConfigDict, data_dir: str = "") -> ml_collections.ConfigDict:
+  """Everything but the model and data specifics: CTO's optimisation setup (SPEC §0.8)."""
+  from sgdnet_jax import evaluate
+  from sgdnet_jax.data import pipeline
+  from sgdnet_jax.train import losses, optimizer, state
+  config = ml_collections.ConfigDict()
+  config.model = model
+  config.data = pipeline.default_data_config()
+  config.data.dir = data_dir
+  config.seed = 0
+  config.global_batch_size = 16
+  config.eval_batch_size = 16
+  config.epochs = 50
+  config.total_steps = 0  # 0: epochs x steps per epoch
+  config.log_every_steps = 10
+  config.eval_every_epochs = 1
+  config.checkpoint_every_steps = 0  # 0: at the end of every epoch
+  config.keep_checkpoints = 2
+  config.init_from = ""  # a `convert` output or another workdir (params + BN statistics)
+  config.distributed = "auto"  # see sgdnet_jax/distributed.py
+  config.optimizer = optimizer.default_optimizer_config()
+  config.loss = losses.default_loss_config()
+  config.mesh = state.default_mesh_config()
+  config.metrics = evaluate.default_metrics_config()
+  return config

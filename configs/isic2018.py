@@ -1,17 +1,19 @@
 """ISIC 2018 Task 1, MedISeg/CTO 5-fold protocol (DATA.md), any variant of the paper's Tables 4-5.
 
+  python -m sgdnet_jax.main prepare --dataset isic2018 --source ~/ISIC2018 --out data/isic2018
+  python -m sgdnet_jax.main train --config configs/isic2018.py:variant=sgdnet,fold=0 \
+      --workdir runs/isic2018_sgdnet_f0
   python -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
 
-Arguments: variant (see `sgdnet_jax.models.VARIANTS`), num_classes (1 sigmoid, 2 softmax), fold (0-4).
+Arguments: variant (see `sgdnet_jax.models.VARIANTS`), num_classes (1 sigmoid, 2 softmax), fold
+(0-4), data (the prepared dataset folder). Report the mean over the 5 folds' test scores.
 """
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, fold=0)
-  config = common.ml_collections.ConfigDict()
-  config.experiment = "isic2018"
-  config.fold = args.fold
-  config.image_size = 256
-  config.model = common.model_config(args.variant, args.num_classes)
+  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, fold=0, data="data/isic2018")
+  config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
+  config.data.protocol = "medi_seg_5fold"
+  config.data.fold = args.fold
   return config

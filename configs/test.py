@@ -6,9 +6,11 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant="sgdnet", num_classes=1)
-  config = common.ml_collections.ConfigDict()
-  config.experiment = "test"
-  config.image_size = 64
-  config.model = common.tiny_model_config(args.variant, args.num_classes)
+  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data="")
+  config = common.training_config(common.tiny_model_config(args.variant, args.num_classes), args.data)
+  config.data.image_size = 64
+  config.global_batch_size = 4
+  config.eval_batch_size = 4
+  config.epochs = 2
+  config.log_every_steps = 1
   return config

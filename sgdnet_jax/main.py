@@ -9,7 +9,11 @@ import sys
 # command name -> "module:function"; the function takes argv (list of str) and returns an exit code.
 COMMANDS = {
     "summary": "sgdnet_jax.summary:main",
+    "train": "sgdnet_jax.train.cli:main",
+    "evaluate": "sgdnet_jax.evaluate:main",
     "prepare": "sgdnet_jax.data.prepare:main",
+    "convert": "sgdnet_jax.porting.cli:convert_main",
+    "export-torch": "sgdnet_jax.porting.cli:export_main",
 }
 
 

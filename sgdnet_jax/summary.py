@@ -134,12 +134,12 @@ def print_table(result: Dict[str, Any]):
 def main(argv) -> int:
   parser = argparse.ArgumentParser(prog="sgdnet_jax.main summary", description=__doc__.split("\n")[0])
   parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
-  parser.add_argument("--image-size", type=int, default=None, help="default: config.image_size")
+  parser.add_argument("--image-size", type=int, default=None, help="default: config.data.image_size")
   parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  result = summarize(config, args.image_size or config.image_size, compile_flops=not args.no_compile)
+  result = summarize(config, args.image_size or config.data.image_size, compile_flops=not args.no_compile)
   print_table(result)
   if args.json:
     print(json.dumps(result))

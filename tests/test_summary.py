@@ -19,7 +19,7 @@ def test_summary_json_line(capsys):
 def test_config_overrides_and_errors():
   config = config_utils.load_config("configs/isic2018.py:variant=cto,fold=3",
                                     ["--config.model.sgdc.kernel_size=5", "--config.model.dtype", "bfloat16"])
-  assert config.fold == 3 and config.model.skip_fusion == "edge_gate"
+  assert config.data.fold == 3 and config.model.skip_fusion == "edge_gate"
   assert config.model.sgdc.kernel_size == 5 and config.model.dtype == "bfloat16"
   with pytest.raises(ValueError, match="unknown config argument 'folds'"):
     config_utils.load_config("configs/isic2018.py:folds=3")

@@ -1,0 +1,101 @@
+"""Read access to a prepared dataset (the output of `prepare`): cases, splits, records, masks."""
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Dict, List, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sgdnet_jax.data import images
+from sgdnet_jax.data import splits
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseInfo:
+  """One prepared case. `image`/`mask` are the original files relative to `report['source']`."""
+  case_id: str
+  subset: str
+  index: int  # record within the subset
+  image: str
+  mask: str
+  height: int  # original size
+  width: int
+  group: str
+
+
+class PreparedDataset:
+  """A prepared dataset folder. Records are opened lazily, so instances pickle cheaply."""
+
+  def __init__(self, directory: os.PathLike):
+    self.directory = pathlib.Path(directory)
+    report_path = self.directory / "report.json"
+    if not report_path.is_file():
+      raise FileNotFoundError(f"{self.directory}: not a prepared dataset (no report.json); "
+                              "create it with `python -m sgdnet_jax.main prepare`")
+    self.report = json.loads(report_path.read_text())
+    cases = json.loads((self.directory / "cases.json").read_text())
+    self.cases: List[CaseInfo] = [CaseInfo(**case) for case in cases]
+    self._by_id: Dict[str, CaseInfo] = {case.case_id: case for case in self.cases}
+    self._sources: Dict[str, object] = {}
+
+  @property
+  def image_size(self) -> int:
+    return self.report["image_size"]
+
+  @property
+  def has_instances(self) -> bool:
+    return self.report["dataset"] == "conic"
+
+  def __getstate__(self):
+    return {**self.__dict__, "_sources": {}}
+
+  def case(self, case_id: str) -> CaseInfo:
+    if case_id not in self._by_id:
+      raise KeyError(f"{self.directory}: no case {case_id!r}")
+    return self._by_id[case_id]
+
+  def protocol(self, name: str = "") -> dict:
+    """The split protocol `name` ('' = the dataset's default)."""
+    return splits.read_protocol(self.directory / "splits",
+                                name or self.report["default_protocol"])
+
+  def split(self, protocol: str, fold: int, split: str) -> List[str]:
+    """Case ids of split `split` ('train', 'val', 'test') of fold `fold` of `protocol`."""
+    spec = self.protocol(protocol)
+    folds = spec["folds"]
+    if not 0 <= fold < len(folds):
+      raise ValueError(f"fold {fold}: protocol {spec['name']!r} of {self.directory} has "
+                       f"folds 0..{len(folds) - 1}")
+    if split not in folds[fold]:
+      raise ValueError(f"split {split!r}: protocol {spec['name']!r} has {sorted(folds[fold])}")
+    return folds[fold][split]
+
+  def _source(self, subset: str):
+    if subset not in self._sources:
+      builder = tfds.builder_from_directory(self.directory / self.report["records"])
+      self._sources[subset] = builder.as_data_source(subset)
+    return self._sources[subset]
+
+  def record(self, case: CaseInfo) -> dict:
+    """The stored record: image (S,S,3) uint8, mask (S,S) uint8, case_id, native_mask_png, ..."""
+    return self._source(case.subset)[case.index]
+
+  def native_mask(self, case_id: str) -> np.ndarray:
+    """The case's mask at its original resolution, (height, width) bool."""
+    return images.decode_mask(self.record(self.case(case_id))["native_mask_png"])
+
+
+class SplitSource:
+  """A grain random-access source over the records of a list of case ids."""
+
+  def __init__(self, dataset: PreparedDataset, case_ids: Sequence[str]):
+    self.dataset = dataset
+    self.cases = [dataset.case(case_id) for case_id in case_ids]
+
+  def __len__(self) -> int:
+    return len(self.cases)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.dataset.record(self.cases[index])

@@ -1,0 +1,1 @@
+"""Training: losses, optimiser, sharded state, checkpoints and the loop (`train_and_evaluate`)."""

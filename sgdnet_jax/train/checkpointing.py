@@ -1,0 +1,76 @@
+"""Orbax checkpoints of a training workdir: exact resume, last N, best by validation Dice.
+
+  W/checkpoints/<step>/  state (TrainState), data (input iterator state), meta (epoch, best Dice)
+  W/best/<step>/         variables ({'params', 'batch_stats'}) of the best validation Dice
+
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
+crash mid-save leaves the previous checkpoint intact.
+"""
+import os
+from typing import Any, Dict, Optional
+
+import orbax.checkpoint as ocp
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+class WorkdirCheckpoints:
+  """The two checkpoint managers of a workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+    workdir = os.path.abspath(workdir)
+    options = lambda keep: ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=options(keep),
+                                        item_names=("state", "data", "meta"))
+    self.best = ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), options=options(1),
+                                      item_names=("variables",))
+
+  def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any]):
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def save_best(self, step: int, variables):
+    self.best.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)),
+                   force=True)
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def restore(self, abstract_state):
+    """(state, data_state, meta) of the latest checkpoint, placed as `abstract_state` says."""
+    step = self.latest.latest_step()
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"], restored["meta"]
+
+  def wait(self):
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self):
+    self.latest.close()
+    self.best.close()
+
+
+def restore_workdir_variables(workdir: str, which: str = "best") -> Dict[str, Any]:
+  """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
+  workdir = os.path.abspath(workdir)
+  best_dir, latest_dir = os.path.join(workdir, BEST_DIR), os.path.join(workdir, LATEST_DIR)
+  if which == "best" and os.path.isdir(best_dir):
+    with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        restored = manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
+        return dict(restored["variables"])
+  if os.path.isdir(latest_dir):
+    with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        state = restored["state"]
+        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+  raise FileNotFoundError(f"{workdir}: no checkpoint found in {BEST_DIR}/ or {LATEST_DIR}/")

@@ -1,0 +1,64 @@
+"""Model variables ({'params', 'batch_stats'}) on disk as Orbax checkpoints.
+
+A *variables directory* holds `variables/` (an Orbax checkpoint of the two collections) and
+`config.json` (the resolved config that built the model). `convert` writes one; `train`
+starts from one (`config.init_from`); `evaluate`, `predict` and `export-torch` read one.
+"""
+import json
+import os
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+VARIABLES_SUBDIR = "variables"
+CONFIG_FILE = "config.json"
+
+
+def save_variables(directory: str, variables: Dict[str, Any], config_dict: Optional[dict] = None):
+  """Writes `variables` (and the config that built them) into `directory`, atomically.
+
+  Orbax writes to a temporary folder and renames it on success, so an interrupted save never
+  leaves a half-written `variables/`.
+  """
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  target = os.path.join(directory, VARIABLES_SUBDIR)
+  if os.path.exists(target):
+    raise FileExistsError(f"{target} already exists; choose an empty --out directory")
+  tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(target, jax.tree_util.tree_map(np.asarray, tree))
+  checkpointer.wait_until_finished()
+  if config_dict is not None:
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+      json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+
+
+def load_variables(directory: str) -> Dict[str, Any]:
+  """Reads variables as numpy arrays from a variables directory or a training workdir.
+
+  A training workdir gives its best checkpoint by validation Dice, else its latest one.
+  """
+  target = os.path.join(os.path.abspath(directory), VARIABLES_SUBDIR)
+  if os.path.isdir(target):
+    restored = dict(ocp.StandardCheckpointer().restore(target))
+  else:
+    from sgdnet_jax.train import checkpointing  # Only workdirs need the training package.
+    try:
+      restored = checkpointing.restore_workdir_variables(directory)
+    except FileNotFoundError:
+      raise FileNotFoundError(
+          f"{directory}: neither a '{VARIABLES_SUBDIR}/' checkpoint (the --out directory of "
+          f"`convert`) nor a training workdir with checkpoints") from None
+  return jax.tree_util.tree_map(np.asarray, restored)
+
+
+def load_config_dict(directory: str) -> Optional[dict]:
+  """The config stored beside the variables, or None when there is none."""
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,52 @@
+"""The embedded demo dataset: deterministic, dermoscopy-like, idempotent to generate and prepare."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgdnet_jax.data import prepared
+from sgdnet_jax.data import synthetic
+
+
+def test_render_case_is_deterministic_and_plausible():
+  image, mask = synthetic.render_case(np.random.default_rng([0, 1]), 48, 64)
+  again, mask_again = synthetic.render_case(np.random.default_rng([0, 1]), 48, 64)
+  np.testing.assert_array_equal(image, again)
+  np.testing.assert_array_equal(mask, mask_again)
+  assert image.shape == (48, 64, 3) and image.dtype == np.uint8 and mask.shape == (48, 64)
+  fractions = [synthetic.render_case(np.random.default_rng([0, i]), 64, 64)[1].mean()
+               for i in range(20)]
+  assert 0.02 < min(fractions) and max(fractions) < 0.8
+  lesion, skin = image[mask].mean(), image[~mask].mean()
+  assert lesion < skin  # pigmented lesion darker than the skin around it
+
+
+def test_generate_folder_dataset_is_idempotent(tmp_path):
+  root = synthetic.generate_folder_dataset(tmp_path / "demo", num_cases=4, image_size=32)
+  names = sorted(p.name for p in (root / "images").iterdir())
+  assert names == [f"synth_{i:04d}.jpg" for i in range(4)]
+  mask = np.asarray(Image.open(root / "masks/synth_0002_segmentation.png"))
+  assert set(np.unique(mask)) <= {0, 255}
+  stamp = (root / "images/synth_0000.jpg").stat().st_mtime_ns
+  synthetic.generate_folder_dataset(tmp_path / "demo", num_cases=4, image_size=32)
+  assert (root / "images/synth_0000.jpg").stat().st_mtime_ns == stamp
+  synthetic.generate_folder_dataset(tmp_path / "demo", num_cases=5, image_size=32)
+  assert len(list((root / "images").iterdir())) == 5
+
+
+def test_generate_refuses_a_folder_with_other_files(tmp_path):
+  (tmp_path / "mine.txt").write_text("keep me")
+  with pytest.raises(FileExistsError, match="holds other files"):
+    synthetic.generate_folder_dataset(tmp_path, num_cases=2, image_size=16)
+
+
+def test_ensure_demo_dataset_prepares_once(tmp_path):
+  prepared_dir = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32)
+  data = prepared.PreparedDataset(prepared_dir)
+  assert data.report["dataset"] == "synthetic" and data.image_size == 32
+  assert [len(data.split("", 0, s)) for s in ("train", "val", "test")] == [7, 1, 2]
+  stamp = (prepared_dir / "report.json").stat().st_mtime_ns
+  assert synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32) == prepared_dir
+  assert (prepared_dir / "report.json").stat().st_mtime_ns == stamp
+  smaller = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32,
+                                          prepared_size=16)
+  assert prepared.PreparedDataset(smaller).image_size == 16
