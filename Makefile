@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
 .PHONY: demo test venv venv-test clean
@@ -21,7 +21,7 @@ venv: $(VENV)/.runtime-stamp
 venv-test: $(VENV)/.test-stamp
 
 demo: $(VENV)/.runtime-stamp
-	$(PY) -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
+	$(PY) -m sgdnet_jax.main demo --workdir runs/demo
 
 test: $(VENV)/.test-stamp
 	$(PY) -m pytest $(PYTEST_ARGS) tests

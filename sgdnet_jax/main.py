@@ -11,6 +11,8 @@ COMMANDS = {
     "summary": "sgdnet_jax.summary:main",
     "train": "sgdnet_jax.train.cli:main",
     "evaluate": "sgdnet_jax.evaluate:main",
+    "predict": "sgdnet_jax.predict:main",
+    "demo": "sgdnet_jax.demo:main",
     "prepare": "sgdnet_jax.data.prepare:main",
     "convert": "sgdnet_jax.porting.cli:convert_main",
     "export-torch": "sgdnet_jax.porting.cli:export_main",

@@ -1,11 +1,13 @@
-"""Test setup: CPU only, a persistent compilation cache, and the shared reference tables."""
+"""Test setup: CPU only and a persistent compilation cache shared with test subprocesses."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"))
 
-import jax  # noqa: E402  (after the platform is chosen)
+import jax  # noqa: E402  (after the environment is set)
 
-_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+from sgdnet_jax import compilation_cache  # noqa: E402
+
+compilation_cache.enable("", min_compile_time_secs=0.5)
+jax.config.update("jax_default_prng_impl", "rbg")  # As training does: much faster init compiles.

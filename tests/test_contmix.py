@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sgdnet_jax import porting
 from sgdnet_jax.models import contmix
 from tests import reference_tables
 from third_party.torch_reference import contmix as torch_contmix
@@ -107,33 +108,6 @@ def _randomise(block: torch_contmix.DynamicConvBlock) -> None:
     block.rpb2.normal_(0.0, 1.0)
 
 
-def _set_path(tree, path, value):
-  for name in path[:-1]:
-    tree = tree.setdefault(name, {})
-  tree[path[-1]] = value
-
-
-def torch_to_flax(state_dict):
-  """PyTorch state_dict -> {'params', 'batch_stats'} of `contmix.DynamicConvBlock`."""
-  params, batch_stats = {}, {}
-  for key, tensor in state_dict.items():
-    *path, leaf = key.split(".")
-    value = tensor.detach().numpy().copy()  # torch updates running stats in place
-    if leaf == "num_batches_tracked":
-      continue
-    if leaf in ("running_mean", "running_var"):
-      _set_path(batch_stats, path + [leaf[len("running_"):]], value)
-    elif leaf == "weight" and value.ndim == 4:
-      _set_path(params, path + ["kernel"], value.transpose(2, 3, 1, 0))
-    elif leaf == "weight":
-      _set_path(params, path + ["scale"], value)
-    elif leaf in ("gamma", "beta"):
-      _set_path(params, path + [leaf], value.reshape(-1))
-    else:
-      _set_path(params, path + [leaf], value)
-  return {"params": params, "batch_stats": batch_stats}
-
-
 def _nhwc(t: torch.Tensor) -> jnp.ndarray:
   return jnp.asarray(t.permute(0, 2, 3, 1).numpy())
 
@@ -149,15 +123,14 @@ def test_parity_with_torch_reference(train, height, width):
   torch.manual_seed(0)
   reference = torch_contmix.DynamicConvBlock(dim, ctx_dim=64)
   _randomise(reference)
-  variables = torch_to_flax(reference.state_dict())
   x = torch.randn(2, dim, height, width)
   ctx = torch.randn(2, 16, height, width)
 
   model = contmix.DynamicConvBlock(dim, ctx_dim=64)
-  init_shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), _nhwc(x), _nhwc(ctx),
-                                                  train=False))
-  shape_of = lambda tree: jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
-  assert shape_of(variables) == shape_of(dict(init_shapes))
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), _nhwc(x), _nhwc(ctx),
+                                               train=False))
+  # Strict: every torch key fills a Flax leaf of the right shape, and every leaf is filled.
+  variables = porting.convert_state_dict(reference.state_dict(), template).variables
 
   reference.train(train)
   with torch.no_grad():
@@ -166,7 +139,8 @@ def test_parity_with_torch_reference(train, height, width):
                                                         mutable=["batch_stats"]))
   (out_x, out_ctx), updates = apply(variables, _nhwc(x), _nhwc(ctx))
   # Train mode moves the running statistics as torch does; eval mode leaves them alone.
-  expected_stats = torch_to_flax(reference.state_dict())["batch_stats"]
+  expected_stats = porting.convert_state_dict(reference.state_dict(),
+                                              template).variables["batch_stats"]
   stats_error = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
                              updates["batch_stats"], expected_stats)
   assert max(jax.tree.leaves(stats_error)) <= TOLERANCE

@@ -6,8 +6,10 @@ Paper Table 4, row (3) "+SGE +ContMix": `x_i <- DynamicConvBlock(C_i, ctx_dim=64
 unmerged branches (deploy=False). Parameters use PyTorch's default initialisers, as a standalone
 upstream block does (OverLoCK's backbone re-initialises convs with trunc_normal(0.02)).
 
-Submodule and parameter names mirror the PyTorch state_dict (`fusion.0.weight` ->
-`fusion/0/kernel`, `lepe.0.lk_origin.weight` -> `lepe/0/lk_origin/kernel`, `rpb1`, ...); see
+Submodule and parameter names follow the PyTorch state_dict with the package-wide rule (a numeric
+segment joins its parent with '_': `fusion.0.weight` -> `fusion_0/kernel`,
+`lepe.0.lk_origin.weight` -> `lepe_0/lk_origin/kernel`, `se_layer.proj.1.weight` ->
+`se_layer/proj_1/kernel`, `rpb1`, ...); see
 `reference/keys_contmix_dynconvblock_dim256_ctx16.tsv`. GRN `gamma`/`beta` are stored as (C,)
 instead of torch's (1, C, 1, 1).
 
@@ -196,76 +198,49 @@ class DilatedReparamBlock(nn.Module):
     return out
 
 
-class _Fusion(nn.Module):
-  """`fusion`: DW3x3 -> BN -> GELU -> Conv1x1 -> GRN (keys 0, 1, 3, 4)."""
-  features: int
-  dtype: Optional[Any] = None
+def _fusion(x: Array, features: int, train: bool, dtype) -> Array:
+  """Upstream `fusion`: DW3x3 -> BN -> GELU -> Conv1x1 -> GRN (`fusion_0, _1, _3, _4`).
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    channels = x.shape[-1]
-    x = layers.Conv2d(channels, 3, padding=1, groups=channels, dtype=self.dtype, name="0")(x)
-    x = gelu(layers.BatchNorm(dtype=self.dtype, name="1")(x, train))
-    x = layers.Conv2d(self.features, 1, dtype=self.dtype, name="3")(x)
-    return GRN(dtype=self.dtype, name="4")(x)
+  Call inside a compact method.
+  """
+  channels = x.shape[-1]
+  x = layers.Conv2d(channels, 3, padding=1, groups=channels, dtype=dtype, name="fusion_0")(x)
+  x = gelu(layers.BatchNorm(dtype=dtype, name="fusion_1")(x, train))
+  x = layers.Conv2d(features, 1, dtype=dtype, name="fusion_3")(x)
+  return GRN(dtype=dtype, name="fusion_4")(x)
 
 
-class _LocalPositionalEncoding(nn.Module):
-  """`lepe`: DilatedReparamBlock then BN (keys 0, 1)."""
-  kernel_size: int
-  dtype: Optional[Any] = None
+def _mlp(x: Array, hidden: int, dtype) -> Array:
+  """Upstream `mlp`: Conv1x1 -> GELU -> residual DW3x3 -> GRN -> Conv1x1 (`mlp_0, _2, _3, _4`).
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    x = DilatedReparamBlock(self.kernel_size, dtype=self.dtype, name="0")(x, train)
-    return layers.BatchNorm(dtype=self.dtype, name="1")(x, train)
+  Call inside a compact method.
+  """
+  features = x.shape[-1]
+  x = gelu(layers.Conv2d(hidden, 1, dtype=dtype, name="mlp_0")(x))
+  x = _residual_dw_conv(x, "mlp_2", dtype)
+  x = GRN(dtype=dtype, name="mlp_3")(x)
+  return layers.Conv2d(features, 1, dtype=dtype, name="mlp_4")(x)
 
 
-class _SqueezeExciteGate(nn.Module):
-  """`se_layer.proj`: global mean -> Conv1x1 -> GELU -> Conv1x1 -> sigmoid (keys 1, 3)."""
-  hidden: int
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
-    hidden = gelu(layers.Conv2d(self.hidden, 1, dtype=self.dtype, name="1")(pooled))
-    return jax.nn.sigmoid(layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name="3")(hidden))
+def _conv_bn(x: Array, features: int, conv_name: str, bn_name: str, train: bool, dtype) -> Array:
+  """Bias-free 1x1 conv then BN, named like the upstream Sequential members. Call inside a
+  compact method."""
+  x = layers.Conv2d(features, 1, use_bias=False, dtype=dtype, name=conv_name)(x)
+  return layers.BatchNorm(dtype=dtype, name=bn_name)(x, train)
 
 
 class SqueezeExcite(nn.Module):
-  """Upstream `SEModule(dim)`: x * gate(x), hidden width max(16, C // 8)."""
+  """Upstream `SEModule(dim)`: x * sigmoid(Conv1x1(GELU(Conv1x1(mean(x))))), hidden width
+  max(16, C // 8) (keys `proj.1`, `proj.3` -> `proj_1`, `proj_3`)."""
   dtype: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    hidden = max(16, x.shape[-1] // 8)
-    return x * _SqueezeExciteGate(hidden, dtype=self.dtype, name="proj")(x)
-
-
-class _Projection(nn.Module):
-  """`proj`: BN then Conv1x1 with bias (keys 0, 1)."""
-  features: int
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    x = layers.BatchNorm(dtype=self.dtype, name="0")(x, train)
-    return layers.Conv2d(self.features, 1, dtype=self.dtype, name="1")(x)
-
-
-class _Mlp(nn.Module):
-  """`mlp`: Conv1x1 -> GELU -> residual DW3x3 -> GRN -> Conv1x1 (keys 0, 2, 3, 4)."""
-  hidden: int
-  dtype: Optional[Any] = None
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    features = x.shape[-1]
-    x = gelu(layers.Conv2d(self.hidden, 1, dtype=self.dtype, name="0")(x))
-    x = _residual_dw_conv(x, "2", self.dtype)
-    x = GRN(dtype=self.dtype, name="3")(x)
-    return layers.Conv2d(features, 1, dtype=self.dtype, name="4")(x)
+    width = max(16, x.shape[-1] // 8)
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    hidden = gelu(layers.Conv2d(width, 1, dtype=self.dtype, name="proj_1")(pooled))
+    gate = jax.nn.sigmoid(layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name="proj_3")(hidden))
+    return x * gate
 
 
 class DynamicConvBlock(nn.Module):
@@ -325,21 +300,20 @@ class DynamicConvBlock(nn.Module):
     x_f = _residual_dw_conv(jnp.concatenate([x, ctx.astype(x.dtype)], axis=-1), "dwconv1", dtype)
     identity = x_f
     x_f = layers.LayerNorm(dtype=dtype, name="norm1")(x_f)
-    x = _Fusion(channels, dtype=dtype, name="fusion")(x_f, train)
-    gate = layers.ConvBN(channels, activation=nn.silu, conv_name="0", bn_name="1", dtype=dtype,
-                         name="gate")(x, train)
-    lepe = _LocalPositionalEncoding(large, dtype=dtype, name="lepe")(x, train)
+    x = _fusion(x_f, channels, train, dtype)
+    gate = nn.silu(_conv_bn(x, channels, "gate_0", "gate_1", train, dtype))
+    lepe = DilatedReparamBlock(large, dtype=dtype, name="lepe_0")(x, train)
+    lepe = layers.BatchNorm(dtype=dtype, name="lepe_1")(lepe, train)
 
     # Dynamic kernels: per-pixel query against POOL_SIZE^2 pooled context tokens, projected to
     # k*k + K*K taps per group.
     work_h, work_w = attention_size(height, width, large)
     x = layers.resize_bilinear(x, (work_h, work_w))
     x_f = layers.resize_bilinear(x_f, (work_h, work_w))
-    query = layers.ConvBN(channels // 2, conv_name="0", bn_name="1", dtype=dtype,
-                          name="weight_query")(x_f[..., :channels], train) * scale
-    key = layers.ConvBN(channels // 2, conv_name="1", bn_name="2", dtype=dtype,
-                        name="weight_key")(
-                            adaptive_avg_pool(x_f[..., channels:], (POOL_SIZE, POOL_SIZE)), train)
+    query = _conv_bn(x_f[..., :channels], channels // 2, "weight_query_0", "weight_query_1", train,
+                     dtype) * scale
+    key = _conv_bn(adaptive_avg_pool(x_f[..., channels:], (POOL_SIZE, POOL_SIZE)), channels // 2,
+                   "weight_key_1", "weight_key_2", train, dtype)
     group_width = channels // (2 * groups)
     query = query.reshape(batch, work_h, work_w, groups, group_width)
     key = key.reshape(batch, POOL_SIZE * POOL_SIZE, groups, group_width)
@@ -362,11 +336,11 @@ class DynamicConvBlock(nn.Module):
     ], axis=3).reshape(batch, work_h, work_w, channels).astype(x.dtype)
     mixed = adaptive_avg_pool(mixed, (height, width))
 
-    x = layers.ConvBN(channels, conv_name="0", bn_name="1", dtype=dtype,
-                      name="dyconv_proj")(mixed, train)
+    x = _conv_bn(mixed, channels, "dyconv_proj_0", "dyconv_proj_1", train, dtype)
     x = SqueezeExcite(dtype=dtype, name="se_layer")(x + lepe)
-    x = _Projection(identity.shape[-1], dtype=dtype, name="proj")(gate * x, train)
+    x = layers.BatchNorm(dtype=dtype, name="proj_0")(gate * x, train)
+    x = layers.Conv2d(identity.shape[-1], 1, dtype=dtype, name="proj_1")(x)
     x = _residual_dw_conv(identity + x, "dwconv2", dtype)
     hidden = int(channels * self.mlp_ratio)
-    x = x + _Mlp(hidden, dtype=dtype, name="mlp")(layers.LayerNorm(dtype=dtype, name="norm2")(x))
+    x = x + _mlp(layers.LayerNorm(dtype=dtype, name="norm2")(x), hidden, dtype)
     return x[..., :channels], x[..., channels:]

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sgdnet_jax import config_utils, distributed, models, variables_io
+from sgdnet_jax import compilation_cache, config_utils, distributed, models, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import checkpointing, losses, optimizer, state as state_lib, writers
 
@@ -42,6 +42,7 @@ def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     parts["grad_norm"] = optax.global_norm(grads)
+    parts["param_norm"] = optax.global_norm(params)
     parts["lr"] = schedule(state.step)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
@@ -117,6 +118,8 @@ class _Preemption:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns a summary."""
   distributed.initialize(config.distributed)
+  compilation_cache.enable(config.compilation_cache_dir)
+  jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -157,10 +160,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   def check(pending):
     step_done, metrics = pending
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
+    loss, param_norm = float(metrics["loss"]), float(metrics["param_norm"])
+    if not (math.isfinite(loss) and math.isfinite(param_norm)):
       raise NonFiniteLossError(
-          f"training loss is {loss} at step {step_done}; stopping. The last checkpoint "
+          f"training loss {loss} (parameter norm {param_norm}) at step {step_done} is not "
+          f"finite; stopping. The last checkpoint "
           f"(step {checkpoints.latest_step()}) in {workdir} is intact. Parts: "
           f"{ {k: float(v) for k, v in metrics.items()} }")
 
@@ -186,7 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         window_start, window_steps = time.time(), 0
       epoch_end = step % steps_per_epoch == 0
       epoch = step // steps_per_epoch
-      if (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps:
+      evaluating = config.eval_every_epochs > 0 and (
+          (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps)
+      if evaluating:
         check(pending)
         dice = validation_dice(dice_step, state.variables(), config.data, config.data.val_split,
                                config.eval_batch_size, mesh)

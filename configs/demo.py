@@ -1,0 +1,29 @@
+"""The demo: a small SGD-Net trained on the embedded synthetic dermoscopy data (no download).
+
+  make demo        # = python -m sgdnet_jax.main demo --workdir runs/demo
+
+Same structure as the full SGD-Net (Res2Net, patch transformer, DA head, SGE, three SGDCs, DM
+decoders) at narrow widths and 96x96 inputs, so it trains on a 2-core CPU in a few minutes.
+There are no ImageNet weights here, so the learning rate is higher than CTO's 1e-4.
+"""
+from configs import common
+
+DATA_ROOT = "data/demo"
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data=f"{DATA_ROOT}/prepared",
+                          epochs=12)
+  model = common.tiny_model_config(args.variant, args.num_classes)
+  model.sge.guide_channels = 16
+  config = common.training_config(model, args.data)
+  config.data.image_size = 96
+  config.data.protocol = "seeded_712"
+  config.demo_cases = 300  # generated at 192 px, prepared at 96 px
+  config.global_batch_size = 8
+  config.eval_batch_size = 16
+  config.epochs = args.epochs
+  config.optimizer.lr = 1e-3
+  config.log_every_steps = 10
+  config.keep_checkpoints = 1
+  return config

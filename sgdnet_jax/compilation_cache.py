@@ -1,0 +1,13 @@
+"""The persistent XLA compilation cache: repeated runs skip most of their compile time."""
+import os
+
+import jax
+
+
+def enable(directory: str, min_compile_time_secs: float = 1.0):
+  """Caches compiled programs in `directory` ('' disables); $JAX_COMPILATION_CACHE_DIR wins."""
+  directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory
+  if not directory:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)

@@ -1,0 +1,22 @@
+"""PyTorch weight porting, both ways, for the upstream layouts (SPEC §5).
+
+  result = load_torch("res2net50_v1b_26w_4s-3cf99910.pth", "res2net50_v1b", variables)
+  variables, report = result          # result[0] is {'params', 'batch_stats'}
+  state_dict, export_report = export_torch(variables, "sgdnet")
+  write_state_dict(state_dict, "sgdnet.safetensors")
+
+Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `layouts.LAYOUTS`).
+torch is imported only to read or write .pth files, and only here.
+"""
+from sgdnet_jax.porting.layouts import LAYOUTS
+from sgdnet_jax.porting.naming import path_to_torch_key, torch_key_to_path
+from sgdnet_jax.porting.port import (ExportReport, ExportResult, PortingError, PortReport,
+                                     PortResult, check_structure, convert_state_dict,
+                                     export_torch, load_torch)
+from sgdnet_jax.porting.state_dicts import CheckpointFileError, read_state_dict, write_state_dict
+
+__all__ = [
+    "CheckpointFileError", "ExportReport", "ExportResult", "LAYOUTS", "PortReport", "PortResult",
+    "PortingError", "check_structure", "convert_state_dict", "export_torch", "load_torch",
+    "path_to_torch_key", "read_state_dict", "torch_key_to_path", "write_state_dict",
+]

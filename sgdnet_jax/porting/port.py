@@ -1,0 +1,454 @@
+"""PyTorch state dict <-> Flax variables for the upstream layouts (`layouts.LAYOUTS`).
+
+`load_torch` fills a Flax variables template from a checkpoint: every key must map onto the
+template (naming rule of `naming`) with the right shape, every template leaf must be filled, and
+the layout's extra keys (frozen Sobel kernels, modules upstream never calls) are accepted and
+reported. `export_torch` is the inverse and writes the full upstream layout.
+"""
+import dataclasses
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import jax
+import numpy as np
+
+from sgdnet_jax.porting import layouts as layouts_lib
+from sgdnet_jax.porting import naming
+from sgdnet_jax.porting import state_dicts
+
+Path = Tuple[str, ...]
+COLLECTIONS = ("params", "batch_stats")
+# How many keys the first line of an error names.
+FIRST_KEYS = 5
+
+
+class PortingError(ValueError):
+  """A checkpoint or variables that do not fit the layout; the message lists every key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PortReport:
+  """What `load_torch` did.
+
+  Attributes:
+    layout: the layout name.
+    source: the checkpoint file (or 'the given state dict').
+    loaded: Flax leaves filled from the checkpoint; `loaded_values` counts their scalars.
+    sobel_constants: frozen Sobel kernels found, checked equal to our constant kernels.
+    ignored: keys of modules that upstream defines but never calls (not loaded).
+    absent: keys of those two kinds that the checkpoint does not have (harmless).
+    counters: BatchNorm `num_batches_tracked` entries (no Flax counterpart; dropped).
+    kept: top-level Flax modules left as they were in the template (partial layouts).
+  """
+  layout: str
+  source: str
+  loaded: int
+  loaded_values: int
+  sobel_constants: Tuple[str, ...]
+  ignored: Tuple[str, ...]
+  absent: Tuple[str, ...]
+  counters: int
+  kept: Tuple[str, ...]
+
+  def summary(self) -> str:
+    lines = [f"{self.source}: layout {self.layout!r}, loaded {self.loaded} arrays "
+             f"({self.loaded_values:,} values)",
+             f"  frozen Sobel kernels checked and skipped (constants in our model): "
+             f"{len(self.sobel_constants)}",
+             f"  ignored keys of modules upstream never calls: {len(self.ignored)}"
+             + (f" ({_module_list(self.ignored)})" if self.ignored else ""),
+             f"  BatchNorm num_batches_tracked dropped: {self.counters}"]
+    if self.absent:
+      lines.append(f"  optional keys not in the checkpoint: {len(self.absent)} "
+                   f"({_module_list(self.absent)})")
+    if self.kept:
+      lines.append(f"  kept as in the template (not in this layout): {', '.join(self.kept)}")
+    return "\n".join(lines)
+
+
+class PortResult(NamedTuple):
+  """`load_torch`'s result; `result[0]` (or `.variables`) is {'params', 'batch_stats'}."""
+  variables: Dict[str, Any]
+  report: PortReport
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+  """What `export_torch` wrote: `held` keys from our variables (+ `counters` BatchNorm
+  num_batches_tracked = 0), exact Sobel constants, and placeholders for never-called modules."""
+  layout: str
+  written: int
+  held: int
+  counters: int
+  sobel_constants: Tuple[str, ...]
+  placeholders: Tuple[str, ...]
+
+  def summary(self) -> str:
+    return (f"layout {self.layout!r}: {self.written} keys = {self.held} from the variables + "
+            f"{self.counters} num_batches_tracked (0) + {len(self.sobel_constants)} frozen Sobel "
+            f"kernels (exact) + {len(self.placeholders)} placeholders for modules upstream never "
+            f"calls ({_module_list(self.placeholders) or 'none'}; zeros, BN running_var ones)")
+
+
+class ExportResult(NamedTuple):
+  state_dict: Dict[str, np.ndarray]
+  report: ExportReport
+
+
+def _module_list(keys) -> str:
+  """The distinct modules of `keys`, for summaries (two levels deep under resnet. and eam.)."""
+  modules = []
+  for key in keys:
+    parts = key.split(".")
+    module = ".".join(parts[:2]) if parts[0] == "resnet" or parts[0] == "eam" else parts[0]
+    if module not in modules:
+      modules.append(module)
+  return ", ".join(modules)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
+  flat = {}
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, prefix + (name,)))
+    else:
+      flat[prefix + (name,)] = value
+  return flat
+
+
+def _unflatten(flat: Mapping[Path, Any]) -> Dict[str, Any]:
+  tree: Dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = value
+  return tree
+
+
+def _plain(tree: Mapping[str, Any]) -> Dict[str, Any]:
+  return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+
+
+def _target_name(layout: layouts_lib.Layout, variables: Mapping[str, Any]) -> Optional[str]:
+  """The Flax module a partial layout fills in a whole network's variables, else None."""
+  if "params" not in variables:
+    raise PortingError(f"variables must be a mapping with 'params' (and 'batch_stats'), got "
+                       f"keys {sorted(variables)}")
+  if layout.subtree is not None and layout.subtree in variables["params"]:
+    return layout.subtree
+  return None
+
+
+def _collections(variables: Mapping[str, Any], target: Optional[str]) -> Dict[str, Dict[Path, Any]]:
+  flat = {}
+  for collection in COLLECTIONS:
+    tree = variables.get(collection, {})
+    if target is not None:
+      tree = tree.get(target, {})
+    flat[collection] = _flatten(tree)
+  return flat
+
+
+def _torch_key(layout: layouts_lib.Layout, collection: str, path: Path) -> str:
+  """The upstream key of a Flax leaf (`path` relative to the layout's target)."""
+  *module, leaf = path
+  if collection == "batch_stats":
+    leaf = {"mean": "running_mean", "var": "running_var"}[leaf]
+  elif leaf in naming.WEIGHT_LEAVES:
+    leaf = "weight"
+  if module:
+    module[0] = layout.to_torch_name(module[0])
+  return naming.path_to_torch_key(tuple(module) + (leaf,))
+
+
+def _torch_shape(collection: str, path: Path, shape) -> Tuple[int, ...]:
+  if collection == "params" and path[-1] == "kernel":
+    return naming.torch_shape_of_kernel(shape)
+  return tuple(int(s) for s in shape)
+
+
+def _to_flax_value(value: np.ndarray, leaf: str, template_shape) -> np.ndarray:
+  if leaf == "kernel":
+    return naming.kernel_to_flax(value)
+  template_shape = tuple(template_shape)
+  # GRN's gamma/beta: torch (1, C, 1, 1), ours (C,).
+  if (value.shape != template_shape and value.ndim == 4 and len(template_shape) == 1
+      and value.shape == (1, template_shape[0], 1, 1)):
+    return value.reshape(template_shape)
+  return value
+
+
+def _is_sobel(value: np.ndarray, kind: str) -> bool:
+  expected = np.broadcast_to(layouts_lib.SOBEL_KERNELS[kind], value.shape)
+  return bool(np.array_equal(value, expected))
+
+
+def _describe(values: List[str], title: str) -> List[str]:
+  if not values:
+    return []
+  return [f"{title} ({len(values)}):"] + [f"  {line}" for line in values]
+
+
+def load_torch(source: state_dicts.Source, layout: str,
+               variables_template: Mapping[str, Any]) -> PortResult:
+  """Fills `variables_template` ({'params', 'batch_stats'}) from a PyTorch checkpoint.
+
+  Args:
+    source: a checkpoint file (.pth/.pt/.bin/.ckpt, .safetensors, .npz) or a state dict.
+    layout: one of `layouts.LAYOUTS` (res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc).
+    variables_template: the Flax model's variables (arrays, or ShapeDtypeStructs from
+      `jax.eval_shape(model.init, ...)` when the layout fills the whole model). For
+      res2net50_v1b / timm_res2net50d (sge) given a whole network's variables, only `resnet`
+      (`sge`) is filled and the rest is returned as it was in the template.
+
+  Returns:
+    PortResult(variables, report); variables are numpy arrays in the template's dtypes.
+
+  Raises:
+    PortingError: listing every unexpected, missing, mis-shaped key and every wrong Sobel kernel.
+    CheckpointFileError: the source is not a readable state dict.
+  """
+  return _load(source, layouts_lib.get_layout(layout), variables_template)
+
+
+def convert_state_dict(state_dict: state_dicts.Source,
+                       variables_template: Mapping[str, Any]) -> PortResult:
+  """Torch -> Flax by the naming rule alone, for any module named by the rule (e.g. the ContMix
+  block): every key must fill a template leaf of the right shape and every leaf must be filled."""
+  return _load(state_dict, layouts_lib.NAMING_RULE_ONLY, variables_template)
+
+
+def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
+          variables_template: Mapping[str, Any]) -> PortResult:
+  state = state_dicts.read_state_dict(source)
+  origin = "the given state dict" if isinstance(source, Mapping) else str(source)
+  target = _target_name(spec, variables_template)
+  template = _collections(variables_template, target)
+  modules_with_stats = {path[:-1] for path in template["batch_stats"]}
+  leaves_of_module: Dict[Path, set] = {}
+  for path in template["params"]:
+    leaves_of_module.setdefault(path[:-1], set()).add(path[-1])
+  target_params = (variables_template["params"][target] if target is not None
+                   else variables_template["params"])
+  target_stats = variables_template.get("batch_stats", {})
+  if target is not None:
+    target_stats = target_stats.get(target, {})
+
+  def module_shapes(flax_name: str, torch_prefix: str) -> layouts_lib.Extras:
+    return _shapes_as(spec, target_params, target_stats, flax_name, torch_prefix)
+
+  extras = spec.extras(target_params, module_shapes)
+
+  filled: Dict[str, Dict[Path, np.ndarray]] = {c: {} for c in COLLECTIONS}
+  present: Dict[str, set] = {c: set() for c in COLLECTIONS}  # keys found but mis-shaped
+  unexpected, misshaped, wrong_sobel = [], [], []
+  sobel, ignored = [], []
+  counters = 0
+  for key, value in state.items():
+    if key in extras:
+      extra = extras[key]
+      if value.shape != extra.shape:
+        misshaped.append(f"{key}: checkpoint {value.shape}, layout expects {extra.shape}")
+      elif extra.kind in layouts_lib.SOBEL_KERNELS:
+        if not _is_sobel(value, extra.kind):
+          wrong_sobel.append(f"{key}: not the constant {extra.kind.replace('_', '-')} kernel in "
+                             f"every (out, in) slice")
+        sobel.append(key)
+      else:
+        ignored.append(key)
+      continue
+    try:
+      *module, leaf = naming.torch_key_to_path(key)
+    except naming.NamingError as error:
+      unexpected.append(f"{key} ({error})")
+      continue
+    if module:
+      module[0] = spec.to_flax_name(module[0])
+    module = tuple(module)
+    if leaf == naming.BN_COUNTER:
+      if module in modules_with_stats and value.shape == ():
+        counters += 1
+      else:
+        unexpected.append(f"{key} {value.shape}")
+      continue
+    if leaf in naming.BN_STATS:
+      collection, name = "batch_stats", naming.BN_STATS[leaf]
+    elif leaf == "weight":
+      candidates = [n for n in naming.WEIGHT_LEAVES if n in leaves_of_module.get(module, ())]
+      collection, name = "params", candidates[0] if len(candidates) == 1 else "weight"
+    else:
+      collection, name = "params", leaf
+    path = module + (name,)
+    if path not in template[collection]:
+      unexpected.append(f"{key} {value.shape}")
+      continue
+    expected = template[collection][path]
+    converted = _to_flax_value(value, name, expected.shape)
+    if converted.shape != tuple(expected.shape):
+      misshaped.append(f"{key}: checkpoint {value.shape}, model expects "
+                       f"{_torch_shape(collection, path, expected.shape)}")
+      present[collection].add(path)
+      continue
+    if path in filled[collection]:
+      unexpected.append(f"{key} (a second key for {collection} {'/'.join(path)})")
+      continue
+    filled[collection][path] = np.asarray(converted, dtype=np.dtype(expected.dtype))
+
+  missing = sorted(f"{_torch_key(spec, c, p)} {_torch_shape(c, p, leaf.shape)} -> {c} {'/'.join(p)}"
+                   for c in COLLECTIONS for p, leaf in template[c].items()
+                   if p not in filled[c] and p not in present[c])
+  if unexpected or missing or misshaped or wrong_sobel:
+    raise PortingError(_mismatch_message(origin, spec, state, unexpected, missing, misshaped,
+                                         wrong_sobel))
+
+  variables = {c: _unflatten(filled[c]) for c in COLLECTIONS}
+  kept: Tuple[str, ...] = ()
+  if target is not None:
+    variables, kept = _merge_into_template(variables_template, target, variables)
+  report = PortReport(
+      layout=spec.name, source=origin,
+      loaded=sum(len(f) for f in filled.values()),
+      loaded_values=int(sum(v.size for f in filled.values() for v in f.values())),
+      sobel_constants=tuple(sobel), ignored=tuple(ignored),
+      absent=tuple(k for k in extras if k not in state), counters=counters, kept=kept)
+  return PortResult(variables, report)
+
+
+def _merge_into_template(template: Mapping[str, Any], target: str,
+                         loaded: Dict[str, Any]) -> Tuple[Dict[str, Any], Tuple[str, ...]]:
+  merged = {}
+  for collection in COLLECTIONS:
+    tree = _plain(template.get(collection, {}))
+    for path, leaf in _flatten(tree).items():
+      if path[0] != target and isinstance(leaf, jax.ShapeDtypeStruct):
+        raise PortingError(
+            f"the template's {collection} {'/'.join(path)} is abstract; this layout fills only "
+            f"'{target}', so pass initialised variables (model.init), not jax.eval_shape output")
+    if collection in template or loaded[collection]:
+      tree[target] = loaded[collection]
+      merged[collection] = tree
+  kept = tuple(name for name in template["params"] if name != target)
+  return merged, kept
+
+
+def _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong_sobel) -> str:
+  counts = f"{len(unexpected)} unexpected, {len(missing)} missing, {len(misshaped)} mis-shaped keys"
+  if wrong_sobel:
+    counts += f", {len(wrong_sobel)} wrong Sobel kernels"
+  lines = [f"{origin} does not fit layout {spec.name!r} for this model: {counts}."]
+  if unexpected or missing:
+    guesses = [name for name in layouts_lib.guess_layouts(state) if name != spec.name]
+    looks = (f"It looks like a {' / '.join(repr(g) for g in guesses)} checkpoint. "
+             if guesses else "")
+    first = lambda items: ", ".join(item.split(" ")[0] for item in items[:FIRST_KEYS])
+    lines.append(f"{looks}First keys that do not match: {first(unexpected) or '-'}; "
+                 f"first missing: {first(missing) or '-'}.")
+  lines += _describe(unexpected, "unexpected keys (not in the model)")
+  lines += _describe(missing, "missing keys (model leaves the checkpoint does not fill)")
+  lines += _describe(misshaped, "mis-shaped keys")
+  lines += _describe(wrong_sobel, "frozen Sobel weights that are not the Sobel constants")
+  if any(item.startswith("predictor") for item in misshaped):
+    lines.append("(predictor shapes differ: check model.num_classes; CTO checkpoints are 2-class)")
+  return "\n".join(lines)
+
+
+def _torch_leaves(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Mapping[str, Any]):
+  """Yields (torch key, collection, path, leaf) for our variables in module order: a module's
+  parameters, then for a BatchNorm its running_mean/var and its num_batches_tracked (collection,
+  path and leaf None)."""
+  flat = {"params": _flatten(params), "batch_stats": _flatten(stats)}
+  modules: Dict[Path, List[Path]] = {}
+  for path in flat["params"]:
+    modules.setdefault(path[:-1], []).append(path)
+  for module, paths in modules.items():
+    for path in paths:
+      yield _torch_key(spec, "params", path), "params", path, flat["params"][path]
+    stat_paths = [module + (n,) for n in ("mean", "var") if module + (n,) in flat["batch_stats"]]
+    for path in stat_paths:
+      yield _torch_key(spec, "batch_stats", path), "batch_stats", path, flat["batch_stats"][path]
+    if stat_paths:
+      module_key = _torch_key(spec, "batch_stats", stat_paths[0]).rsplit(".", 1)[0]
+      yield f"{module_key}.{naming.BN_COUNTER}", None, None, None
+
+
+def _shapes_as(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Mapping[str, Any],
+               flax_name: str, torch_prefix: str) -> layouts_lib.Extras:
+  """The torch keys and shapes of our module `flax_name`, renamed to `torch_prefix`, as unused
+  extras (upstream's dm4 has dm1's shapes, predictor4 predictor1's)."""
+  extras = {}
+  old_prefix = spec.to_torch_name(flax_name) + "."
+  sub_params = {flax_name: params[flax_name]}
+  sub_stats = {flax_name: stats[flax_name]} if flax_name in stats else {}
+  for key, collection, path, leaf in _torch_leaves(spec, sub_params, sub_stats):
+    new_key = f"{torch_prefix}.{key[len(old_prefix):]}"
+    if leaf is None:
+      extras[new_key] = layouts_lib.ExtraKey((), layouts_lib.UNUSED, np.int64)
+    else:
+      extras[new_key] = layouts_lib.ExtraKey(_torch_shape(collection, path, leaf.shape),
+                                             layouts_lib.UNUSED)
+  return extras
+
+
+def check_structure(variables: Mapping[str, Any], layout: str) -> None:
+  """Raises PortingError unless `variables` have exactly the canonical structure of `layout`
+  (paths and shapes; constructor arguments such as num_classes are read off the variables)."""
+  spec = layouts_lib.get_layout(layout)
+  target = _target_name(spec, variables)
+  ours = _collections(variables, target)
+  try:
+    expected_tree = spec.structure(variables["params"][target] if target else variables["params"])
+  except (KeyError, TypeError, IndexError, ValueError) as error:
+    raise PortingError(f"variables do not have the {layout!r} layout: cannot read its "
+                       f"dimensions ({type(error).__name__}: {error})") from None
+  expected = _collections(expected_tree, None)
+  problems = []
+  for collection in COLLECTIONS:
+    for path, leaf in ours[collection].items():
+      if path not in expected[collection]:
+        problems.append(f"unexpected {collection} {'/'.join(path)} {tuple(leaf.shape)}")
+      elif tuple(leaf.shape) != tuple(expected[collection][path].shape):
+        problems.append(f"mis-shaped {collection} {'/'.join(path)}: {tuple(leaf.shape)}, layout "
+                        f"expects {tuple(expected[collection][path].shape)}")
+    for path, leaf in expected[collection].items():
+      if path not in ours[collection]:
+        problems.append(f"missing {collection} {'/'.join(path)} {tuple(leaf.shape)}")
+  if problems:
+    raise PortingError(f"variables do not have the {layout!r} layout ({spec.description}); "
+                       f"{len(problems)} differences:\n  " + "\n  ".join(problems))
+
+
+def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
+  """Our variables -> the full upstream state dict of `layout` ({key: numpy array}).
+
+  Every leaf we hold is written bit-exactly (conv kernels transposed back), BatchNorm
+  num_batches_tracked as 0, frozen Sobel kernels as the exact constants, and modules upstream
+  defines but never calls as placeholders (zeros; BN running_var ones). The variables are first
+  checked against the layout's canonical structure, so the result loads into the upstream module
+  with `load_state_dict(strict=True)`.
+  """
+  spec = layouts_lib.get_layout(layout)
+  check_structure(variables, layout)
+  target = _target_name(spec, variables)
+  params = variables["params"][target] if target else variables["params"]
+  stats = variables.get("batch_stats", {})
+  stats = stats.get(target, {}) if target else stats
+  state: Dict[str, np.ndarray] = {}
+  held = counters = 0
+  for key, _, path, leaf in _torch_leaves(spec, params, stats):
+    if leaf is None:
+      state[key] = np.zeros((), np.int64)
+      counters += 1
+      continue
+    value = np.asarray(leaf)
+    state[key] = naming.kernel_to_torch(value) if path[-1] == "kernel" else value
+    held += 1
+  extras = spec.extras(params, lambda name, prefix: _shapes_as(spec, params, stats, name, prefix))
+  sobel, placeholders = [], []
+  for key, extra in extras.items():
+    if key in state:
+      raise PortingError(f"layout {layout!r}: extra key {key} collides with a model key")
+    state[key] = extra.placeholder(key)
+    (sobel if extra.kind in layouts_lib.SOBEL_KERNELS else placeholders).append(key)
+  report = ExportReport(layout=spec.name, written=len(state), held=held, counters=counters,
+                        sobel_constants=tuple(sobel), placeholders=tuple(placeholders))
+  return ExportResult(state, report)
