@@ -13,7 +13,7 @@ DATA_ROOT = "data/demo"
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data=f"{DATA_ROOT}/prepared",
-                          epochs=12)
+                          epochs=6)
   model = common.tiny_model_config(args.variant, args.num_classes)
   model.sge.guide_channels = 16
   config = common.training_config(model, args.data)

@@ -1,0 +1,42 @@
+"""Two processes on loopback (jax.distributed, gloo CPU collectives) equal one process."""
+import socket
+import subprocess
+
+import pytest
+
+from tests import train_helpers
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_training_equals_single_process(tmp_path):
+  data_dir = train_helpers.tiny_dataset(tmp_path / "data")
+  fields = dict(total_steps=3, checkpoint_every_steps=3, eval_every_epochs=0)
+  single = tmp_path / "single"
+  train_helpers.run(train_helpers.train_command(single, data_dir, **fields), train_helpers.subprocess_env(
+      XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+
+  multi = tmp_path / "multi"
+  port = _free_port()
+  processes = []
+  for process_id in range(2):
+    env = train_helpers.subprocess_env(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(process_id), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    processes.append(subprocess.Popen(train_helpers.train_command(multi, data_dir, **fields),
+                                      cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+  outputs = [p.communicate(timeout=900)[0] for p in processes]
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-4000:]
+  expected = train_helpers.step_losses(single)
+  got = train_helpers.step_losses(multi)  # written by process 0 only
+  assert sorted(got) == sorted(expected) == [1, 2, 3]
+  for step in expected:
+    assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
+  assert (multi / "checkpoints" / "3").is_dir()

@@ -1,0 +1,207 @@
+"""Training: loss values, optimiser parity, exact resume, preemption, non-finite stop, evaluation."""
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from sgdnet_jax import config_utils, evaluate, variables_io
+from sgdnet_jax.train import checkpointing, losses, loop, optimizer
+from tests import train_helpers
+
+
+def test_loss_matches_a_hand_computed_value():
+  mask = np.zeros((1, 4, 4), np.uint8)
+  mask[0, 1:3, 1:3] = 1
+  logits = np.full((1, 4, 4, 1), -2.0, np.float32)
+  logits[0, 1:3, 1:3, 0] = 3.0
+  logits[0, 0, 0, 0] = 1.0  # one false positive
+  outputs = {k: jnp.asarray(logits) for k in ("o1", "o2", "o3")}
+  config = losses.default_loss_config()
+  config.edge_weight = 0.0
+  loss, parts = losses.total_loss(outputs, jnp.asarray(mask), config)
+  p = 1 / (1 + np.exp(-logits[0, ..., 0]))
+  t = mask[0].astype(np.float64)
+  bce = np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+  dice = 1 - (2 * np.sum(p * t) + 1) / (np.sum(p) + np.sum(t) + 1)
+  assert float(parts["loss_o1"]) == pytest.approx(bce + dice, rel=1e-5)
+  assert float(loss) == pytest.approx(3 * (bce + dice), rel=1e-5)
+  # Two-class logits [0, z] give the same probabilities, hence the same loss.
+  two = {k: jnp.concatenate([jnp.zeros_like(v), v], -1) for k, v in outputs.items()}
+  assert float(losses.total_loss(two, jnp.asarray(mask), config)[0]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_edge_term_uses_the_outer_disk2_ring():
+  from skimage.morphology import dilation, disk
+  rng = np.random.default_rng(0)
+  mask = (rng.random((2, 20, 20)) > 0.8).astype(np.uint8)
+  ring = np.asarray(losses.boundary_target(jnp.asarray(mask)))
+  for m, e in zip(mask, ring):
+    np.testing.assert_array_equal(e, dilation(m, disk(2)) - m)
+  edge = jnp.asarray(ring[..., None] * 0.9)
+  outputs = {"o1": jnp.zeros((2, 20, 20, 1)), "o2": jnp.zeros((2, 20, 20, 1)),
+             "o3": jnp.zeros((2, 20, 20, 1)), "edge": edge}
+  _, parts = losses.total_loss(outputs, jnp.asarray(mask), losses.default_loss_config())
+  expected = np.mean([1 - (2 * 0.9 * r.sum() + 1) / (0.9 * r.sum() + r.sum() + 1) for r in ring])
+  assert float(parts["loss_edge"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_structure_loss_weights_each_sample_by_its_own_map():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(2, 40, 40, 2)), jnp.float32)
+  mask = np.zeros((2, 40, 40), np.float32)
+  mask[0, 5:30, 5:30] = 1  # only sample 0 has a lesion: the two weight maps differ.
+  batch = losses.structure_loss(logits, jnp.asarray(mask))
+  single = [losses.structure_loss(logits[i:i + 1], jnp.asarray(mask[i:i + 1]))[0] for i in range(2)]
+  np.testing.assert_allclose(batch, single, rtol=1e-6)
+
+
+def test_optimizer_matches_torch_adam_with_clip_and_coupled_weight_decay():
+  config = optimizer.default_optimizer_config()
+  config.lr = 1e-2
+  tx, schedule = optimizer.make_optimizer(config, steps_per_epoch=2, epochs=4)
+  rng = np.random.default_rng(2)
+  w0 = rng.normal(size=(5, 3)).astype(np.float32)
+  grads = [rng.normal(scale=2.0, size=(5, 3)).astype(np.float32) for _ in range(5)]
+  params = jnp.asarray(w0)
+  state = tx.init(params)
+  weight = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+  torch_opt = torch.optim.Adam([weight], lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=1e-5)
+  for step, g in enumerate(grads):
+    updates, state = tx.update(jnp.asarray(g), state, params)
+    params = optax.apply_updates(params, updates)
+    for group in torch_opt.param_groups:  # CTO's poly_lr, set at the start of each epoch.
+      group["lr"] = 1e-2 * (1 - (step // 2) / 4) ** 0.9
+    weight.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_value_([weight], 0.5)
+    torch_opt.step()
+    np.testing.assert_allclose(params, weight.detach().numpy(), rtol=1e-5, atol=1e-7)
+  assert float(schedule(0)) == float(schedule(1)) == pytest.approx(1e-2)
+  assert float(schedule(2)) == pytest.approx(1e-2 * 0.75 ** 0.9)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return train_helpers.tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir):
+  """An uninterrupted 6-step run (checkpoints every 2 steps), in this process."""
+  workdir = tmp_path_factory.mktemp("reference")
+  config = config_utils.load_config(train_helpers.TRAIN_CONFIG, train_helpers.overrides(
+      data_dir, total_steps=6, checkpoint_every_steps=2))
+  summary = loop.train_and_evaluate(config, str(workdir))
+  return workdir, config, summary
+
+
+def test_training_writes_config_metrics_events_and_checkpoints(reference_run):
+  workdir, config, summary = reference_run
+  assert summary["step"] == 6 and summary["best_step"] > 0
+  names = set(os.listdir(workdir))
+  assert {"config.json", "metrics.jsonl", "checkpoints", "best"} <= names
+  assert any(n.startswith("events.out.tfevents") for n in names)
+  losses_by_step = train_helpers.step_losses(workdir)
+  assert sorted(losses_by_step) == [1, 2, 3, 4, 5, 6]
+  assert all(math.isfinite(v) for v in losses_by_step.values())
+  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [4, 6]
+  written = json.loads((workdir / "config.json").read_text())
+  assert written["total_steps"] == 6 and written["model"]["variant"] == config.model.variant
+
+
+def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, tmp_path):
+  reference, _, _ = reference_run
+  workdir = tmp_path / "killed"
+  env = train_helpers.subprocess_env()
+  command = train_helpers.train_command(workdir, data_dir, total_steps=6, checkpoint_every_steps=2)
+  process = subprocess.Popen(command, cwd=train_helpers.REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while time.time() < deadline:
+    if (workdir / "metrics.jsonl").exists() and max(train_helpers.step_losses(workdir), default=0) >= 3:
+      break
+    assert process.poll() is None, "training ended before it could be killed"
+    time.sleep(0.2)
+  process.kill()  # SIGKILL: no chance to save anything.
+  process.wait()
+  train_helpers.run(command, env)
+  assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_continues_exactly(reference_run, data_dir, tmp_path):
+  reference, _, _ = reference_run
+  workdir = tmp_path / "preempted"
+  env = train_helpers.subprocess_env()
+  command = train_helpers.train_command(workdir, data_dir, total_steps=6, checkpoint_every_steps=100)
+  process = subprocess.Popen(command, cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  while time.time() < deadline and not (
+      (workdir / "metrics.jsonl").exists() and max(train_helpers.step_losses(workdir), default=0) >= 2):
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=600)
+  assert process.returncode == 0, output[-3000:]
+  saved = checkpointing.WorkdirCheckpoints(str(workdir)).latest_step()
+  assert saved is not None and 2 <= saved < 6
+  train_helpers.run(command, env)
+  assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference_run, data_dir, tmp_path):
+  reference, _, _ = reference_run
+  workdir = tmp_path / "exploding"
+  os.makedirs(workdir)
+  os.system(f"cp -r {reference}/checkpoints {workdir}/")
+  config = config_utils.load_config(train_helpers.TRAIN_CONFIG, train_helpers.overrides(
+      data_dir, total_steps=8, checkpoint_every_steps=1, epochs=100))
+  config.optimizer.lr = 1e38  # The first update overflows the parameters.
+  with pytest.raises(loop.NonFiniteLossError, match="not finite; stopping. The last checkpoint"):
+    loop.train_and_evaluate(config, str(workdir))
+  manager = checkpointing.WorkdirCheckpoints(str(workdir))
+  assert manager.latest_step() == 6
+  restored = variables_io.load_variables(str(workdir))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(restored))
+
+
+def test_evaluate_writes_every_metric_with_conventions(reference_run):
+  workdir, config, _ = reference_run
+  result = evaluate.evaluate(config, str(workdir), "test", "train")
+  for name in ("dice", "iou", "hd95", "assd"):
+    assert isinstance(result[name], float)
+    assert set(result["conventions"][name]) == {"definition", "empty_policy"}
+  assert result["n_total"] == result["cases"]["dice"]["n_total"] > 0
+  assert (workdir / "eval" / "test.json").exists()
+  rows = (workdir / "eval" / "test_cases.csv").read_text().strip().splitlines()
+  assert len(rows) == result["n_total"] + 1 and rows[0].startswith("case_id,")
+  native = evaluate.evaluate(config, str(workdir), "test", "native")
+  assert native["resolution"] == "original" and native["n_total"] == result["n_total"]
+
+
+def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_dir, tmp_path):
+  from PIL import Image
+  from sgdnet_jax import predict
+  workdir, config, _ = reference_run
+  out, count = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)
+  assert count == 3 and (out / "overview.png").exists()
+  panel = np.asarray(Image.open(next((out / "panels").iterdir())))
+  assert panel.shape == (train_helpers.IMAGE_SIZE, 3 * train_helpers.IMAGE_SIZE, 3)  # no edge: baseline
+  source_images = sorted(pathlib.Path(data_dir).parent.glob("source/images/*"))[:2]
+  out, count = predict.predict(config, str(workdir), str(tmp_path / "files"),
+                               inputs=[str(p) for p in source_images])
+  assert count == 2
+  for path in source_images:
+    mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))
+    assert mask.shape == np.asarray(Image.open(path)).shape[:2]
+    assert set(np.unique(mask)) <= {0, 255}
+  with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    predict.collect_images([str(tmp_path / "missing")])

@@ -1,0 +1,54 @@
+"""Shared pieces of the training tests: a tiny synthetic dataset and the CLI in a subprocess."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 32
+# The loop's mechanics do not depend on the variant: the baseline compiles fastest.
+TRAIN_CONFIG = "configs/test.py:variant=baseline"
+
+
+def tiny_dataset(root: pathlib.Path) -> str:
+  """24 synthetic cases at 32 px, prepared (train 16 / val 2 / test 6 with seeded_712)."""
+  from sgdnet_jax.data import synthetic
+  return str(synthetic.ensure_demo_dataset(root, num_cases=24, image_size=IMAGE_SIZE))
+
+
+def overrides(data_dir: str, **fields) -> list:
+  base = {"data.image_size": IMAGE_SIZE, "model.trans_patch_sizes": (8, 4, 2, 1),
+          "global_batch_size": 4, "eval_batch_size": 4, "log_every_steps": 1,
+          "compilation_cache_dir": ""}
+  base.update(fields)
+  return [f"--config.data.dir={data_dir}"] + [f"--config.{k}={v!r}" if isinstance(v, str) else
+                                              f"--config.{k}={v}" for k, v in base.items()]
+
+
+def train_command(workdir, data_dir: str, **fields) -> list:
+  return [sys.executable, "-m", "sgdnet_jax.main", "train", "--config", TRAIN_CONFIG,
+          "--workdir", str(workdir)] + overrides(data_dir, **fields)
+
+
+def subprocess_env(**extra) -> dict:
+  env = dict(os.environ)
+  env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra})
+  return env
+
+
+def step_losses(workdir) -> dict:
+  """step -> loss from metrics.jsonl; a repeated step (after a resume) keeps its last value."""
+  losses = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "loss" in record:
+        losses[record["step"]] = record["loss"]
+  return losses
+
+
+def run(command, env, timeout=900):
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+  return result
