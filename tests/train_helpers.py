@@ -26,9 +26,9 @@ def overrides(data_dir: str, **fields) -> list:
                                               f"--config.{k}={v}" for k, v in base.items()]
 
 
-def train_command(workdir, data_dir: str, **fields) -> list:
+def train_command(workdir, data_dir: str, fields=None, **more_fields) -> list:
   return [sys.executable, "-m", "sgdnet_jax.main", "train", "--config", TRAIN_CONFIG,
-          "--workdir", str(workdir)] + overrides(data_dir, **fields)
+          "--workdir", str(workdir)] + overrides(data_dir, **{**(fields or {}), **more_fields})
 
 
 def subprocess_env(**extra) -> dict:
