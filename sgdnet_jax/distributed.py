@@ -37,3 +37,33 @@ def initialize(mode: str = "auto"):
                                process_id=int(os.environ["JAX_PROCESS_ID"]))
   else:
     jax.distributed.initialize()
+
+
+def barrier(name: str, timeout_s: float = 3600.0):
+  """Waits until every process reaches `name`, through the coordination service.
+
+  No device collective is involved, so it is safe before the first one: gloo connects its
+  peers at the first collective and gives up after a fixed timeout, which a process still
+  compiling (minutes on a loaded host) would exceed.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+class CompiledOnAllProcesses:
+  """A jitted function compiled at its first call, which then waits for every process.
+
+  Every later call reuses that executable, so its arguments must keep their shapes and
+  shardings (fixed-size batches). The first collective then starts on all processes together.
+  """
+
+  def __init__(self, jitted, name: str):
+    self._jitted, self._name, self._compiled = jitted, name, None
+
+  def __call__(self, *args):
+    if self._compiled is None:
+      self._compiled = self._jitted.lower(*args).compile()
+      barrier(f"compiled:{self._name}")
+    return self._compiled(*args)

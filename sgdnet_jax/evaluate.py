@@ -107,7 +107,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, split: str = "test
   model = models.build(config.model)
   variables = variables if variables is not None else variables_io.load_variables(workdir)
   variables = jax.device_put(variables, state_lib.replicated(mesh))
-  probability_fn = make_probability_fn(model, mesh)
+  probability_fn = distributed.CompiledOnAllProcesses(make_probability_fn(model, mesh), "eval_forward")
   dataset, case_ids = pipeline.resolve_split(config.data, split_name)
   options = metrics.MetricOptions(
       dice=config.metrics.dice, iou=config.metrics.iou, overlap_empty=config.metrics.overlap_empty,

@@ -44,13 +44,45 @@ def test_conv2d_matches_torch_with_dilation_groups_and_stride():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 9, 9, 8)).astype(np.float32)
   for kwargs in (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, padding=2, dilation=2),
-                 dict(kernel_size=3, padding=1, groups=8), dict(kernel_size=1)):
+                 dict(kernel_size=3, padding=1, groups=8), dict(kernel_size=1),
+                 dict(kernel_size=1, stride=2), dict(kernel_size=3, padding=2, dilation=2, groups=8),
+                 dict(kernel_size=3, groups=8), dict(kernel_size=5, padding=2, groups=8)):
     torch_conv = torch.nn.Conv2d(8, 8, **kwargs)
     module = layers.Conv2d(8, **{k: v for k, v in kwargs.items()})
     params = {"kernel": jnp.asarray(torch_conv.weight.detach().numpy().transpose(2, 3, 1, 0)),
               "bias": jnp.asarray(torch_conv.bias.detach().numpy())}
     ours = module.apply({"params": params}, jnp.asarray(x))
     np.testing.assert_allclose(ours, _nhwc(torch_conv(_nchw(x))), atol=1e-5)
+
+
+@pytest.mark.parametrize("im2col_max_pixels", [0, 256])
+@pytest.mark.parametrize("kernel_size,padding,dilation,groups,stride",
+                         [(1, 0, 1, 1, 1), (1, 0, 1, 1, 2), (3, 1, 1, 6, 1), (3, 2, 2, 6, 1),
+                          (3, 1, 1, 1, 1), (3, 2, 2, 1, 1), (3, 0, 1, 1, 1), (3, 1, 1, 1, 2)])
+def test_matmul_and_shifted_convolutions_have_the_generic_gradients(
+    kernel_size, padding, dilation, groups, stride, im2col_max_pixels, monkeypatch):
+  # 1x1 (matrix product), depthwise (shifted sums) and conv2d_cpu (matrix-product backward; patch
+  # matrix on small maps) against conv_general_dilated.
+  monkeypatch.setattr(layers, "IM2COL_MAX_PIXELS", im2col_max_pixels)
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 7, 8, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 6 // groups, 6)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(2, 8, 8, 6)), jnp.float32)
+  module = layers.Conv2d(6, kernel_size, stride, padding, dilation, groups, use_bias=False)
+
+  def generic(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * weights[:, :fn(x, k).shape[1], :fn(x, k).shape[2]])
+
+  ours = lambda x, k: module.apply({"params": {"kernel": k}}, x)
+  np.testing.assert_allclose(ours(x, kernel), generic(x, kernel), atol=1e-5)
+  for got, expected in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                           jax.grad(loss(generic), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_default_initialisers_have_torch_bounds():

@@ -3,10 +3,12 @@
 A parameter head on `x + proj(guidance)` predicts two gates and, per head and pixel, a k x k
 kernel (softmax over the taps). The local branch is a gated depthwise 3x3 conv; the dynamic branch
 applies the predicted kernels to the LayerNorm-ed input. Two implementations of the dynamic branch:
-`patches` (the paper's patch extraction + einsum) and `shifted` (a sum over the k^2 shifted views,
-never materialising the k^2-times larger patch tensor, rematerialised in the backward pass).
+`patches` (the paper's patch extraction + einsum, materialising the k^2-times larger patch tensor)
+and `shifted` (a sum over the k^2 shifted views with a hand-written backward pass; nothing
+k^2-sized is ever stored or recomputed).
 """
-from typing import Any, Optional
+import math
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -19,41 +21,128 @@ FORMS = ("official", "paper")
 DYNAMIC_IMPLS = ("patches", "shifted")
 
 
+def _geometry(x: jax.Array, kernels: jax.Array) -> Tuple[int, int, int]:
+  """(heads, k, r) of a dynamic convolution; checks the shapes agree."""
+  heads, taps = kernels.shape[-2:]
+  k = math.isqrt(taps)
+  if k * k != taps or k % 2 != 1:
+    raise ValueError(f"dynamic kernels need an odd k*k taps axis, got {taps}")
+  if kernels.shape[:3] != x.shape[:3] or x.shape[-1] % heads:
+    raise ValueError(f"kernels {kernels.shape} do not fit x {x.shape} (B, H, W, heads, k*k)")
+  return heads, k, k // 2
+
+
+def _split_heads(x: jax.Array, heads: int) -> jax.Array:
+  """(B, H, W, C) -> (B, H, W, heads, C / heads): heads are contiguous channel groups."""
+  return x.reshape(*x.shape[:3], heads, x.shape[-1] // heads)
+
+
+def _pad_hw(x: jax.Array, r: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (r, r), (r, r)) + ((0, 0),) * (x.ndim - 3))
+
+
 def dynamic_conv_patches(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """Per-pixel, per-head k x k filtering via explicit patches (zero padding).
 
-  x: (B, H, W, C); kernels: (B, H, W, heads, k*k), taps in row-major (ky, kx) order.
+  x: (B, H, W, C); kernels: (B, H, W, heads, k*k), taps in row-major (ky, kx) order. The patch
+  tensor (B, H, W, heads, C / heads, k*k) is torch's `unfold` (channel-major, then taps). It is
+  built from k*k slices rather than `conv_general_dilated_patches`, whose backward pass XLA:CPU
+  runs as a dense convolution with a (k*k*C)-channel identity kernel (minutes, tens of GB).
   """
   b, h, w, c = x.shape
-  heads, taps = kernels.shape[-2:]
-  k = int(round(taps ** 0.5))
-  r = k // 2
-  # Feature layout of the patches is channel-major then (ky, kx): torch's unfold order.
-  patches = jax.lax.conv_general_dilated_patches(
-      x, (k, k), (1, 1), ((r, r), (r, r)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  patches = patches.reshape(b, h, w, heads, c // heads, taps)
+  heads, k, r = _geometry(x, kernels)
+  padded = _pad_hw(_split_heads(x, heads), r)
+  patches = jnp.stack([padded[:, ky:ky + h, kx:kx + w] for ky in range(k) for kx in range(k)], -1)
   return jnp.einsum("bhwgct,bhwgt->bhwgc", patches, kernels.astype(x.dtype)).reshape(b, h, w, c)
 
 
-@jax.checkpoint
+@jax.custom_vjp
 def dynamic_conv_shifted(x: jax.Array, kernels: jax.Array) -> jax.Array:
-  """Same result as `dynamic_conv_patches`, as a sum of k*k shifted, weighted views.
+  """Same result as `dynamic_conv_patches`, as a sum of k*k shifted, weighted views of x.
 
-  Memory stays O(B*H*W*C): under `jax.checkpoint` only the inputs are kept for the backward pass.
+  With d_t = (ky - r, kx - r), out[p] = sum_t x[p + d_t] * K[p, t] per head (zero outside the
+  image). The backward pass is written out so that memory stays O(B*H*W*C):
+    dx[q] = sum_t g[q - d_t] * K[q - d_t, t]   (the same shifted sum, over g and K),
+    dK[p, t] = sum_c x[p + d_t, c] * g[p, c]   (one channel reduction per tap).
+  Only x and the kernels are kept for it. Accumulation is in float32; the output has x's dtype
+  and the kernels keep theirs (float32 from the softmax).
   """
-  b, h, w, c = x.shape
-  heads, taps = kernels.shape[-2:]
-  k = int(round(taps ** 0.5))
-  r = k // 2
-  padded = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0))).reshape(b, h + 2 * r, w + 2 * r, heads, c // heads)
-  kernels = kernels.astype(x.dtype)
-  out = jnp.zeros((b, h, w, heads, c // heads), x.dtype)
-  for ky in range(k):
-    for kx in range(k):
-      view = jax.lax.dynamic_slice(padded, (0, ky, kx, 0, 0), (b, h, w, heads, c // heads))
-      out = out + view * kernels[..., ky * k + kx, None]
-  return out.reshape(b, h, w, c)
+  return _shifted_forward(x, kernels)
 
+
+def _in_row_blocks(height: int, block_sum, shape) -> jax.Array:
+  """Assembles (B, height, ...) from `block_sum(start, rows)` over two row blocks, in a loop.
+
+  The loop boundary makes XLA materialise the operands and the result of the k*k-term sums:
+  unrolled in the surrounding program, XLA fuses such a sum into its producers (softmax,
+  LayerNorm, the incoming gradient) and consumers, re-evaluating it there up to k*k times.
+  """
+  rows = (height + 1) // 2
+
+  def block(i, out):
+    start = jnp.minimum(i * rows, height - rows)  # an odd height overlaps one row, same values
+    return jax.lax.dynamic_update_slice_in_dim(out, block_sum(start, rows), start, axis=1)
+
+  return jax.lax.fori_loop(0, 2, block, jnp.zeros(shape, jnp.float32))
+
+
+def _shifted_forward(x: jax.Array, kernels: jax.Array) -> jax.Array:
+  b, h, w, c = x.shape
+  heads, k, r = _geometry(x, kernels)
+  padded = _pad_hw(_split_heads(x, heads), r)
+
+  def block_sum(start, rows):
+    x_rows = jax.lax.dynamic_slice_in_dim(padded, start, rows + 2 * r, axis=1).astype(jnp.float32)
+    k_rows = jax.lax.dynamic_slice_in_dim(kernels, start, rows, axis=1).astype(jnp.float32)
+    out = 0.0
+    for ky in range(k):
+      for kx in range(k):
+        out = out + x_rows[:, ky:ky + rows, kx:kx + w] * k_rows[..., ky * k + kx, None]
+    return out
+
+  out = _in_row_blocks(h, block_sum, (b, h, w, heads, c // heads))
+  return out.reshape(b, h, w, c).astype(x.dtype)
+
+
+def _shifted_fwd(x: jax.Array, kernels: jax.Array):
+  return _shifted_forward(x, kernels), (x, kernels)
+
+
+def _shifted_bwd(residuals, grad: jax.Array):
+  x, kernels = residuals
+  b, h, w, c = x.shape
+  heads, k, r = _geometry(x, kernels)
+  g = _split_heads(grad, heads).astype(jnp.float32)
+  # dx: tap (ky, kx) of output pixel q - d_t lands on q; in padded coordinates that pixel is at
+  # q + (2r - ky, 2r - kx). Zero padding of g and K drops the taps of pixels outside the image.
+  g_padded, k_padded = _pad_hw(g, r), _pad_hw(kernels.astype(jnp.float32), r)
+
+  def block_sum(start, rows):
+    g_rows = jax.lax.dynamic_slice_in_dim(g_padded, start, rows + 2 * r, axis=1)
+    k_rows = jax.lax.dynamic_slice_in_dim(k_padded, start, rows + 2 * r, axis=1)
+    dx = 0.0
+    for ky in range(k):
+      for kx in range(k):
+        oy, ox = 2 * r - ky, 2 * r - kx
+        weight = k_rows[:, oy:oy + rows, ox:ox + w, :, ky * k + kx, None]
+        dx = dx + g_rows[:, oy:oy + rows, ox:ox + w] * weight
+    return dx
+
+  dx = _in_row_blocks(h, block_sum, g.shape)
+  # dK: one tap per iteration keeps a single shifted view alive (XLA:CPU materialises the view
+  # feeding each channel reduction; unrolled, that would be the patch tensor again).
+  x_padded = _pad_hw(_split_heads(x, heads), r)
+
+  def tap(t, dk):
+    view = jax.lax.dynamic_slice(x_padded, (0, t // k, t % k, 0, 0), g.shape)
+    column = jnp.sum(view.astype(jnp.float32) * g, axis=-1, keepdims=True)
+    return jax.lax.dynamic_update_slice(dk, column, (0, 0, 0, 0, t))
+
+  dk = jax.lax.fori_loop(0, k * k, tap, jnp.zeros(kernels.shape, jnp.float32))
+  return dx.reshape(b, h, w, c).astype(x.dtype), dk.astype(kernels.dtype)
+
+
+dynamic_conv_shifted.defvjp(_shifted_fwd, _shifted_bwd)
 
 DYNAMIC_CONV = {"patches": dynamic_conv_patches, "shifted": dynamic_conv_shifted}
 

@@ -146,8 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   elif config.init_from:
     state = _load_initial_variables(config.init_from, state, shardings)
 
-  train_step = make_train_step(model, tx, schedule, config.loss, mesh, shardings)
-  dice_step = make_dice_step(model, mesh, shardings)
+  train_step = distributed.CompiledOnAllProcesses(
+      make_train_step(model, tx, schedule, config.loss, mesh, shardings), "train_step")
+  dice_step = distributed.CompiledOnAllProcesses(make_dice_step(model, mesh, shardings), "dice_step")
   writer = writers.MetricsWriter(workdir)
   preemption = _Preemption()
   step = int(state.step)
