@@ -11,10 +11,10 @@ IMAGE_SIZE = 32
 TRAIN_CONFIG = "configs/test.py:variant=baseline"
 
 
-def tiny_dataset(root: pathlib.Path) -> str:
-  """24 synthetic cases at 32 px, prepared (train 16 / val 2 / test 6 with seeded_712)."""
+def tiny_dataset(root: pathlib.Path, image_size: int = IMAGE_SIZE) -> str:
+  """24 synthetic cases (32 px by default), prepared (train 16 / val 2 / test 6, seeded_712)."""
   from sgdnet_jax.data import synthetic
-  return str(synthetic.ensure_demo_dataset(root, num_cases=24, image_size=IMAGE_SIZE))
+  return str(synthetic.ensure_demo_dataset(root, num_cases=24, image_size=image_size))
 
 
 def overrides(data_dir: str, **fields) -> list:
