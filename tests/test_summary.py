@@ -29,3 +29,17 @@ def test_config_overrides_and_errors():
     config_utils.load_config("configs/nope.py")
   with pytest.raises(ValueError, match="expected an integer"):
     config_utils.load_config("configs/isic2018.py:fold=x")
+
+
+def test_every_experiment_config_loads_with_its_protocol():
+  ph2 = config_utils.load_config("configs/isic2016_ph2.py:variant=baseline,ph2=/d/ph2")
+  assert ph2.data.protocol == "holdout20" and ph2.data.dir == "data/isic2016"
+  assert ph2.data.extra_eval.ph2.dir == "/d/ph2" and ph2.data.extra_eval.ph2.protocol == "all"
+  assert ph2.model.variant == "baseline" and ph2.model.skip_fusion == "none"
+  conic = config_utils.load_config("configs/conic.py:protocol=random_712")
+  assert conic.data.protocol == "random_712" and conic.data.dir == "data/conic"
+  folder = config_utils.load_config("configs/folder.py:data=data/mine,variant=cto")
+  assert folder.data.dir == "data/mine" and folder.data.protocol == "seeded_712"
+  assert folder.global_batch_size == 8 and folder.model.skip_fusion == "edge_gate"
+  with pytest.raises(ValueError, match="needs data=<prepared folder>"):
+    config_utils.load_config("configs/folder.py")
