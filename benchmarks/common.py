@@ -55,6 +55,16 @@ def configure_threads(threads: Optional[int]) -> int:
   return threads
 
 
+def add_common_arguments(parser) -> None:
+  """The options every model benchmark takes: threads, the PyTorch switch, profile, output."""
+  parser.add_argument("--threads", type=int, default=None,
+                      help="CPU threads for XLA and torch (default: all)")
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--profile", action="store_true",
+                      help="print the profile even when targets are met")
+  parser.add_argument("--output", type=pathlib.Path, default=None)
+
+
 def machine_info(threads: int) -> Dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   info = {"platform": platform.platform(), "processor": _cpu_model(),

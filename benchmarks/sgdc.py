@@ -244,14 +244,9 @@ def check_targets(rows) -> list:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=2, help="batch size (16: the GPU setting)")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="CPU threads for XLA and torch (default: all)")
   parser.add_argument("--repeats", type=int, default=3,
                       help="timed runs per candidate; the best is kept")
-  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-  parser.add_argument("--profile", action="store_true",
-                      help="print the profile even when targets are met")
-  parser.add_argument("--output", type=pathlib.Path, default=None)
+  common.add_common_arguments(parser)
   args = parser.parse_args(argv)
 
   threads = common.configure_threads(args.threads)

@@ -272,8 +272,6 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="batch 2 only (GPU: batch 16 in bf16 only)")
-  parser.add_argument("--threads", type=int, default=None,
-                      help="CPU threads for XLA and torch (default: all)")
   parser.add_argument("--batches", default=None,
                       help="comma-separated batch sizes (default 2,8; GPU 16)")
   parser.add_argument("--dtypes", default=None,
@@ -281,10 +279,7 @@ def main(argv=None) -> int:
   parser.add_argument("--size", type=int, default=256, help="image size (a multiple of 128)")
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed runs per candidate after a warm-up (default 2; GPU 5)")
-  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-  parser.add_argument("--profile", action="store_true",
-                      help="print the profile even when targets are met")
-  parser.add_argument("--output", type=pathlib.Path, default=None)
+  common.add_common_arguments(parser)
   args = parser.parse_args(argv)
 
   threads = common.configure_threads(args.threads)
