@@ -73,10 +73,7 @@ class Conv2d(nn.Module):
     elif self.groups == 1 and stride == (1, 1) and jax.default_backend() == "cpu":
       y = conv2d_cpu(x, kernel, padding, dilation)
     else:
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=stride, padding=tuple((p, p) for p in padding),
-          rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-          feature_group_count=self.groups)
+      y = _lax_conv(x, kernel, padding, dilation, stride, self.groups)
     if self.use_bias:
       fan_in = kh * kw * in_features // self.groups
       bias = self.param("bias", torch_default_bias_init(fan_in), (self.features,))
@@ -90,12 +87,17 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
   return jnp.dot(x.reshape(-1, channels), kernel[0, 0]).reshape(*spatial, kernel.shape[-1])
 
 
+def _output_hw(x: Array, kernel_hw, padding, dilation) -> Tuple[int, int]:
+  """Output height and width of a stride-1 convolution."""
+  return tuple(size + 2 * p - d * (k - 1)
+               for size, k, p, d in zip(x.shape[1:3], kernel_hw, padding, dilation))
+
+
 def _shifted_views(x: Array, kernel_hw: Tuple[int, int], padding: Tuple[int, int],
                    dilation: Tuple[int, int]):
   """The kh*kw views of the padded x that a stride-1 convolution multiplies, HWIO tap order."""
   (kh, kw), (ph, pw), (dh, dw) = kernel_hw, padding, dilation
-  height = x.shape[1] + 2 * ph - dh * (kh - 1)
-  width = x.shape[2] + 2 * pw - dw * (kw - 1)
+  height, width = _output_hw(x, kernel_hw, padding, dilation)
   padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   return [padded[:, i * dh:i * dh + height, j * dw:j * dw + width]
           for i in range(kh) for j in range(kw)]
@@ -113,10 +115,11 @@ def _im2col(x: Array, kernel_hw, padding, dilation) -> Array:
 IM2COL_MAX_PIXELS = 256
 
 
-def _lax_conv(x, kernel, padding, dilation):
+def _lax_conv(x, kernel, padding, dilation, stride=(1, 1), groups=1):
   return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=tuple((p, p) for p in padding),
-      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, kernel, window_strides=stride, padding=tuple((p, p) for p in padding),
+      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -133,8 +136,7 @@ def conv2d_cpu(x: Array, kernel: Array, padding: Tuple[int, int],
 
 def _conv2d_cpu_fwd(x, kernel, padding, dilation):
   kh, kw, _, features = kernel.shape
-  height = x.shape[1] + 2 * padding[0] - dilation[0] * (kh - 1)
-  width = x.shape[2] + 2 * padding[1] - dilation[1] * (kw - 1)
+  height, width = _output_hw(x, (kh, kw), padding, dilation)
   if x.shape[0] * height * width <= IM2COL_MAX_PIXELS:
     y = jnp.dot(_im2col(x, (kh, kw), padding, dilation), kernel.reshape(-1, features))
     y = y.reshape(x.shape[0], height, width, features)
