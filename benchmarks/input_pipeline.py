@@ -11,6 +11,7 @@ writes everything to benchmarks/results/input_pipeline.json. Without --data it u
 embedded demo dataset under runs/demo_data (generated on first use). The pipeline should deliver
 at least 3x what the step consumes.
 """
+
 import argparse
 import json
 import os
@@ -24,14 +25,17 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sgdnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sgdnet_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sgdnet_jax.data import (
+  pipeline,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  synthetic,  # pylint: disable=g-import-not-at-top,wrong-import-position
+)
 
 
 def pipeline_rate(data_config, batch: int, batches: int) -> float:
   """Images/s of make_train_iterator after two warm-up batches."""
-  iterator = pipeline.make_train_iterator(data_config, batch, seed=0, process_index=0,
-                                          process_count=1)
+  iterator = pipeline.make_train_iterator(
+    data_config, batch, seed=0, process_index=0, process_count=1
+  )
   for _ in range(2):
     next(iterator)
   start = time.perf_counter()
@@ -47,20 +51,30 @@ def step_rate(config_spec: str, batch: int, size: int, batches: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from sgdnet_jax import config_utils  # pylint: disable=g-import-not-at-top
-  from sgdnet_jax import models  # pylint: disable=g-import-not-at-top
+
+  from sgdnet_jax import (
+    config_utils,  # pylint: disable=g-import-not-at-top
+    models,  # pylint: disable=g-import-not-at-top
+  )
 
   config = config_utils.load_config(config_spec)
   module = models.build(config.model)
-  images = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
-                       jnp.float32)
+  images = jnp.asarray(
+    np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32
+  )
   masks = jnp.asarray(np.random.default_rng(1).random((batch, size, size)) > 0.5, jnp.float32)
-  variables = jax.jit(lambda x: module.init({"params": jax.random.PRNGKey(0)}, x,
-                                            train=False))(images)
+  variables = jax.jit(lambda x: module.init({"params": jax.random.PRNGKey(0)}, x, train=False))(
+    images
+  )
 
   def loss_fn(params, batch_stats, key):
-    outputs, updates = module.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"], rngs={"dropout": key})
+    outputs, updates = module.apply(
+      {"params": params, "batch_stats": batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": key},
+    )
     logits = outputs["o1"][..., -1]  # the foreground logit (sigmoid head: the only channel)
     return optax.sigmoid_binary_cross_entropy(logits, masks).mean(), updates
 
@@ -74,9 +88,14 @@ def step_rate(config_spec: str, batch: int, size: int, batches: int) -> dict:
     grads = grad_fn(variables["params"], variables["batch_stats"], key)
   jax.block_until_ready(grads)
   seconds = time.perf_counter() - start
-  return {"config": config_spec, "images_per_s": batches * batch / seconds,
-          "seconds_per_step": seconds / batches, "compile_and_first_step_s": compile_and_first,
-          "device": str(jax.devices()[0]), "timed_steps": batches}
+  return {
+    "config": config_spec,
+    "images_per_s": batches * batch / seconds,
+    "seconds_per_step": seconds / batches,
+    "compile_and_first_step_s": compile_and_first,
+    "device": str(jax.devices()[0]),
+    "timed_steps": batches,
+  }
 
 
 def main() -> int:
@@ -93,31 +112,45 @@ def main() -> int:
   parser.add_argument("--out", default=str(REPO / "benchmarks/results/input_pipeline.json"))
   args = parser.parse_args()
 
-  data_dir = args.data or str(synthetic.ensure_demo_dataset(
-      REPO / "runs/demo_data", image_size=args.size, progress=True))
+  data_dir = args.data or str(
+    synthetic.ensure_demo_dataset(REPO / "runs/demo_data", image_size=args.size, progress=True)
+  )
   config = pipeline.default_data_config()
   config.dir, config.image_size = data_dir, args.size
   config.read_threads, config.num_workers = args.read_threads, args.workers
-  results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                         "python": platform.python_version()},
-             "data": data_dir, "batch": args.batch, "image_size": args.size,
-             "read_threads": args.read_threads, "num_workers": args.workers}
-  results["pipeline_images_per_s"] = {"no_augmentation": pipeline_rate(config, args.batch,
-                                                                       args.batches)}
+  results = {
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+    },
+    "data": data_dir,
+    "batch": args.batch,
+    "image_size": args.size,
+    "read_threads": args.read_threads,
+    "num_workers": args.workers,
+  }
+  results["pipeline_images_per_s"] = {
+    "no_augmentation": pipeline_rate(config, args.batch, args.batches)
+  }
   for switch in ("hflip", "vflip", "rot90", "shift_scale_rotate", "color_jitter"):
     config.augment[switch] = True
-  results["pipeline_images_per_s"]["all_augmentations"] = pipeline_rate(config, args.batch,
-                                                                        args.batches)
+  results["pipeline_images_per_s"]["all_augmentations"] = pipeline_rate(
+    config, args.batch, args.batches
+  )
   for name, rate in results["pipeline_images_per_s"].items():
     print(f"pipeline {name}: {rate:.0f} images/s")
   if not args.no_step:
     step = step_rate(str(REPO / args.step_config), args.batch, args.size, args.step_batches)
     results["train_step"] = step
-    results["pipeline_over_step"] = {name: rate / step["images_per_s"]
-                                     for name, rate in results["pipeline_images_per_s"].items()}
-    print(f"train step (forward + backward, {step['device']}): {step['images_per_s']:.3g} "
-          f"images/s ({step['seconds_per_step']:.2f} s/step; compile + first step "
-          f"{step['compile_and_first_step_s']:.0f} s)")
+    results["pipeline_over_step"] = {
+      name: rate / step["images_per_s"] for name, rate in results["pipeline_images_per_s"].items()
+    }
+    print(
+      f"train step (forward + backward, {step['device']}): {step['images_per_s']:.3g} "
+      f"images/s ({step['seconds_per_step']:.2f} s/step; compile + first step "
+      f"{step['compile_and_first_step_s']:.0f} s)"
+    )
     for name, ratio in results["pipeline_over_step"].items():
       print(f"pipeline / step, {name}: {ratio:.1f}x (target >= 3x)")
   out = pathlib.Path(args.out)

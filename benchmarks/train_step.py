@@ -24,6 +24,7 @@ Targets (issue 7, CPU, fp32, batch 2, 256^2): train step <= 0.6x and eval forwar
 PyTorch reference's time. Where one is missed the script prints the XLA thunk time per
 top-level module and pass, and PyTorch's top aten ops. Writes benchmarks/results/train_step.json.
 """
+
 import argparse
 import os
 import pathlib
@@ -41,11 +42,16 @@ STEPS_PER_EPOCH, EPOCHS = 100, 50  # only shape the learning-rate schedule
 
 def _inputs(batch: int, size: int, seed: int = 0):
   import numpy as np
+
   rng = np.random.default_rng(seed)
   images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
   rows, cols = np.ogrid[:size, :size]
-  masks = np.stack([((rows - size / 2 - 10 * i) ** 2 + (cols - size / 2) ** 2 < (size / 4) ** 2)
-                    for i in range(batch)]).astype(np.uint8)
+  masks = np.stack(
+    [
+      ((rows - size / 2 - 10 * i) ** 2 + (cols - size / 2) ** 2 < (size / 4) ** 2)
+      for i in range(batch)
+    ]
+  ).astype(np.uint8)
   return images, masks
 
 
@@ -63,9 +69,11 @@ class JaxSide:
 
   def __init__(self, batch: int, size: int, dtype: str):
     import jax
+
     from configs import common as config_common
     from sgdnet_jax import models
-    from sgdnet_jax.train import loop, optimizer, state as state_lib
+    from sgdnet_jax.train import loop, optimizer
+    from sgdnet_jax.train import state as state_lib
 
     config = config_common.training_config(config_common.model_config("sgdnet", 1))
     config.model.dtype = dtype
@@ -73,12 +81,14 @@ class JaxSide:
     tx, schedule = optimizer.make_optimizer(config.optimizer, STEPS_PER_EPOCH, EPOCHS)
     mesh = state_lib.make_mesh(config.mesh)
     self.state, shardings = state_lib.create_state(
-        model, tx, (1, size, size, 3), jax.random.PRNGKey(0), mesh, config.mesh.fsdp_min_size)
+      model, tx, (1, size, size, 3), jax.random.PRNGKey(0), mesh, config.mesh.fsdp_min_size
+    )
     images, masks = _inputs(batch, size)
     self.batch = state_lib.global_batch({"image": images, "mask": masks}, mesh)
     train_step = loop.make_train_step(model, tx, schedule, config.loss, mesh, shardings)
     self.train_compile_s, self.train = common.timed(
-        lambda: train_step.lower(self.state, self.batch).compile())
+      lambda: train_step.lower(self.state, self.batch).compile()
+    )
 
     def forward(variables, images):
       outputs = model.apply(variables, images, train=False)
@@ -87,18 +97,21 @@ class JaxSide:
     eval_forward = jax.jit(forward)
     self.variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
     self.eval_compile_s, self.eval = common.timed(
-        lambda: eval_forward.lower(self.variables, self.batch["image"]).compile())
+      lambda: eval_forward.lower(self.variables, self.batch["image"]).compile()
+    )
     # The state is donated by the step: keep only the newest one alive.
     self.variables = jax.tree_util.tree_map(lambda x: x.copy(), self.variables)
 
   def step(self):
     import jax
+
     self.state, metrics = self.train(self.state, self.batch)
     jax.block_until_ready(metrics["loss"])
     return metrics
 
   def forward(self):
     import jax
+
     return jax.block_until_ready(self.eval(self.variables, self.batch["image"]))
 
 
@@ -108,8 +121,9 @@ class TorchSide:
   def __init__(self, batch: int, size: int, dtype: str, device: str):
     import numpy as np
     import torch
-    from third_party.torch_reference import sgdnet as torch_sgdnet
+
     from sgdnet_jax.train import losses
+    from third_party.torch_reference import sgdnet as torch_sgdnet
 
     torch.manual_seed(0)
     self.torch = torch
@@ -117,8 +131,9 @@ class TorchSide:
     self.model = torch_sgdnet.SGDNet(1).to(device)
     # fused=True is PyTorch's fastest Adam (on CPU ~10x faster than its default loop): the strongest
     # reference, with the same update (coupled weight decay, eps outside the square root).
-    self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4, betas=(0.9, 0.99), eps=1e-8,
-                                      weight_decay=1e-5, fused=True)
+    self.optimizer = torch.optim.Adam(
+      self.model.parameters(), lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=1e-5, fused=True
+    )
     images, masks = _inputs(batch, size)
     target = (masks > 0).astype(np.float32)
     edge = np.asarray(losses.boundary_target(target))
@@ -144,8 +159,9 @@ class TorchSide:
     return loss + 3.0 * self._dice(edge[:, 0].float(), self.edge_target).mean()
 
   def _autocast(self):
-    return self.torch.autocast(self.device.split(":")[0], dtype=self.torch.bfloat16,
-                               enabled=self.autocast)
+    return self.torch.autocast(
+      self.device.split(":")[0], dtype=self.torch.bfloat16, enabled=self.autocast
+    )
 
   def step(self):
     self.model.train()
@@ -169,16 +185,26 @@ class TorchSide:
     return outputs
 
   def resident_bytes(self, training: bool) -> int:
-    tensors = [*self.model.parameters(), *self.model.buffers(), self.images, self.target,
-               self.edge_target]
+    tensors = [
+      *self.model.parameters(),
+      *self.model.buffers(),
+      self.images,
+      self.target,
+      self.edge_target,
+    ]
     if training:
-      tensors += [t for s in self.optimizer.state.values() for t in s.values()
-                  if isinstance(t, self.torch.Tensor)]
+      tensors += [
+        t
+        for s in self.optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, self.torch.Tensor)
+      ]
     return common.tensor_bytes(tensors)
 
 
 def measure(batch: int, size: int, dtype: str, repeats: int, torch_device, profile: bool):
   import jax
+
   row = {"batch": batch, "size": size, "dtype": dtype, "backend": jax.default_backend()}
   print(f"[batch {batch}, {dtype}] compiling ...", flush=True)
   jax_side = JaxSide(batch, size, dtype)
@@ -207,19 +233,23 @@ def measure(batch: int, size: int, dtype: str, repeats: int, torch_device, profi
     row["jax_device_peak_bytes_so_far"] = common.jax_device_peak_bytes()
   if torch_side:
     row["torch_train_peak_bytes"] = common.torch_peak_bytes(
-        torch_side.step, torch_side.resident_bytes(True), torch_device)
+      torch_side.step, torch_side.resident_bytes(True), torch_device
+    )
     row["torch_eval_peak_bytes"] = common.torch_peak_bytes(
-        torch_side.forward, torch_side.resident_bytes(False), torch_device)
+      torch_side.forward, torch_side.resident_bytes(False), torch_device
+    )
     row["train_vs_torch"] = row["jax_train_s"] / row["torch_train_s"]
     row["eval_vs_torch"] = row["jax_eval_s"] / row["torch_eval_s"]
   profiles = {}
   targeted = batch == 2 and dtype == "float32" and torch_side is not None
   missed = targeted and (row["train_vs_torch"] > TRAIN_TARGET or row["eval_vs_torch"] > EVAL_TARGET)
   if profile or missed:
-    profiles["jax_train"] = common.xla_profile(jax_side.step, jax_side.train.as_text(),
-                                               scope_fn=_module_scope, top=16, runs=2)
-    profiles["jax_eval"] = common.xla_profile(jax_side.forward, jax_side.eval.as_text(),
-                                              scope_fn=_module_scope, top=12, runs=2)
+    profiles["jax_train"] = common.xla_profile(
+      jax_side.step, jax_side.train.as_text(), scope_fn=_module_scope, top=16, runs=2
+    )
+    profiles["jax_eval"] = common.xla_profile(
+      jax_side.forward, jax_side.eval.as_text(), scope_fn=_module_scope, top=12, runs=2
+    )
     if torch_side:
       profiles["torch_train"] = common.torch_op_profile(torch_side.step, top=10)
       profiles["torch_eval"] = common.torch_op_profile(torch_side.forward, top=10)
@@ -227,20 +257,32 @@ def measure(batch: int, size: int, dtype: str, repeats: int, torch_device, profi
 
 
 COLUMNS = (
-    ("batch", "B", "d"), ("dtype", "dtype", "s"),
-    ("torch_train_s", "torch step s", ".3f"), ("jax_train_s", "jax step s", ".3f"),
-    ("train_vs_torch", "x torch", ".2f"), ("jax_train_images_per_s", "jax img/s", ".2f"),
-    ("torch_train_images_per_s", "torch img/s", ".2f"),
-    ("torch_eval_s", "torch eval s", ".3f"), ("jax_eval_s", "jax eval s", ".3f"),
-    ("eval_vs_torch", "x torch", ".2f"), ("jax_eval_images_per_s", "jax eval img/s", ".2f"),
-    ("jax_train_compile_s", "compile step s", ".1f"),
-    ("jax_eval_compile_s", "compile eval s", ".1f"))
+  ("batch", "B", "d"),
+  ("dtype", "dtype", "s"),
+  ("torch_train_s", "torch step s", ".3f"),
+  ("jax_train_s", "jax step s", ".3f"),
+  ("train_vs_torch", "x torch", ".2f"),
+  ("jax_train_images_per_s", "jax img/s", ".2f"),
+  ("torch_train_images_per_s", "torch img/s", ".2f"),
+  ("torch_eval_s", "torch eval s", ".3f"),
+  ("jax_eval_s", "jax eval s", ".3f"),
+  ("eval_vs_torch", "x torch", ".2f"),
+  ("jax_eval_images_per_s", "jax eval img/s", ".2f"),
+  ("jax_train_compile_s", "compile step s", ".1f"),
+  ("jax_eval_compile_s", "compile eval s", ".1f"),
+)
 COLUMNS_COST = (
-    ("batch", "B", "d"), ("dtype", "dtype", "s"),
-    ("jax_train_gflops", "step GFLOP", ".1f"), ("jax_train_gflops_per_s", "step GFLOP/s", ".1f"),
-    ("jax_eval_gflops", "eval GFLOP", ".1f"), ("jax_eval_gflops_per_s", "eval GFLOP/s", ".1f"),
-    ("torch_train_mib", "torch step MiB", ".0f"), ("jax_train_mib", "jax step MiB", ".0f"),
-    ("torch_eval_mib", "torch eval MiB", ".0f"), ("jax_eval_mib", "jax eval MiB", ".0f"))
+  ("batch", "B", "d"),
+  ("dtype", "dtype", "s"),
+  ("jax_train_gflops", "step GFLOP", ".1f"),
+  ("jax_train_gflops_per_s", "step GFLOP/s", ".1f"),
+  ("jax_eval_gflops", "eval GFLOP", ".1f"),
+  ("jax_eval_gflops_per_s", "eval GFLOP/s", ".1f"),
+  ("torch_train_mib", "torch step MiB", ".0f"),
+  ("jax_train_mib", "jax step MiB", ".0f"),
+  ("torch_eval_mib", "torch eval MiB", ".0f"),
+  ("jax_eval_mib", "jax eval MiB", ".0f"),
+)
 
 
 def _derived(row):
@@ -263,33 +305,49 @@ def check_targets(rows) -> list:
       continue
     for name, target in (("train", TRAIN_TARGET), ("eval", EVAL_TARGET)):
       ratio = row[f"{name}_vs_torch"]
-      lines.append(f"batch 2 fp32 {name}: {ratio:.2f}x torch (target <= {target}) "
-                   f"{'met' if ratio <= target else 'MISSED'}")
+      lines.append(
+        f"batch 2 fp32 {name}: {ratio:.2f}x torch (target <= {target}) "
+        f"{'met' if ratio <= target else 'MISSED'}"
+      )
   return lines
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="batch 2 only (GPU: batch 16 in bf16 only)")
-  parser.add_argument("--batches", default=None,
-                      help="comma-separated batch sizes (default 2,8; GPU 16)")
-  parser.add_argument("--dtypes", default=None,
-                      help="comma-separated float32/bfloat16 (default float32; GPU both)")
+  parser.add_argument(
+    "--quick", action="store_true", help="batch 2 only (GPU: batch 16 in bf16 only)"
+  )
+  parser.add_argument(
+    "--batches", default=None, help="comma-separated batch sizes (default 2,8; GPU 16)"
+  )
+  parser.add_argument(
+    "--dtypes", default=None, help="comma-separated float32/bfloat16 (default float32; GPU both)"
+  )
   parser.add_argument("--size", type=int, default=256, help="image size (a multiple of 128)")
-  parser.add_argument("--repeats", type=int, default=None,
-                      help="timed runs per candidate after a warm-up (default 2; GPU 5)")
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=None,
+    help="timed runs per candidate after a warm-up (default 2; GPU 5)",
+  )
   common.add_common_arguments(parser)
   args = parser.parse_args(argv)
 
   threads = common.configure_threads(args.threads)
   import jax
+
   jax.config.update("jax_enable_compilation_cache", False)  # report real compile times
   gpu = jax.default_backend() == "gpu"
-  batches = [int(b) for b in args.batches.split(",")] if args.batches else (
-      [16] if gpu else ([2] if args.quick else [2, 8]))
-  dtypes = args.dtypes.split(",") if args.dtypes else (
-      (["bfloat16"] if args.quick else ["float32", "bfloat16"]) if gpu else ["float32"])
+  batches = (
+    [int(b) for b in args.batches.split(",")]
+    if args.batches
+    else ([16] if gpu else ([2] if args.quick else [2, 8]))
+  )
+  dtypes = (
+    args.dtypes.split(",")
+    if args.dtypes
+    else ((["bfloat16"] if args.quick else ["float32", "bfloat16"]) if gpu else ["float32"])
+  )
   for dtype in dtypes:
     if dtype not in ("float32", "bfloat16"):
       raise ValueError(f"--dtypes: expected float32 or bfloat16, got {dtype!r}")
@@ -297,12 +355,16 @@ def main(argv=None) -> int:
   torch_device = None
   if not args.no_torch:
     import torch
+
     torch_device = "cuda" if gpu and torch.cuda.is_available() else ("cpu" if not gpu else None)
     if gpu and torch_device is None:
       print("PyTorch has no CUDA here: the reference columns are left empty on this GPU run")
   machine = common.machine_info(threads)
-  print(f"SGD-Net {args.size}^2 on {jax.default_backend()} ({machine['processor']}), "
-        f"{threads} threads for XLA and torch, best of {repeats}", flush=True)
+  print(
+    f"SGD-Net {args.size}^2 on {jax.default_backend()} ({machine['processor']}), "
+    f"{threads} threads for XLA and torch, best of {repeats}",
+    flush=True,
+  )
 
   rows, profiles = [], {}
   for dtype in dtypes:
@@ -311,10 +373,14 @@ def main(argv=None) -> int:
       rows.append(row)
       if profile:
         profiles[f"batch{batch}_{dtype}"] = profile
-      reference = (f" (torch {row['torch_train_s']:.3f} / {row['torch_eval_s']:.3f})"
-                   if "torch_train_s" in row else "")
-      print(f"  step {row['jax_train_s']:.3f} s, eval {row['jax_eval_s']:.3f} s{reference}",
-            flush=True)
+      reference = (
+        f" (torch {row['torch_train_s']:.3f} / {row['torch_eval_s']:.3f})"
+        if "torch_train_s" in row
+        else ""
+      )
+      print(
+        f"  step {row['jax_train_s']:.3f} s, eval {row['jax_eval_s']:.3f} s{reference}", flush=True
+      )
   table = [_derived(r) for r in rows]
   print("\nTime (best of the repeats; 'x torch' = JAX / PyTorch reference)")
   print(common.format_table(table, COLUMNS))
@@ -332,8 +398,11 @@ def main(argv=None) -> int:
     for line in targets:
       print("  " + line)
   machine["load_average_at_end"] = os.getloadavg()  # with the start: how busy the machine was
-  path = common.write_json("train_step", {"machine": machine, "repeats": repeats, "results": rows,
-                                          "profiles": profiles}, args.output)
+  path = common.write_json(
+    "train_step",
+    {"machine": machine, "repeats": repeats, "results": rows, "profiles": profiles},
+    args.output,
+  )
   print(f"wrote {path}")
   return 0
 

@@ -1,21 +1,24 @@
 """Helpers shared by the experiment configs: argument parsing and the model block."""
-from typing import Any, Dict, Optional
+
+from typing import Any
 
 import ml_collections  # Re-exported for the config files.
 
 from sgdnet_jax import models
 
 
-def parse_arg(arg: Optional[str], **defaults: Any) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses `key=value,key=value` (the part after `:` in `--config file.py:args`).
 
   Values are converted to the type of the default (bool accepts true/false/1/0); keys that are
   not in `defaults` are rejected with the list of known keys.
   """
-  parsed: Dict[str, Any] = dict(defaults)
+  parsed: dict[str, Any] = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     if "=" not in item:
-      raise ValueError(f"config argument {item!r} is not key=value (known keys: {sorted(defaults)})")
+      raise ValueError(
+        f"config argument {item!r} is not key=value (known keys: {sorted(defaults)})"
+      )
     key, value = (part.strip() for part in item.split("=", 1))
     if key not in defaults:
       raise ValueError(f"unknown config argument {key!r}; known keys: {sorted(defaults)}")
@@ -58,11 +61,14 @@ def tiny_model_config(variant: str, num_classes: int) -> ml_collections.ConfigDi
   return config
 
 
-def training_config(model: ml_collections.ConfigDict, data_dir: str = "") -> ml_collections.ConfigDict:
+def training_config(
+  model: ml_collections.ConfigDict, data_dir: str = ""
+) -> ml_collections.ConfigDict:
   """Everything but the model and data specifics: CTO's optimisation setup (SPEC §0.8)."""
   from sgdnet_jax import evaluate
   from sgdnet_jax.data import pipeline
   from sgdnet_jax.train import losses, optimizer, state
+
   config = ml_collections.ConfigDict()
   config.model = model
   config.data = pipeline.default_data_config()
@@ -79,7 +85,9 @@ def training_config(model: ml_collections.ConfigDict, data_dir: str = "") -> ml_
   config.keep_checkpoints = 2
   config.init_from = ""  # a `convert` output or another workdir (params + BN statistics)
   config.distributed = "auto"  # see sgdnet_jax/distributed.py
-  config.compilation_cache_dir = "~/.cache/sgdnet_jax/xla"  # '' disables; $JAX_COMPILATION_CACHE_DIR wins
+  config.compilation_cache_dir = (
+    "~/.cache/sgdnet_jax/xla"  # '' disables; $JAX_COMPILATION_CACHE_DIR wins
+  )
   config.optimizer = optimizer.default_optimizer_config()
   config.loss = losses.default_loss_config()
   config.mesh = state.default_mesh_config()

@@ -9,12 +9,14 @@ Evaluation adds panoptic quality (PQ) from the instance maps to the overlap and 
 Arguments: variant, num_classes (1 sigmoid, 2 softmax), data (the prepared dataset folder),
 protocol ('grouped_712', or the ungrouped 'random_712').
 """
+
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data="data/conic",
-                          protocol="grouped_712")
+  args = common.parse_arg(
+    arg, variant="sgdnet", num_classes=1, data="data/conic", protocol="grouped_712"
+  )
   config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
   config.data.protocol = args.protocol
   return config

@@ -6,14 +6,16 @@ Same structure as the full SGD-Net (Res2Net, patch transformer, DA head, SGE, th
 decoders) at narrow widths and 96x96 inputs, so it trains on a 2-core CPU in a few minutes.
 There are no ImageNet weights here, so the learning rate is higher than CTO's 1e-4.
 """
+
 from configs import common
 
 DATA_ROOT = "data/demo"
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data=f"{DATA_ROOT}/prepared",
-                          epochs=6)
+  args = common.parse_arg(
+    arg, variant="sgdnet", num_classes=1, data=f"{DATA_ROOT}/prepared", epochs=6
+  )
   model = common.tiny_model_config(args.variant, args.num_classes)
   model.sge.guide_channels = 16
   config = common.training_config(model, args.data)

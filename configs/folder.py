@@ -8,14 +8,17 @@ Small-data defaults: batch 8, 100 epochs (the poly schedule is per epoch), valid
 epochs, initialise from converted weights with --config.init_from=<convert output> when you
 have them. Arguments: data (required), variant, num_classes (1 sigmoid, 2 softmax).
 """
+
 from configs import common
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, data="", variant="sgdnet", num_classes=1)
   if not args.data:
-    raise ValueError("configs/folder.py needs data=<prepared folder>, e.g. "
-                     "--config configs/folder.py:data=data/mine")
+    raise ValueError(
+      "configs/folder.py needs data=<prepared folder>, e.g. "
+      "--config configs/folder.py:data=data/mine"
+    )
   config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
   config.data.protocol = "seeded_712"
   config.global_batch_size = 8

@@ -13,16 +13,19 @@ images (`--split test`).
 Arguments: variant, num_classes (1 sigmoid, 2 softmax), data (prepared ISIC 2016), ph2 (prepared
 PH2).
 """
+
 import ml_collections
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data="data/isic2016",
-                          ph2="data/ph2")
+  args = common.parse_arg(
+    arg, variant="sgdnet", num_classes=1, data="data/isic2016", ph2="data/ph2"
+  )
   config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
   config.data.protocol = "holdout20"
   config.data.extra_eval.ph2 = ml_collections.ConfigDict(
-      dict(dir=args.ph2, protocol="all", fold=0, split="test"))
+    dict(dir=args.ph2, protocol="all", fold=0, split="test")
+  )
   return config

@@ -8,6 +8,7 @@
 Arguments: variant (see `sgdnet_jax.models.VARIANTS`), num_classes (1 sigmoid, 2 softmax), fold
 (0-4), data (the prepared dataset folder). Report the mean over the 5 folds' test scores.
 """
+
 from configs import common
 
 

@@ -1,4 +1,5 @@
 """The persistent XLA compilation cache: repeated runs skip most of their compile time."""
+
 import os
 
 import jax

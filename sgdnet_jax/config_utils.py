@@ -2,12 +2,14 @@
 
 Mirrors `ml_collections.config_flags` for commands that parse their own arguments.
 """
+
 import ast
 import importlib.util
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -16,7 +18,9 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   """Loads `file.py[:arg]` via its `get_config(arg)` and applies `--config.x.y=value` overrides."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist (expected configs/<experiment>.py)")
+    raise FileNotFoundError(
+      f"config file {path!r} does not exist (expected configs/<experiment>.py)"
+    )
   # Configs import `configs.common`: make the folder above `configs/` importable.
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
   if root not in sys.path:
@@ -37,8 +41,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   while items:
     item = items.pop(0)
     if not item.startswith("--config."):
-      raise ValueError(f"unexpected argument {item!r} (overrides look like --config.model.num_classes=2)")
-    key, sep, value = item[len("--config."):].partition("=")
+      raise ValueError(
+        f"unexpected argument {item!r} (overrides look like --config.model.num_classes=2)"
+      )
+    key, sep, value = item[len("--config.") :].partition("=")
     if not sep:
       if not items:
         raise ValueError(f"override {item!r} has no value")
@@ -62,7 +68,9 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
   target = config
   for index, parent in enumerate(parents):
     if parent not in target:
-      raise KeyError(f"--config.{dotted}: no field {'.'.join(parents[:index + 1])!r} in the config")
+      raise KeyError(
+        f"--config.{dotted}: no field {'.'.join(parents[: index + 1])!r} in the config"
+      )
     target = target[parent]
   if leaf not in target:
     raise KeyError(f"--config.{dotted}: no field {dotted!r}; known: {sorted(target.keys())}")

@@ -6,6 +6,7 @@ process: SLURM (`SLURM_NTASKS` > 1), an explicit coordinator (`JAX_COORDINATOR_A
 TPU slice (`TPU_WORKER_HOSTNAMES` naming several hosts); 'off' never; 'on' always, letting JAX
 detect the cluster. CPU processes use gloo collectives.
 """
+
 import os
 
 import jax
@@ -32,9 +33,11 @@ def initialize(mode: str = "auto"):
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if coordinator:
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(
+      coordinator_address=coordinator,
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
   else:
     jax.distributed.initialize()
 
@@ -49,6 +52,7 @@ def barrier(name: str, timeout_s: float = 3600.0):
   if jax.process_count() == 1:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
 
 

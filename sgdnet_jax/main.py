@@ -3,19 +3,20 @@
 Each command lives in its own module and is imported only when it runs, so that
 `summary` does not pay for the data stack and `prepare` does not pay for the model.
 """
+
 import importlib
 import sys
 
 # command name -> "module:function"; the function takes argv (list of str) and returns an exit code.
 COMMANDS = {
-    "summary": "sgdnet_jax.summary:main",
-    "train": "sgdnet_jax.train.cli:main",
-    "evaluate": "sgdnet_jax.evaluate:main",
-    "predict": "sgdnet_jax.predict:main",
-    "demo": "sgdnet_jax.demo:main",
-    "prepare": "sgdnet_jax.data.prepare:main",
-    "convert": "sgdnet_jax.porting.cli:convert_main",
-    "export-torch": "sgdnet_jax.porting.cli:export_main",
+  "summary": "sgdnet_jax.summary:main",
+  "train": "sgdnet_jax.train.cli:main",
+  "evaluate": "sgdnet_jax.evaluate:main",
+  "predict": "sgdnet_jax.predict:main",
+  "demo": "sgdnet_jax.demo:main",
+  "prepare": "sgdnet_jax.data.prepare:main",
+  "convert": "sgdnet_jax.porting.cli:convert_main",
+  "export-torch": "sgdnet_jax.porting.cli:export_main",
 }
 
 

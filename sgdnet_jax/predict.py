@@ -8,10 +8,11 @@ For every image it writes `masks/<id>.png` (0/255 at the image's original size) 
 known | the foreground probability | the SGE edge map when the model has one); `overview.png`
 tiles the first panels. The model is the workdir's best checkpoint (or a `convert` output).
 """
+
 import argparse
 import os
 import pathlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ PANEL_SIZE = 256
 def _outline(mask: np.ndarray) -> np.ndarray:
   """1-pixel inner boundary of a boolean mask."""
   padded = np.pad(mask, 1)
-  interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
   return mask & ~interior
 
 
@@ -38,8 +39,9 @@ def _gray_panel(values: np.ndarray) -> np.ndarray:
   return np.repeat((np.clip(values, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def panel(image: np.ndarray, probability: np.ndarray, edge: Optional[np.ndarray],
-          truth: Optional[np.ndarray]) -> np.ndarray:
+def panel(
+  image: np.ndarray, probability: np.ndarray, edge: np.ndarray | None, truth: np.ndarray | None
+) -> np.ndarray:
   """Side-by-side picture of one case at the model's resolution, (S, k*S, 3) uint8."""
   pred = probability > 0.5
   overlay = image.astype(np.float32)
@@ -62,13 +64,15 @@ def _write_png(path: pathlib.Path, array: np.ndarray):
 
 def _native_mask(probability: np.ndarray, height: int, width: int) -> np.ndarray:
   """Probability at the model's resolution -> 0/255 mask at (height, width) (bilinear, > 0.5)."""
-  resized = Image.fromarray(probability.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+  resized = Image.fromarray(probability.astype(np.float32), mode="F").resize(
+    (width, height), Image.BILINEAR
+  )
   return ((np.asarray(resized) > 0.5) * 255).astype(np.uint8)
 
 
-def _file_batches(paths: Sequence[pathlib.Path], size: int, batch_size: int) -> Iterator[Dict]:
+def _file_batches(paths: Sequence[pathlib.Path], size: int, batch_size: int) -> Iterator[dict]:
   for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
+    chunk = paths[start : start + batch_size]
     shown, sizes = [], []
     for path in chunk:
       try:
@@ -80,20 +84,25 @@ def _file_batches(paths: Sequence[pathlib.Path], size: int, batch_size: int) -> 
     yield {"ids": [p.stem for p in chunk], "shown": np.stack(shown), "sizes": sizes, "truth": None}
 
 
-def _split_batches(config: ml_collections.ConfigDict, split: str, batch_size: int) -> Iterator[Dict]:
+def _split_batches(
+  config: ml_collections.ConfigDict, split: str, batch_size: int
+) -> Iterator[dict]:
   dataset, _ = pipeline.resolve_split(config.data, split)
   mean, std = np.asarray(augment.IMAGENET_MEAN), np.asarray(augment.IMAGENET_STD)
   for batch in pipeline.make_eval_iterator(config.data, split, batch_size, 0, 1):
     valid = np.asarray(batch["valid"], bool)
     shown = np.clip(np.asarray(batch["image"]) * std + mean + 0.5, 0, 255).astype(np.uint8)
-    yield {"ids": [str(c) for c in np.asarray(batch["case_id"])[valid]], "shown": shown[valid],
-           "sizes": [tuple(int(v) for v in s) for s in np.asarray(batch["original_size"])[valid]],
-           "truth": np.asarray(batch["mask"])[valid] > 0}
+    yield {
+      "ids": [str(c) for c in np.asarray(batch["case_id"])[valid]],
+      "shown": shown[valid],
+      "sizes": [tuple(int(v) for v in s) for s in np.asarray(batch["original_size"])[valid]],
+      "truth": np.asarray(batch["mask"])[valid] > 0,
+    }
 
 
-def collect_images(inputs: Sequence[str]) -> List[pathlib.Path]:
+def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
   """Image files named directly or found (sorted) in the named folders."""
-  paths: List[pathlib.Path] = []
+  paths: list[pathlib.Path] = []
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
       paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -102,13 +111,21 @@ def collect_images(inputs: Sequence[str]) -> List[pathlib.Path]:
     else:
       raise FileNotFoundError(f"--images {item}: no such file or folder")
   if not paths:
-    raise FileNotFoundError(f"--images {list(inputs)}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    raise FileNotFoundError(
+      f"--images {list(inputs)}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
+    )
   return paths
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
-            inputs: Sequence[str] = (), split: str = "", limit: int = 0,
-            variables=None) -> Tuple[pathlib.Path, int]:
+def predict(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  out_dir: str,
+  inputs: Sequence[str] = (),
+  split: str = "",
+  limit: int = 0,
+  variables=None,
+) -> tuple[pathlib.Path, int]:
   """Writes masks, panels and an overview; returns (output folder, number of images)."""
   model = models.build(config.model)
   variables = variables if variables is not None else variables_io.load_variables(workdir)
@@ -121,8 +138,11 @@ def predict(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
     return losses.foreground_probability(outputs["o1"]), edge
 
   batch_size = config.eval_batch_size
-  batches = (_split_batches(config, split, batch_size) if split
-             else _file_batches(collect_images(inputs), size, batch_size))
+  batches = (
+    _split_batches(config, split, batch_size)
+    if split
+    else _file_batches(collect_images(inputs), size, batch_size)
+  )
   out = pathlib.Path(out_dir)
   for sub in ("masks", "panels"):
     (out / sub).mkdir(parents=True, exist_ok=True)
@@ -134,7 +154,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
     if count <= 0:
       break
     padded = np.zeros((batch_size, size, size, 3), np.float32)
-    padded[:len(shown)] = augment.normalize(shown)
+    padded[: len(shown)] = augment.normalize(shown)
     probability, edge = (np.asarray(a) for a in forward(jnp.asarray(padded)))
     for i in range(count):
       case_id = batch["ids"][i]
@@ -151,19 +171,31 @@ def predict(config: ml_collections.ConfigDict, workdir: str, out_dir: str,
 
 
 def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="sgdnet_jax.main predict", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="sgdnet_jax.main predict", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
   parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
   parser.add_argument("--images", nargs="*", default=[], help="image files and/or folders")
-  parser.add_argument("--split", default="", help="a split of the config's prepared dataset instead")
+  parser.add_argument(
+    "--split", default="", help="a split of the config's prepared dataset instead"
+  )
   parser.add_argument("--out", default="", help="default: <workdir>/predictions")
   parser.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
   args, overrides = parser.parse_known_args(argv)
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")
   config = config_utils.load_config(args.config, overrides)
-  out, count = predict(config, args.workdir, args.out or os.path.join(args.workdir, "predictions"),
-                       args.images, args.split, args.limit)
-  print(f"wrote {count} masks to {out / 'masks'} and pictures to {out / 'panels'} "
-        f"(overview: {out / 'overview.png'})")
+  out, count = predict(
+    config,
+    args.workdir,
+    args.out or os.path.join(args.workdir, "predictions"),
+    args.images,
+    args.split,
+    args.limit,
+  )
+  print(
+    f"wrote {count} masks to {out / 'masks'} and pictures to {out / 'panels'} "
+    f"(overview: {out / 'overview.png'})"
+  )
   return 0

@@ -6,17 +6,18 @@ GMACs follow the paper's convention (multiply-accumulates of convolutions and ma
 counting the dense C->C Sobel convolutions the reference SGE executes, SPEC §0.2, §6); the executed
 FLOPs are what XLA's cost analysis reports for the compiled eval forward.
 """
+
 import argparse
 import json
 import math
-from typing import Any, Dict, Iterator, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sgdnet_jax import config_utils, models
-from sgdnet_jax.models import layers
 
 PAPER_GMACS = {"sgdnet": 36.23, "cto": 22.70}
 
@@ -28,7 +29,9 @@ def count(tree) -> int:
 def abstract_variables(module, image_size: int, batch: int = 1):
   """Variables as ShapeDtypeStructs: no memory, no compile."""
   images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: module.init({"params": jax.random.PRNGKey(0)}, x, train=False), images)
+  return jax.eval_shape(
+    lambda x: module.init({"params": jax.random.PRNGKey(0)}, x, train=False), images
+  )
 
 
 def _sub_jaxprs(eqn) -> Iterator[Any]:
@@ -60,7 +63,7 @@ def _macs_of_jaxpr(jaxpr) -> int:
   return total
 
 
-def sobel_macs_paper(model_config, image_size: int) -> Tuple[int, int]:
+def sobel_macs_paper(model_config, image_size: int) -> tuple[int, int]:
   """(dense Sobel MACs as the reference executes them, channel-sum MACs we execute instead)."""
   x1 = (image_size // 4) ** 2
   x4 = (image_size // 32) ** 2
@@ -84,28 +87,33 @@ def gmacs_paper(module, variables, model_config, image_size: int) -> float:
 
 def flops_executed(module, variables, image_size: int) -> float:
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  compiled = jax.jit(lambda v, x: module.apply(v, x, train=False)).lower(variables, images).compile()
+  compiled = (
+    jax.jit(lambda v, x: module.apply(v, x, train=False)).lower(variables, images).compile()
+  )
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0]
   return float(analysis.get("flops", float("nan")))
 
 
-def summarize(config, image_size: int = 256, compile_flops: bool = True) -> Dict[str, Any]:
+def summarize(config, image_size: int = 256, compile_flops: bool = True) -> dict[str, Any]:
   """The summary record of `config.model` at batch 1 and `image_size` squared."""
   module = models.build(config.model)
   variables = abstract_variables(module, image_size)
   params = variables["params"]
   result = {
-      "variant": config.model.variant,
-      "num_classes": config.model.num_classes,
-      "image_size": image_size,
-      "trainable_params": count(params),
-      "batch_stats": count(variables.get("batch_stats", {})),
-      "modules": {name: count(tree) for name, tree in params.items()},
-      "constants": {"sobel_kernels": "2 fixed 3x3 kernels (Sobel x, y), not parameters"
-                                     if config.model.edge_branch != "none" else "none"},
-      "gmacs_paper": gmacs_paper(module, variables, config.model, image_size),
+    "variant": config.model.variant,
+    "num_classes": config.model.num_classes,
+    "image_size": image_size,
+    "trainable_params": count(params),
+    "batch_stats": count(variables.get("batch_stats", {})),
+    "modules": {name: count(tree) for name, tree in params.items()},
+    "constants": {
+      "sobel_kernels": "2 fixed 3x3 kernels (Sobel x, y), not parameters"
+      if config.model.edge_branch != "none"
+      else "none"
+    },
+    "gmacs_paper": gmacs_paper(module, variables, config.model, image_size),
   }
   if compile_flops:
     result["flops_executed"] = flops_executed(module, variables, image_size)
@@ -115,9 +123,11 @@ def summarize(config, image_size: int = 256, compile_flops: bool = True) -> Dict
   return result
 
 
-def print_table(result: Dict[str, Any]):
-  print(f"variant {result['variant']}  num_classes {result['num_classes']}  "
-        f"input 1x{result['image_size']}x{result['image_size']}x3")
+def print_table(result: dict[str, Any]):
+  print(
+    f"variant {result['variant']}  num_classes {result['num_classes']}  "
+    f"input 1x{result['image_size']}x{result['image_size']}x3"
+  )
   print(f"{'module':<16}{'trainable params':>18}")
   for name, value in sorted(result["modules"].items()):
     print(f"{name:<16}{value:>18,}")
@@ -132,14 +142,20 @@ def print_table(result: Dict[str, Any]):
 
 
 def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="sgdnet_jax.main summary", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="sgdnet_jax.main summary", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
-  parser.add_argument("--image-size", type=int, default=None, help="default: config.data.image_size")
+  parser.add_argument(
+    "--image-size", type=int, default=None, help="default: config.data.image_size"
+  )
   parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  result = summarize(config, args.image_size or config.data.image_size, compile_flops=not args.no_compile)
+  result = summarize(
+    config, args.image_size or config.data.image_size, compile_flops=not args.no_compile
+  )
   print_table(result)
   if args.json:
     print(json.dumps(result))

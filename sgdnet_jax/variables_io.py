@@ -4,9 +4,10 @@ A *variables directory* holds `variables/` (an Orbax checkpoint of the two colle
 `config.json` (the resolved config that built the model). `convert` writes one; `train`
 starts from one (`config.init_from`); `evaluate`, `predict` and `export-torch` read one.
 """
+
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
 
 
-def save_variables(directory: str, variables: Dict[str, Any], config_dict: Optional[dict] = None):
+def save_variables(directory: str, variables: dict[str, Any], config_dict: dict | None = None):
   """Writes `variables` (and the config that built them) into `directory`, atomically.
 
   Orbax writes to a temporary folder and renames it on success, so an interrupted save never
@@ -36,7 +37,7 @@ def save_variables(directory: str, variables: Dict[str, Any], config_dict: Optio
       json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
 
 
-def load_variables(directory: str) -> Dict[str, Any]:
+def load_variables(directory: str) -> dict[str, Any]:
   """Reads variables as numpy arrays from a variables directory or a training workdir.
 
   A training workdir gives its best checkpoint by validation Dice, else its latest one.
@@ -46,16 +47,18 @@ def load_variables(directory: str) -> Dict[str, Any]:
     restored = dict(ocp.StandardCheckpointer().restore(target))
   else:
     from sgdnet_jax.train import checkpointing  # Only workdirs need the training package.
+
     try:
       restored = checkpointing.restore_workdir_variables(directory)
     except FileNotFoundError:
       raise FileNotFoundError(
-          f"{directory}: neither a '{VARIABLES_SUBDIR}/' checkpoint (the --out directory of "
-          f"`convert`) nor a training workdir with checkpoints") from None
+        f"{directory}: neither a '{VARIABLES_SUBDIR}/' checkpoint (the --out directory of "
+        f"`convert`) nor a training workdir with checkpoints"
+      ) from None
   return jax.tree_util.tree_map(np.asarray, restored)
 
 
-def load_config_dict(directory: str) -> Optional[dict]:
+def load_config_dict(directory: str) -> dict | None:
   """The config stored beside the variables, or None when there is none."""
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.exists(path):

@@ -1,4 +1,5 @@
 """The upstream state_dict key tables, vendored in third_party/reference_keys (from shared/reference)."""
+
 import csv
 import pathlib
 

@@ -1,4 +1,5 @@
 """ContMix ablation block: key table, parameter counts, NATTEN semantics, parity with PyTorch."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -30,20 +31,25 @@ def test_torch_reference_keys_match_table():
   rows = []
   for key, tensor in block.state_dict().items():
     is_parameter = key in parameters
-    rows.append((key, str(tuple(tensor.shape)), str(tensor.dtype).replace("torch.", ""),
-                 "parameter" if is_parameter else "buffer",
-                 str(is_parameter and parameters[key].requires_grad), str(tensor.numel())))
+    rows.append(
+      (
+        key,
+        str(tuple(tensor.shape)),
+        str(tensor.dtype).replace("torch.", ""),
+        "parameter" if is_parameter else "buffer",
+        str(is_parameter and parameters[key].requires_grad),
+        str(tensor.numel()),
+      )
+    )
   assert rows == _read_key_table()
 
 
-@pytest.mark.parametrize("dim, expected", [(256, 938_972), (512, 3_543_804),
-                                           (1024, 13_766_972)])
+@pytest.mark.parametrize("dim, expected", [(256, 938_972), (512, 3_543_804), (1024, 13_766_972)])
 def test_trainable_parameter_count(dim, expected):
   model = contmix.DynamicConvBlock(dim)
   x = jax.ShapeDtypeStruct((1, 8, 8, dim), jnp.float32)
   ctx = jax.ShapeDtypeStruct((1, 8, 8, 16), jnp.float32)
-  shapes = jax.eval_shape(
-      lambda x, ctx: model.init(jax.random.key(0), x, ctx, train=False), x, ctx)
+  shapes = jax.eval_shape(lambda x, ctx: model.init(jax.random.key(0), x, ctx, train=False), x, ctx)
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
   assert count == expected
 
@@ -61,21 +67,24 @@ def test_neighborhood_aggregate_and_bias_follow_natten():
     for j in range(width):
       top = min(max(i - kernel // 2, 0), height - kernel)
       left = min(max(j - kernel // 2, 0), width - kernel)
-      window = value[:, top:top + kernel, left:left + kernel].reshape(
-          batch, kernel * kernel, groups, channels)
+      window = value[:, top : top + kernel, left : left + kernel].reshape(
+        batch, kernel * kernel, groups, channels
+      )
       expected_out[:, i, j] = np.einsum("bgk,bkgc->bgc", attn[:, i, j], window)
       for a in range(kernel):
         for b in range(kernel):
-          expected_bias[i, j, :, a * kernel + b] = rpb[:, top + a - i + kernel - 1,
-                                                       left + b - j + kernel - 1]
+          expected_bias[i, j, :, a * kernel + b] = rpb[
+            :, top + a - i + kernel - 1, left + b - j + kernel - 1
+          ]
   out = contmix.neighborhood_aggregate(jnp.asarray(attn), jnp.asarray(value), kernel)
   bias = contmix.relative_position_bias(jnp.asarray(rpb), height, width, kernel)
   np.testing.assert_allclose(np.asarray(out), expected_out, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(bias), expected_bias)
 
 
-@pytest.mark.parametrize("size, out_size", [((16, 16), (7, 7)), ((7, 8), (5, 6)),
-                                            ((10, 7), (6, 4)), ((5, 3), (7, 7))])
+@pytest.mark.parametrize(
+  "size, out_size", [((16, 16), (7, 7)), ((7, 8), (5, 6)), ((10, 7), (6, 4)), ((5, 3), (7, 7))]
+)
 def test_adaptive_avg_pool_matches_torch(size, out_size):
   x = torch.randn(2, 3, *size)
   expected = F.adaptive_avg_pool2d(x, out_size).permute(0, 2, 3, 1).numpy()
@@ -116,8 +125,10 @@ def _max_error(ours, theirs: torch.Tensor) -> float:
   return float(np.max(np.abs(np.asarray(ours) - theirs.permute(0, 2, 3, 1).numpy())))
 
 
-@pytest.mark.parametrize("train, height, width", [
-    (False, 16, 16), (False, 9, 12), (False, 5, 6), (False, 6, 4), (True, 16, 16), (True, 5, 6)])
+@pytest.mark.parametrize(
+  "train, height, width",
+  [(False, 16, 16), (False, 9, 12), (False, 5, 6), (False, 6, 4), (True, 16, 16), (True, 5, 6)],
+)
 def test_parity_with_torch_reference(train, height, width):
   dim = 32
   torch.manual_seed(0)
@@ -127,22 +138,26 @@ def test_parity_with_torch_reference(train, height, width):
   ctx = torch.randn(2, 16, height, width)
 
   model = contmix.DynamicConvBlock(dim, ctx_dim=64)
-  template = jax.eval_shape(lambda: model.init(jax.random.key(0), _nhwc(x), _nhwc(ctx),
-                                               train=False))
+  template = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), _nhwc(x), _nhwc(ctx), train=False)
+  )
   # Strict: every torch key fills a Flax leaf of the right shape, and every leaf is filled.
   variables = porting.convert_state_dict(reference.state_dict(), template).variables
 
   reference.train(train)
   with torch.no_grad():
     expected_x, expected_ctx = reference(x, ctx)
-  apply = jax.jit(lambda variables, x, ctx: model.apply(variables, x, ctx, train=train,
-                                                        mutable=["batch_stats"]))
+  apply = jax.jit(
+    lambda variables, x, ctx: model.apply(variables, x, ctx, train=train, mutable=["batch_stats"])
+  )
   (out_x, out_ctx), updates = apply(variables, _nhwc(x), _nhwc(ctx))
   # Train mode moves the running statistics as torch does; eval mode leaves them alone.
-  expected_stats = porting.convert_state_dict(reference.state_dict(),
-                                              template).variables["batch_stats"]
-  stats_error = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
-                             updates["batch_stats"], expected_stats)
+  expected_stats = porting.convert_state_dict(reference.state_dict(), template).variables[
+    "batch_stats"
+  ]
+  stats_error = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), updates["batch_stats"], expected_stats
+  )
   assert max(jax.tree.leaves(stats_error)) <= TOLERANCE
 
   assert out_x.shape == (2, height, width, dim) and out_ctx.shape == (2, height, width, 16)

@@ -1,12 +1,9 @@
 """grain pipelines: batches, epochs, iterator state, host sharding, evaluation padding, augment."""
+
 import numpy as np
 import pytest
 
-from sgdnet_jax.data import augment
-from sgdnet_jax.data import pipeline
-from sgdnet_jax.data import prepare
-from sgdnet_jax.data import prepared
-from sgdnet_jax.data import replicas
+from sgdnet_jax.data import augment, pipeline, prepare, prepared, replicas
 
 SIZE = 32
 NUM_CASES = 20  # seeded_712 -> 14 train / 2 val / 4 test
@@ -74,8 +71,7 @@ def test_iterator_state_round_trip(data_config):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  restored = pipeline.make_train_iterator(data_config, 4, seed=3, process_index=0,
-                                          process_count=1)
+  restored = pipeline.make_train_iterator(data_config, 4, seed=3, process_index=0, process_count=1)
   restored.set_state(state)
   for want in expected:
     got = next(restored)
@@ -86,8 +82,10 @@ def test_iterator_state_round_trip(data_config):
 def test_two_hosts_see_disjoint_shards_that_make_the_global_batches(data_config):
   stored = _stored_images(data_config, "train")
   single = pipeline.make_train_iterator(data_config, 6, seed=0, process_index=0, process_count=1)
-  hosts = [pipeline.make_train_iterator(data_config, 6, seed=0, process_index=p, process_count=2)
-           for p in range(2)]
+  hosts = [
+    pipeline.make_train_iterator(data_config, 6, seed=0, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   seen = [[], []]
   for _ in range(2):  # 12 of the 14 cases of the first epoch
     global_ids = _identify(next(single)["image"], stored)
@@ -100,23 +98,28 @@ def test_two_hosts_see_disjoint_shards_that_make_the_global_batches(data_config)
 
 
 @pytest.mark.parametrize("process_count,global_batch", [(1, 3), (2, 4), (3, 3)])
-def test_eval_covers_every_case_once_across_hosts_with_padding(data_config, process_count,
-                                                               global_batch):
+def test_eval_covers_every_case_once_across_hosts_with_padding(
+  data_config, process_count, global_batch
+):
   dataset, case_ids = pipeline.resolve_split(data_config, "test")
   assert len(case_ids) == 4
   steps = -(-len(case_ids) // global_batch)
   seen = []
   for p in range(process_count):
-    batches = list(pipeline.make_eval_iterator(data_config, "test", global_batch,
-                                               process_index=p, process_count=process_count))
+    batches = list(
+      pipeline.make_eval_iterator(
+        data_config, "test", global_batch, process_index=p, process_count=process_count
+      )
+    )
     assert len(batches) == steps
     for batch in batches:
       assert batch["image"].shape == (global_batch // process_count, SIZE, SIZE, 3)
       valid = batch["valid"]
       assert not batch["image"][~valid].any() and (batch["index"][~valid] == -1).all()
       seen += list(batch["case_id"][valid])
-      for case_id, size, mask in zip(batch["case_id"][valid], batch["original_size"][valid],
-                                     batch["mask"][valid]):
+      for case_id, size, mask in zip(
+        batch["case_id"][valid], batch["original_size"][valid], batch["mask"][valid]
+      ):
         case = dataset.case(case_id)
         assert tuple(size) == (case.height, case.width)
         np.testing.assert_array_equal(mask, dataset.record(case)["mask"])
@@ -128,8 +131,10 @@ def test_extra_eval_reads_another_prepared_dataset(data_config):
   ids = [c for b in batches for c in b["case_id"][b["valid"]]]
   assert ids == ["IMD002", "IMD003", "IMD004", "IMD005", "IMD006"]
   dataset, _ = pipeline.resolve_split(data_config, "ph2")
-  assert dataset.native_mask("IMD004").shape == (batches[0]["original_size"][2][0],
-                                                 batches[0]["original_size"][2][1])
+  assert dataset.native_mask("IMD004").shape == (
+    batches[0]["original_size"][2][0],
+    batches[0]["original_size"][2][1],
+  )
   assert pipeline.split_size(data_config, "ph2") == 5
 
 
@@ -182,26 +187,26 @@ def test_augmentations_are_off_by_default_and_move_image_and_mask_together():
   for _ in range(8):
     out = flip(example, rng)
     # The mask still marks the pixels whose coded colour it marked before.
-    np.testing.assert_array_equal(sorted(map(tuple, out["image"][out["mask"] == 1])),
-                                  sorted(map(tuple, example["image"][example["mask"] == 1])))
+    np.testing.assert_array_equal(
+      sorted(map(tuple, out["image"][out["mask"] == 1])),
+      sorted(map(tuple, example["image"][example["mask"] == 1])),
+    )
 
 
 def test_shift_scale_rotate_identity_shift_and_quarter_turn():
   example = _coded_example()
-  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (0.0, 0.0), 1.0,
-                                           0.0)
+  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (0.0, 0.0), 1.0, 0.0)
   np.testing.assert_array_equal(image, example["image"])
   np.testing.assert_array_equal(mask, example["mask"])
-  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (3.0, 5.0), 1.0,
-                                           0.0)
+  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (3.0, 5.0), 1.0, 0.0)
   np.testing.assert_array_equal(image[3:, 5:], example["image"][:-3, :-5])
   np.testing.assert_array_equal(mask[3:, 5:], example["mask"][:-3, :-5])
   np.testing.assert_array_equal(image[:3, 5:], example["image"][3:0:-1, :-5])  # reflect-101
-  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (0.0, 0.0), 1.0,
-                                           90.0)
+  image, mask = augment.shift_scale_rotate(example["image"], example["mask"], (0.0, 0.0), 1.0, 90.0)
   np.testing.assert_array_equal(mask, np.rot90(example["mask"]))
-  np.testing.assert_allclose(image.astype(int), np.rot90(example["image"]).astype(int),
-                             atol=1)  # bilinear rounding
+  np.testing.assert_allclose(
+    image.astype(int), np.rot90(example["image"]).astype(int), atol=1
+  )  # bilinear rounding
 
 
 def test_full_augmentation_keeps_binary_masks_and_is_deterministic():
@@ -219,33 +224,37 @@ def test_full_augmentation_keeps_binary_masks_and_is_deterministic():
 
 def test_normalize_uses_imagenet_statistics():
   pixel = np.array([[[124, 116, 104]]], np.uint8)
-  np.testing.assert_allclose(augment.normalize(pixel)[0, 0],
-                             (pixel[0, 0] / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    augment.normalize(pixel)[0, 0],
+    (pixel[0, 0] / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+    atol=1e-5,
+  )
 
 
 def test_hosts_default_to_jax_process_index_and_count(data_config):
   implicit = next(pipeline.make_train_iterator(data_config, 4, seed=0))
-  explicit = next(pipeline.make_train_iterator(data_config, 4, seed=0, process_index=0,
-                                               process_count=1))
+  explicit = next(
+    pipeline.make_train_iterator(data_config, 4, seed=0, process_index=0, process_count=1)
+  )
   np.testing.assert_array_equal(implicit["image"], explicit["image"])
 
 
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_restore_state(data_config):
-  threads = pipeline.make_train_iterator(data_config, 2, seed=4, process_index=0,
-                                         process_count=1)
+  threads = pipeline.make_train_iterator(data_config, 2, seed=4, process_index=0, process_count=1)
   workers_config = data_config.copy_and_resolve_references()
   workers_config.num_workers = 2
-  workers = pipeline.make_train_iterator(workers_config, 2, seed=4, process_index=0,
-                                         process_count=1)
+  workers = pipeline.make_train_iterator(
+    workers_config, 2, seed=4, process_index=0, process_count=1
+  )
   for _ in range(3):
     np.testing.assert_array_equal(next(workers)["image"], next(threads)["image"])
   state = workers.get_state()
   expected = next(workers)["mask"]
   workers.close()
-  restored = pipeline.make_train_iterator(workers_config, 2, seed=4, process_index=0,
-                                          process_count=1)
+  restored = pipeline.make_train_iterator(
+    workers_config, 2, seed=4, process_index=0, process_count=1
+  )
   restored.set_state(state)
   np.testing.assert_array_equal(next(restored)["mask"], expected)
   restored.close()

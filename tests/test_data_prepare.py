@@ -1,4 +1,5 @@
 """`prepare` on tiny replicas: records, report, integrity errors, strictness, atomicity, CLI."""
+
 import json
 import pathlib
 
@@ -7,9 +8,7 @@ import pytest
 from PIL import Image
 
 from sgdnet_jax import main as cli
-from sgdnet_jax.data import prepare
-from sgdnet_jax.data import prepared
-from sgdnet_jax.data import replicas
+from sgdnet_jax.data import prepare, prepared, replicas
 
 SIZE = 32
 
@@ -22,12 +21,15 @@ def _leftovers(parent: pathlib.Path):
   return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
 
-@pytest.mark.parametrize("dataset,write,counts", [
+@pytest.mark.parametrize(
+  "dataset,write,counts",
+  [
     ("isic2016", replicas.write_isic2016, {"train": 3, "test": 2}),
     ("isic2018", replicas.write_isic2018, {"train": 4, "validation": 2}),
     ("ph2", replicas.write_ph2, {"full": 3}),
     ("folder", replicas.write_folder, {"full": 10}),
-])
+  ],
+)
 def test_file_layouts_prepare_records_and_native_masks(tmp_path, dataset, write, counts):
   source = write(tmp_path / "source", nested=True)
   report = _prepare(dataset, source, tmp_path / "out")
@@ -42,8 +44,9 @@ def test_file_layouts_prepare_records_and_native_masks(tmp_path, dataset, write,
     original = np.asarray(Image.open(source / case.mask)) > 0  # PH2: mode '1' BMP -> bool
     assert (case.height, case.width) == original.shape == Image.open(source / case.image).size[::-1]
     np.testing.assert_array_equal(data.native_mask(case.case_id), original)
-    resized = np.asarray(Image.fromarray(original.astype(np.uint8)).resize((SIZE, SIZE),
-                                                                            Image.NEAREST))
+    resized = np.asarray(
+      Image.fromarray(original.astype(np.uint8)).resize((SIZE, SIZE), Image.NEAREST)
+    )
     np.testing.assert_array_equal(record["mask"], resized)
   assert report["default_protocol"] in report["protocols"]
   assert _leftovers(tmp_path) == []
@@ -56,10 +59,14 @@ def test_isic2018_report_lists_counts_warnings_and_ignored_files(tmp_path):
   assert on_disk == report
   assert report["counts"]["train"] == {"found": 4, "prepared": 4, "expected": 2594}
   assert report["counts"]["test"] == {"found": 0, "prepared": 0, "expected": 1000}
-  assert any("train: found 4 image/mask pairs, the official release has 2594" in w
-             for w in report["warnings"])
-  assert sorted(report["ignored_files"]) == ["ISIC2018_Task1-2_Training_Input/ATTRIBUTION.txt",
-                                             "ISIC2018_Task1-2_Training_Input/LICENSE.txt"]
+  assert any(
+    "train: found 4 image/mask pairs, the official release has 2594" in w
+    for w in report["warnings"]
+  )
+  assert sorted(report["ignored_files"]) == [
+    "ISIC2018_Task1-2_Training_Input/ATTRIBUTION.txt",
+    "ISIC2018_Task1-2_Training_Input/LICENSE.txt",
+  ]
   assert report["problems"] == [] and report["skipped"] == []
   assert (tmp_path / "out/splits/medi_seg_5fold.json").is_file()
 
@@ -97,7 +104,7 @@ def _corrupt(source: pathlib.Path, kind: str) -> str:
   if kind == "truncated image":
     path = images_dir / "ISIC_0000001.jpg"
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])  # a download cut off half way
+    path.write_bytes(data[: len(data) // 2])  # a download cut off half way
   elif kind == "unreadable image":
     path = images_dir / "ISIC_0000001.jpg"
     path.write_bytes(b"not a jpeg at all")
@@ -121,18 +128,18 @@ def _corrupt(source: pathlib.Path, kind: str) -> str:
 
 
 INTEGRITY_ERRORS = {
-    "truncated image": "unreadable image: {file}: image file is truncated",
-    "unreadable image": "unreadable image: {file}: cannot identify image file",
-    "unreadable mask": "unreadable mask: {file}: ",
-    "missing mask": "image without mask: {file}: no mask found (expected "
-                    "ISIC2018_Task1_Training_GroundTruth/ISIC_0000001_segmentation.png)",
-    "missing image": "mask without image: {file}: no image found (expected "
-                     "ISIC2018_Task1-2_Training_Input/ISIC_0000001.jpg",
-    "size mismatch": "image/mask size mismatch: ISIC2018_Task1-2_Training_Input/ISIC_0000001.jpg,"
-                     " {file}: image is 45x33 but mask is 7x5 (width x height); expected the "
-                     "same size",
-    "non-binary mask": "mask is not binary-like: {file}: 256 distinct values (0, 1, 2, 3, 4, 5, "
-                       "6, 7, ...); expected 0 for background and one foreground value",
+  "truncated image": "unreadable image: {file}: image file is truncated",
+  "unreadable image": "unreadable image: {file}: cannot identify image file",
+  "unreadable mask": "unreadable mask: {file}: ",
+  "missing mask": "image without mask: {file}: no mask found (expected "
+  "ISIC2018_Task1_Training_GroundTruth/ISIC_0000001_segmentation.png)",
+  "missing image": "mask without image: {file}: no image found (expected "
+  "ISIC2018_Task1-2_Training_Input/ISIC_0000001.jpg",
+  "size mismatch": "image/mask size mismatch: ISIC2018_Task1-2_Training_Input/ISIC_0000001.jpg,"
+  " {file}: image is 45x33 but mask is 7x5 (width x height); expected the "
+  "same size",
+  "non-binary mask": "mask is not binary-like: {file}: 256 distinct values (0, 1, 2, 3, 4, 5, "
+  "6, 7, ...); expected 0 for background and one foreground value",
 }
 
 
@@ -199,8 +206,10 @@ def test_grayscale_and_rgba_images_are_converted_with_a_note(tmp_path):
   (source / "images/case_01.jpg").unlink()
   rgba.save(source / "images/case_01.png")
   report = _prepare("folder", source, tmp_path / "out")
-  assert report["notes"] == {"alpha channel dropped": ["case_01"],
-                             "grayscale expanded to RGB": ["case_00"]}
+  assert report["notes"] == {
+    "alpha channel dropped": ["case_01"],
+    "grayscale expanded to RGB": ["case_00"],
+  }
   data = prepared.PreparedDataset(tmp_path / "out")
   gray = data.record(data.case("case_00"))["image"]
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
@@ -208,19 +217,44 @@ def test_grayscale_and_rgba_images_are_converted_with_a_note(tmp_path):
 
 def test_cli_exit_codes_and_messages(tmp_path, capsys):
   source = replicas.write_ph2(tmp_path / "source", ids=(2, 3))
-  args = ["prepare", "--dataset", "ph2", "--source", str(source), "--out",
-          str(tmp_path / "out"), "--size", str(SIZE), "--workers", "1"]
+  args = [
+    "prepare",
+    "--dataset",
+    "ph2",
+    "--source",
+    str(source),
+    "--out",
+    str(tmp_path / "out"),
+    "--size",
+    str(SIZE),
+    "--workers",
+    "1",
+  ]
   assert cli.main(args) == 0
   assert "prepared ph2 into" in capsys.readouterr().out
   (source / "PH2Dataset/PH2 Dataset images/IMD003/IMD003_lesion/IMD003_lesion.bmp").unlink()
   assert cli.main(args + ["--overwrite"]) == 1
   err = capsys.readouterr().err
-  assert "image without mask: PH2Dataset/PH2 Dataset images/IMD003/IMD003_Dermoscopic_Image/" \
-         "IMD003.bmp" in err
+  assert (
+    "image without mask: PH2Dataset/PH2 Dataset images/IMD003/IMD003_Dermoscopic_Image/"
+    "IMD003.bmp" in err
+  )
   assert cli.main(args + ["--overwrite", "--no-strict"]) == 0
   assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == ["IMD003"]
-  assert cli.main(["prepare", "--dataset", "ph2", "--source", str(tmp_path / "nowhere"),
-                   "--out", str(tmp_path / "x")]) == 1
+  assert (
+    cli.main(
+      [
+        "prepare",
+        "--dataset",
+        "ph2",
+        "--source",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "x"),
+      ]
+    )
+    == 1
+  )
   assert "not a folder" in capsys.readouterr().err
 
 
@@ -229,8 +263,11 @@ def test_a_case_in_two_subsets_is_a_duplicate(tmp_path):
   for folder, suffix in (("Input", ".jpg"), ("GroundTruth", "_segmentation.png")):
     task = "Task1-2" if folder == "Input" else "Task1"
     (source / f"ISIC2018_{task}_Validation_{folder}/ISIC_0001000{suffix}").rename(
-        source / f"ISIC2018_{task}_Validation_{folder}/ISIC_0000000{suffix}")
-  with pytest.raises(prepare.PreparationError,
-                     match="duplicate case: ISIC2018_Task1-2_Validation_Input/ISIC_0000000.jpg: "
-                           "case id also in another subset"):
+      source / f"ISIC2018_{task}_Validation_{folder}/ISIC_0000000{suffix}"
+    )
+  with pytest.raises(
+    prepare.PreparationError,
+    match="duplicate case: ISIC2018_Task1-2_Validation_Input/ISIC_0000000.jpg: "
+    "case id also in another subset",
+  ):
     _prepare("isic2018", source, tmp_path / "out")

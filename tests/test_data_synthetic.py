@@ -1,10 +1,10 @@
 """The embedded demo dataset: deterministic, dermoscopy-like, idempotent to generate and prepare."""
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax.data import prepared
-from sgdnet_jax.data import synthetic
+from sgdnet_jax.data import prepared, synthetic
 
 
 def test_render_case_is_deterministic_and_plausible():
@@ -13,9 +13,10 @@ def test_render_case_is_deterministic_and_plausible():
   np.testing.assert_array_equal(image, again)
   np.testing.assert_array_equal(mask, mask_again)
   assert image.shape == (48, 64, 3) and image.dtype == np.uint8 and mask.shape == (48, 64)
-  fractions = [synthetic.render_case(np.random.default_rng([0, i]), 64, 64)[1].mean()
-               for i in range(20)]
-  assert 0.02 < min(fractions) and max(fractions) < 0.8
+  fractions = [
+    synthetic.render_case(np.random.default_rng([0, i]), 64, 64)[1].mean() for i in range(20)
+  ]
+  assert min(fractions) > 0.02 and max(fractions) < 0.8
   lesion, skin = image[mask].mean(), image[~mask].mean()
   assert lesion < skin  # pigmented lesion darker than the skin around it
 
@@ -47,6 +48,5 @@ def test_ensure_demo_dataset_prepares_once(tmp_path):
   stamp = (prepared_dir / "report.json").stat().st_mtime_ns
   assert synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32) == prepared_dir
   assert (prepared_dir / "report.json").stat().st_mtime_ns == stamp
-  smaller = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32,
-                                          prepared_size=16)
+  smaller = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32, prepared_size=16)
   assert prepared.PreparedDataset(smaller).image_size == 16

@@ -1,15 +1,16 @@
 """Dice / IoU aggregations and empty policies, clu metric objects and the results record."""
+
 import ast
 import json
 import math
 import pathlib
 
-from clu import metrics as clu_metrics
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from clu import metrics as clu_metrics
 
 from sgdnet_jax import metrics
 from sgdnet_jax.metrics import overlap
@@ -27,12 +28,28 @@ def _mask(shape, rows, cols):
 #   2: both empty                     -> tp 0, fp 0, fn 0, tn 16
 #   3: gt empty, pred 1 px            -> tp 0, fp 1, fn 0, tn 15
 SHAPE = (4, 4)
-PRED = np.stack([_mask(SHAPE, 0, slice(0, 2)), _mask(SHAPE, 1, slice(1, 4)),
-                 np.zeros(SHAPE, bool), _mask(SHAPE, 3, 3)])
-GT = np.stack([_mask(SHAPE, slice(0, 2), slice(0, 2)), _mask(SHAPE, 1, slice(0, 2)),
-               np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)])
-EXPECTED_COUNTS = {"tp": [2, 1, 0, 0], "fp": [0, 2, 0, 1], "fn": [2, 1, 0, 0],
-                   "tn": [12, 12, 16, 15]}
+PRED = np.stack(
+  [
+    _mask(SHAPE, 0, slice(0, 2)),
+    _mask(SHAPE, 1, slice(1, 4)),
+    np.zeros(SHAPE, bool),
+    _mask(SHAPE, 3, 3),
+  ]
+)
+GT = np.stack(
+  [
+    _mask(SHAPE, slice(0, 2), slice(0, 2)),
+    _mask(SHAPE, 1, slice(0, 2)),
+    np.zeros(SHAPE, bool),
+    np.zeros(SHAPE, bool),
+  ]
+)
+EXPECTED_COUNTS = {
+  "tp": [2, 1, 0, 0],
+  "fp": [0, 2, 0, 1],
+  "fn": [2, 1, 0, 0],
+  "tn": [12, 12, 16, 15],
+}
 
 
 def test_confusion_counts_numpy_and_jax():
@@ -49,23 +66,32 @@ def test_per_image_scores_and_empty_cases():
   np.testing.assert_allclose(scores["dice"], [4 / 6, 2 / 5, 1.0, 0.0])
   np.testing.assert_allclose(scores["iou"], [2 / 4, 1 / 4, 1.0, 0.0])
   # background IoU: tn / (tn + fn + fp)
-  np.testing.assert_allclose(scores["medi_seg_miou"],
-                             [(0.5 + 12 / 14) / 2, (0.25 + 12 / 15) / 2, 1.0, (0 + 15 / 16) / 2])
+  np.testing.assert_allclose(
+    scores["medi_seg_miou"], [(0.5 + 12 / 14) / 2, (0.25 + 12 / 15) / 2, 1.0, (0 + 15 / 16) / 2]
+  )
   np.testing.assert_allclose(scores["thresholded_jaccard"], [0.0, 0.0, 1.0, 0.0])
 
 
-@pytest.mark.parametrize("metric,aggregation,empty,expected,n_used", [
+@pytest.mark.parametrize(
+  "metric,aggregation,empty,expected,n_used",
+  [
     ("dice", "per_image_mean", "score", (4 / 6 + 2 / 5 + 1 + 0) / 4, 4),
     ("dice", "per_image_mean", "skip_empty_gt", (4 / 6 + 2 / 5) / 2, 2),
     ("dice", "global", "score", 2 * 3 / (2 * 3 + 3 + 3), 4),
     ("dice", "global", "skip_empty_gt", 2 * 3 / (2 * 3 + 2 + 3), 2),
     ("iou", "per_image_mean", "score", (0.5 + 0.25 + 1 + 0) / 4, 4),
     ("iou", "global", "score", 3 / (3 + 3 + 3), 4),
-    ("iou", "medi_seg_miou", "score",
-     ((0.5 + 12 / 14) / 2 + (0.25 + 12 / 15) / 2 + 1 + 15 / 32) / 4, 4),
+    (
+      "iou",
+      "medi_seg_miou",
+      "score",
+      ((0.5 + 12 / 14) / 2 + (0.25 + 12 / 15) / 2 + 1 + 15 / 32) / 4,
+      4,
+    ),
     ("iou", "medi_seg_miou", "skip_empty_gt", ((0.5 + 12 / 14) / 2 + (0.25 + 12 / 15) / 2) / 2, 2),
     ("thresholded_jaccard", "per_image_mean", "score", 0.25, 4),
-])
+  ],
+)
 def test_aggregations(metric, aggregation, empty, expected, n_used):
   result = overlap.aggregate(EXPECTED_COUNTS, metric, aggregation, empty)
   assert result.value == pytest.approx(expected, rel=1e-12)
@@ -73,8 +99,9 @@ def test_aggregations(metric, aggregation, empty, expected, n_used):
 
 
 def test_thresholded_jaccard_keeps_values_at_or_above_threshold():
-  np.testing.assert_allclose(overlap.thresholded_jaccard(np.array([0.64, 0.65, 0.9])),
-                             [0.0, 0.65, 0.9])
+  np.testing.assert_allclose(
+    overlap.thresholded_jaccard(np.array([0.64, 0.65, 0.9])), [0.0, 0.65, 0.9]
+  )
 
 
 def test_aggregate_rejects_undefined_combinations():
@@ -102,9 +129,11 @@ def test_confusion_sums_jit_mask_merge_and_device_reduce():
 
 
 def test_confusion_sums_stay_exact_beyond_int32():
-  many = metrics.ConfusionSums(high=jnp.array([1 << 10, 0, 0, 0], jnp.int32),
-                               low=jnp.array([(1 << 20) - 1, 0, 0, 0], jnp.int32),
-                               images=jnp.array(1, jnp.int32))
+  many = metrics.ConfusionSums(
+    high=jnp.array([1 << 10, 0, 0, 0], jnp.int32),
+    low=jnp.array([(1 << 20) - 1, 0, 0, 0], jnp.int32),
+    images=jnp.array(1, jnp.int32),
+  )
   total = metrics.ConfusionSums.empty()
   for _ in range(5):
     total = total.merge(many)
@@ -134,7 +163,8 @@ def test_host_collection_with_both_metric_objects():
   for valid in (np.array([True, True, True, False]), np.ones(4, bool)):
     record = metrics.per_image_metrics_jax(jnp.asarray(PRED), jnp.asarray(GT))
     collection = collection.merge(
-        EvalMetrics.single_from_model_output(pred=PRED, gt=GT, mask=valid, **record))
+      EvalMetrics.single_from_model_output(pred=PRED, gt=GT, mask=valid, **record)
+    )
   result = collection.compute()
   assert result["per_image"]["fp"].tolist() == [0, 2, 0, 0, 2, 0, 1]
   summary = metrics.summarize(result["per_image"], metrics.MetricOptions(dice="global"))
@@ -159,16 +189,20 @@ def test_metrics_package_imports_no_torch_models_or_data():
 def test_per_image_values_drop_padding_and_merge_batches():
   record = metrics.per_image_metrics(PRED, GT)
   collected = metrics.PerImageValues.empty()
-  collected = collected.merge(metrics.PerImageValues.from_model_output(
-      mask=np.array([True, True, False, False]), pred=PRED, **record))
+  collected = collected.merge(
+    metrics.PerImageValues.from_model_output(
+      mask=np.array([True, True, False, False]), pred=PRED, **record
+    )
+  )
   device_record = metrics.per_image_metrics_jax(jnp.asarray(PRED), jnp.asarray(GT))
   collected = collected.merge(metrics.PerImageValues.from_model_output(**device_record))
   values = collected.compute()
   assert "pred" not in values
   np.testing.assert_array_equal(values["tp"], [2, 1, 2, 1, 0, 0])
   np.testing.assert_allclose(values["hd95_pooled"][:2], values["hd95_pooled"][2:4], rtol=1e-6)
-  assert metrics.collect([{**record, "mask": np.array([True, False, True, True])}])["fp"].tolist() \
-      == [0, 0, 1]
+  assert metrics.collect([{**record, "mask": np.array([True, False, True, True])}])[
+    "fp"
+  ].tolist() == [0, 0, 1]
   with pytest.raises(ValueError, match="none of"):
     metrics.PerImageValues.from_model_output(pred=PRED)
 
@@ -188,8 +222,14 @@ def test_summarize_report_conventions_counts_and_json():
   assert payload["metrics"]["hd95"]["n_excluded"] == 1
   assert "hd95" in report.format_table()
 
-  options = metrics.MetricOptions(dice="global", iou="medi_seg_miou", overlap_empty="skip_empty_gt",
-                                  hd95="max_directed", distance_empty="nan", resolution="original")
+  options = metrics.MetricOptions(
+    dice="global",
+    iou="medi_seg_miou",
+    overlap_empty="skip_empty_gt",
+    hd95="max_directed",
+    distance_empty="nan",
+    resolution="original",
+  )
   nan_record = metrics.per_image_metrics(PRED, GT, one_empty="nan")
   skipped = metrics.summarize(nan_record, options)
   assert skipped.cases["dice"] == metrics.CaseCounts(2, 4, 2)

@@ -1,4 +1,5 @@
 """Panoptic quality against a direct re-implementation of CoNIC's `get_pq` / mPQ+ (METRICS.md)."""
+
 import numpy as np
 import pytest
 from skimage import measure
@@ -53,7 +54,7 @@ def reference_mpq_plus(trues, preds, true_classes, pred_classes, num_classes):
 
 
 def _square(instances, top, left, size, value):
-  instances[top:top + size, left:left + size] = value
+  instances[top : top + size, left : left + size] = value
 
 
 def _fixtures():
@@ -94,8 +95,9 @@ def test_match_counts_and_pq_match_reference_get_pq():
   assert panoptic.pq(record) == pytest.approx(np.mean([r[0] for r in reference]), rel=1e-12)
   totals = np.sum([r[1] for r in reference], axis=0)
   dq = totals[0] / (totals[0] + 0.5 * totals[1] + 0.5 * totals[2] + 1e-6)
-  assert panoptic.pq_dataset(record) == pytest.approx(dq * totals[3] / (totals[0] + 1e-6),
-                                                      rel=1e-12)
+  assert panoptic.pq_dataset(record) == pytest.approx(
+    dq * totals[3] / (totals[0] + 1e-6), rel=1e-12
+  )
 
 
 def test_binary_prediction_uses_8_connected_components():

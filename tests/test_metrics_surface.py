@@ -1,11 +1,12 @@
 """Parity of the surface-distance and overlap metrics with medpy and scipy (METRICS.md)."""
+
 import math
 
 import jax
 import jax.numpy as jnp
-from medpy.metric import binary as medpy_binary
 import numpy as np
 import pytest
+from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
 from sgdnet_jax import metrics
@@ -21,8 +22,8 @@ def _smooth_blobs(seed, shape, sigma, level):
 
 
 def _disk(shape, center, radius):
-  rows, cols = np.ogrid[:shape[0], :shape[1]]
-  return (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius ** 2
+  rows, cols = np.ogrid[: shape[0], : shape[1]]
+  return (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius**2
 
 
 def _non_empty_pairs():
@@ -40,15 +41,14 @@ def _non_empty_pairs():
   other_pixel = np.zeros(SHAPE, bool)
   other_pixel[60, 3] = True
   return {
-      "random_blobs": (_smooth_blobs(0, SHAPE, 4, 0.7) ^ _smooth_blobs(2, SHAPE, 1.5, 1.5),
-                       blobs_gt),
-      "speckled_blobs": (speckled_gt ^ _smooth_blobs(3, SHAPE, 1, 1.8), speckled_gt),
-      "touching_border": (border_pred, border_gt),
-      "holes": (_disk(SHAPE, (35, 44), 18), ring_gt),
-      "one_pixel_vs_blob": (one_pixel, blobs_gt),
-      "one_pixel_vs_one_pixel": (one_pixel, other_pixel),
-      "identical": (blobs_gt, blobs_gt),
-      "full_image": (np.ones(SHAPE, bool), ring_gt),
+    "random_blobs": (_smooth_blobs(0, SHAPE, 4, 0.7) ^ _smooth_blobs(2, SHAPE, 1.5, 1.5), blobs_gt),
+    "speckled_blobs": (speckled_gt ^ _smooth_blobs(3, SHAPE, 1, 1.8), speckled_gt),
+    "touching_border": (border_pred, border_gt),
+    "holes": (_disk(SHAPE, (35, 44), 18), ring_gt),
+    "one_pixel_vs_blob": (one_pixel, blobs_gt),
+    "one_pixel_vs_one_pixel": (one_pixel, other_pixel),
+    "identical": (blobs_gt, blobs_gt),
+    "full_image": (np.ones(SHAPE, bool), ring_gt),
   }
 
 
@@ -73,13 +73,13 @@ def _medpy_reference(pred, gt, spacing):
   d_pg = directed(pred, gt, spacing)
   d_gp = directed(gt, pred, spacing)
   return {
-      "dice": medpy_binary.dc(pred, gt),
-      "iou": medpy_binary.jc(pred, gt),
-      "hd": medpy_binary.hd(pred, gt, spacing),
-      "hd95_pooled": medpy_binary.hd95(pred, gt, spacing),
-      "hd95_max_directed": max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)),
-      "assd": medpy_binary.assd(pred, gt, spacing),
-      "asd": medpy_binary.asd(pred, gt, spacing),
+    "dice": medpy_binary.dc(pred, gt),
+    "iou": medpy_binary.jc(pred, gt),
+    "hd": medpy_binary.hd(pred, gt, spacing),
+    "hd95_pooled": medpy_binary.hd95(pred, gt, spacing),
+    "hd95_max_directed": max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)),
+    "assd": medpy_binary.assd(pred, gt, spacing),
+    "asd": medpy_binary.asd(pred, gt, spacing),
   }
 
 
@@ -99,8 +99,9 @@ def test_host_metrics_match_medpy(medpy_values):
 
 def test_jax_metrics_match_medpy(medpy_values):
   spacing, reference = medpy_values
-  record = jax.device_get(metrics.per_image_metrics_jax(jnp.asarray(PRED), jnp.asarray(GT),
-                                                        spacing=spacing))
+  record = jax.device_get(
+    metrics.per_image_metrics_jax(jnp.asarray(PRED), jnp.asarray(GT), spacing=spacing)
+  )
   for key, expected in reference.items():
     np.testing.assert_allclose(record[key], expected, rtol=RTOL, atol=0, err_msg=key)
 
@@ -120,8 +121,12 @@ def test_binary_metrics_matches_medpy(name):
 def test_directed_distances_equal_medpy_order_and_values():
   directed = getattr(medpy_binary, "__surface_distances")
   for pred, gt in zip(PRED, GT):
-    np.testing.assert_allclose(metrics.directed_surface_distances(pred, gt, (0.7, 1.3)),
-                               directed(pred, gt, (0.7, 1.3)), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+      metrics.directed_surface_distances(pred, gt, (0.7, 1.3)),
+      directed(pred, gt, (0.7, 1.3)),
+      rtol=1e-12,
+      atol=0,
+    )
 
 
 def test_directed_distances_of_empty_masks():
@@ -173,8 +178,9 @@ def test_far_false_positive_blob_pooled_zero_max_directed_large():
 
   assert medpy_binary.hd95(pred, gt) == 0.0
   host = metrics.distance_metrics(pred[None], gt[None])
-  device = jax.device_get(metrics.distance_metrics_jax(jnp.asarray(pred[None]),
-                                                       jnp.asarray(gt[None])))
+  device = jax.device_get(
+    metrics.distance_metrics_jax(jnp.asarray(pred[None]), jnp.asarray(gt[None]))
+  )
   d_pg = getattr(medpy_binary, "__surface_distances")(pred, gt)
   expected_max_directed = np.percentile(d_pg, 95)  # d(G->P) is all zeros
   assert blob_distances.min() <= expected_max_directed <= blob_distances.max()
@@ -196,12 +202,14 @@ def test_empty_policies_on_both_backends(one_empty):
   diagonal = math.hypot(SHAPE[0] * 0.5, SHAPE[1] * 2.0)
   expected_one = diagonal if one_empty == "diagonal" else np.nan
   host = metrics.distance_metrics(pred, gt, spacing, one_empty)
-  device = jax.device_get(metrics.distance_metrics_jax(jnp.asarray(pred), jnp.asarray(gt),
-                                                       spacing, one_empty))
+  device = jax.device_get(
+    metrics.distance_metrics_jax(jnp.asarray(pred), jnp.asarray(gt), spacing, one_empty)
+  )
   for record in (host, device):
     for key in surface.DISTANCE_KEYS:
-      np.testing.assert_allclose(record[key][:3], [np.nan, expected_one, expected_one],
-                                 rtol=RTOL, err_msg=key)
+      np.testing.assert_allclose(
+        record[key][:3], [np.nan, expected_one, expected_one], rtol=RTOL, err_msg=key
+      )
       assert record[key][3] == 0.0
   # medpy cannot score these cases at all; our policy replaces its error.
   for p, g in zip(pred[:3], gt[:3]):

@@ -1,4 +1,5 @@
 """Model structure: exact parameter counts, GMACs, variant shapes, SGDC implementations, Sobel."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from configs import common
 from sgdnet_jax import models, summary
-from sgdnet_jax.models import layers, res2net, sgdc, sge, cto
+from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
 
 
 def _params(module, *shapes, **kwargs):
@@ -58,7 +59,9 @@ def test_res2net101_option_builds():
 def test_paper_convention_gmacs(variant, paper, tolerance):
   module = models.build(common.model_config(variant, 2))
   variables = summary.abstract_variables(module, 256)
-  gmacs = summary.gmacs_paper(module, variables, module_config := common.model_config(variant, 2), 256)
+  gmacs = summary.gmacs_paper(
+    module, variables, module_config := common.model_config(variant, 2), 256
+  )
   assert abs(gmacs - paper) / paper < tolerance, (variant, gmacs, module_config.variant)
 
 
@@ -70,8 +73,16 @@ def test_every_variant_output_shapes(variant, num_classes):
   variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), images)
   for train in (False, True):
     out = jax.eval_shape(
-        lambda v, x: module.apply(v, x, train=train, mutable=["batch_stats"] if train else False,
-                                  rngs={"dropout": jax.random.PRNGKey(1)}), variables, images)
+      lambda v, x: module.apply(
+        v,
+        x,
+        train=train,
+        mutable=["batch_stats"] if train else False,
+        rngs={"dropout": jax.random.PRNGKey(1)},
+      ),
+      variables,
+      images,
+    )
     out = out[0] if train else out
     for key in ("o1", "o2", "o3"):
       assert out[key].shape == (2, 64, 64, num_classes) and out[key].dtype == jnp.float32
@@ -100,8 +111,10 @@ def test_patch_sizes_must_divide_the_transformer_input():
   config.trans_patch_sizes = (32, 16, 8, 4)
   module = models.build(config)
   with pytest.raises(ValueError, match="trans_patch_sizes"):
-    jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x),
-                   jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    jax.eval_shape(
+      lambda x: module.init(jax.random.PRNGKey(0), x),
+      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+    )
 
 
 @pytest.mark.parametrize("heads,kernel", [(4, 7), (2, 3)])
@@ -125,16 +138,25 @@ def test_sgdc_module_implementations_agree_end_to_end():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
   g = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32)
-  shifted, patches = sgdc.SGDC(kernel_size=5, impl="shifted"), sgdc.SGDC(kernel_size=5, impl="patches")
+  shifted, patches = (
+    sgdc.SGDC(kernel_size=5, impl="shifted"),
+    sgdc.SGDC(kernel_size=5, impl="patches"),
+  )
   variables = shifted.init(jax.random.PRNGKey(0), x, g, train=False)
   # Large layer scales so the dynamic branch dominates the output.
   variables = jax.tree_util.tree_map_with_path(
-      lambda path, v: jnp.ones_like(v) if path[-1].key in ("ls1", "ls2") else v, variables)
+    lambda path, v: jnp.ones_like(v) if path[-1].key in ("ls1", "ls2") else v, variables
+  )
   loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x, g, train=False)))
-  np.testing.assert_allclose(shifted.apply(variables, x, g, train=False),
-                             patches.apply(variables, x, g, train=False), atol=1e-5)
-  for u, v in zip(jax.tree_util.tree_leaves(jax.grad(loss(shifted), (0, 1))(variables, x)),
-                  jax.tree_util.tree_leaves(jax.grad(loss(patches), (0, 1))(variables, x))):
+  np.testing.assert_allclose(
+    shifted.apply(variables, x, g, train=False),
+    patches.apply(variables, x, g, train=False),
+    atol=1e-5,
+  )
+  for u, v in zip(
+    jax.tree_util.tree_leaves(jax.grad(loss(shifted), (0, 1))(variables, x)),
+    jax.tree_util.tree_leaves(jax.grad(loss(patches), (0, 1))(variables, x)),
+  ):
     np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
 
 
@@ -158,20 +180,33 @@ def test_sobel_kernels_are_constants_and_gradients_stay_finite_on_flat_maps():
   x4 = jnp.zeros((1, 2, 2, 32))
   x1 = jnp.zeros((1, 8, 8, 32))
   variables = module.init(jax.random.PRNGKey(0), x4, x1, train=False)
-  names = {"/".join(str(k.key) for k in path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(variables["params"])[0]}
+  names = {
+    "/".join(str(k.key) for k in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+  }
   assert not any("sobel" in n for n in names)
   # Every parameter is a learned layer of the official SGE; nothing 3x3 with C->C Sobel shape.
   assert sorted({n.split("/")[0] for n in names}) == [
-      "fuse", "out_edge_map", "out_guidance", "refine1", "refine4", "s1_proj", "s4_proj"]
+    "fuse",
+    "out_edge_map",
+    "out_guidance",
+    "refine1",
+    "refine4",
+    "s1_proj",
+    "s4_proj",
+  ]
 
   def loss(params, x4, x1):
-    out = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x4, x1, train=False)
+    out = module.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]}, x4, x1, train=False
+    )
     return jnp.sum(out["edge_logits"]) + jnp.sum(out["guidance"])
 
   grads = jax.grad(loss, (0, 1, 2))(variables["params"], x4, x1)  # Flat input: magnitude exactly 0.
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-  gate_grad = jax.grad(lambda s: jnp.sum(sge.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(jnp.ones((1, 5, 5, 3)))
+  gate_grad = jax.grad(lambda s: jnp.sum(sge.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(
+    jnp.ones((1, 5, 5, 3))
+  )
   assert bool(jnp.all(jnp.isfinite(gate_grad)))
 
 
@@ -181,8 +216,9 @@ def test_channel_sum_sobel_equals_dense_sobel_convolution():
   gx, gy = layers.sobel_of_channel_sum(x)
   for kernel, ours in ((layers.SOBEL_X, gx), (layers.SOBEL_Y, gy)):
     dense = jnp.broadcast_to(jnp.asarray(kernel)[:, :, None, None], (3, 3, 5, 5))
-    ref = jax.lax.conv_general_dilated(x, dense, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.lax.conv_general_dilated(
+      x, dense, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     np.testing.assert_allclose(jnp.broadcast_to(ours, ref.shape), ref, atol=1e-5)
 
 

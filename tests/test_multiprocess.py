@@ -1,5 +1,6 @@
 """Two processes on loopback (jax.distributed, gloo CPU collectives) equal one process; the
 two-process checkpoint resumes in one process on a different device count."""
+
 import socket
 import subprocess
 
@@ -22,23 +23,41 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
   # Adam with a large epsilon updates in proportion to the gradient: plain Adam's first steps are
   # lr * sign(g), and the zero true gradients of biases before BatchNorm would turn
   # reduction-order rounding into lr-sized differences.
-  fields = {"checkpoint_every_steps": 1, "eval_every_epochs": 0, "optimizer.eps": 1.0,
-            "optimizer.lr": 1e-3, "model.head_dropout": 0.0, "data.image_size": 64,
-            "global_batch_size": 8}
+  fields = {
+    "checkpoint_every_steps": 1,
+    "eval_every_epochs": 0,
+    "optimizer.eps": 1.0,
+    "optimizer.lr": 1e-3,
+    "model.head_dropout": 0.0,
+    "data.image_size": 64,
+    "global_batch_size": 8,
+  }
   single = tmp_path / "single"
-  train_helpers.run(train_helpers.train_command(single, data_dir, fields, total_steps=4),
-                    train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  train_helpers.run(
+    train_helpers.train_command(single, data_dir, fields, total_steps=4),
+    train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+  )
 
   multi = tmp_path / "multi"
   port = _free_port()
   processes = []
   for process_id in range(2):
     env = train_helpers.subprocess_env(
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-        JAX_PROCESS_ID=str(process_id), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    processes.append(subprocess.Popen(
-        train_helpers.train_command(multi, data_dir, fields, total_steps=3), cwd=train_helpers.REPO,
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+      JAX_NUM_PROCESSES="2",
+      JAX_PROCESS_ID=str(process_id),
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    processes.append(
+      subprocess.Popen(
+        train_helpers.train_command(multi, data_dir, fields, total_steps=3),
+        cwd=train_helpers.REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
   try:
     outputs = [p.communicate(timeout=900)[0] for p in processes]
   finally:
@@ -49,8 +68,10 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
   assert (multi / "checkpoints" / "3").is_dir()
   # Resume the two-process checkpoint in one process with one device: the step-4 update must be
   # the single-process run's.
-  train_helpers.run(train_helpers.train_command(multi, data_dir, fields, total_steps=4),
-                    train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  train_helpers.run(
+    train_helpers.train_command(multi, data_dir, fields, total_steps=4),
+    train_helpers.subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+  )
 
   expected = train_helpers.step_losses(single)
   got = train_helpers.step_losses(multi)  # written by process 0 only

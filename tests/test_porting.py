@@ -3,6 +3,7 @@
 Numerical parity with the PyTorch reference is in test_porting_parity.py; here state dicts come
 from the upstream key tables (random values, exact Sobel constants), so no network runs.
 """
+
 import ast
 import functools
 import os
@@ -18,19 +19,19 @@ import torch
 
 from configs import common
 from sgdnet_jax import models, porting, variables_io
-from sgdnet_jax.models import layers, res2net, sge, sgdc
+from sgdnet_jax.models import layers, res2net, sgdc, sge
 from sgdnet_jax.porting import cli
 from tests import reference_tables
 from third_party.torch_reference import sge as torch_sge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUT_TABLES = {
-    "res2net50_v1b": "keys_res2net50_v1b.tsv",
-    "timm_res2net50d": "keys_res2net50_v1b.tsv",  # identical keys, shapes and order (SPEC §5)
-    "sge": "keys_sge.tsv",
-    "sgdc": "keys_sgdc.tsv",
-    "cto": "keys_cto.tsv",
-    "sgdnet": "keys_sgdnet_candidate_x1x2x3.tsv",
+  "res2net50_v1b": "keys_res2net50_v1b.tsv",
+  "timm_res2net50d": "keys_res2net50_v1b.tsv",  # identical keys, shapes and order (SPEC §5)
+  "sge": "keys_sge.tsv",
+  "sgdc": "keys_sgdc.tsv",
+  "cto": "keys_cto.tsv",
+  "sgdnet": "keys_sgdnet_candidate_x1x2x3.tsv",
 }
 
 
@@ -42,7 +43,7 @@ def table_state_dict(table: str, seed: int = 0):
   return dict(_table_state_dict(table, seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table_state_dict(table: str, seed: int):
   rng = np.random.default_rng(seed)
   state = {}
@@ -71,7 +72,7 @@ def _network(variant: str, num_classes: int = 2, **overrides):
   return _abstract(models.build(config), (1, 64, 64, 3))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template(layout: str):
   """Abstract Flax variables of each layout's module at full width."""
   if layout in ("res2net50_v1b", "timm_res2net50d"):
@@ -91,16 +92,21 @@ def _materialise(tree, seed: int = 0):
 # --- Naming rule ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key, path", [
+@pytest.mark.parametrize(
+  "key, path",
+  [
     ("layer1.0.convs.1.weight", ("layer1_0", "convs_1", "weight")),
-    ("multi_trans.t.attention.output_linear.0.weight",
-     ("multi_trans", "t", "attention", "output_linear_0", "weight")),
+    (
+      "multi_trans.t.attention.output_linear.0.weight",
+      ("multi_trans", "t", "attention", "output_linear_0", "weight"),
+    ),
     ("head.conv_p1.1.running_mean", ("head", "conv_p1_1", "running_mean")),
     ("sobel_x1.1.weight", ("sobel_x1_1", "weight")),
     ("dm1.predict3.2.weight", ("dm1", "predict3_2", "weight")),
     ("sgdc.x1.ls1", ("sgdc", "x1", "ls1")),
     ("eam.block.0.block.1.bias", ("eam", "block_0", "block_1", "bias")),
-])
+  ],
+)
 def test_naming_rule_joins_indices_and_inverts(key, path):
   assert porting.torch_key_to_path(key) == path
   assert porting.path_to_torch_key(path) == key
@@ -154,8 +160,9 @@ def test_layout_round_trips_its_upstream_key_table(layout):
 
 
 def test_layout_summaries_name_what_was_ignored():
-  _, report = porting.load_torch(table_state_dict("keys_res2net50_v1b.tsv"), "res2net50_v1b",
-                                 template("res2net50_v1b"))
+  _, report = porting.load_torch(
+    table_state_dict("keys_res2net50_v1b.tsv"), "res2net50_v1b", template("res2net50_v1b")
+  )
   assert report.ignored == ("fc.weight", "fc.bias")
   assert report.loaded + report.counters == 522 and report.counters == 87  # 87 BatchNorms
   assert "ignored keys of modules upstream never calls: 2 (fc)" in report.summary()
@@ -171,12 +178,14 @@ def test_partial_layout_fills_only_its_module_of_a_network():
   assert report.kept == tuple(name for name in network["params"] if name != "resnet")
   assert "kept as in the template" in report.summary()
   for collection in ("params", "batch_stats"):
-    assert jax.tree.all(jax.tree.map(np.array_equal, variables[collection]["resnet"],
-                                     backbone[collection]))
+    assert jax.tree.all(
+      jax.tree.map(np.array_equal, variables[collection]["resnet"], backbone[collection])
+    )
     for name in report.kept:
       if name in network[collection]:
-        assert jax.tree.all(jax.tree.map(np.array_equal, variables[collection][name],
-                                         network[collection][name]))
+        assert jax.tree.all(
+          jax.tree.map(np.array_equal, variables[collection][name], network[collection][name])
+        )
   exported, _ = porting.export_torch(variables, "res2net50_v1b")  # the backbone alone
   assert set(exported) == set(state)
   with pytest.raises(porting.PortingError, match="not jax.eval_shape output"):
@@ -186,8 +195,9 @@ def test_partial_layout_fills_only_its_module_of_a_network():
 def test_naming_rule_alone_converts_any_module_strictly():
   state = table_state_dict("keys_sgdc.tsv")
   variables, report = porting.convert_state_dict(state, template("sgdc"))
-  np.testing.assert_array_equal(variables["params"]["mlp_2"]["kernel"],
-                                state["mlp.2.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    variables["params"]["mlp_2"]["kernel"], state["mlp.2.weight"].transpose(2, 3, 1, 0)
+  )
   assert report.loaded == 16
   with pytest.raises(porting.PortingError, match="1 unexpected"):
     porting.convert_state_dict({**state, "extra.weight": np.zeros(3, np.float32)}, template("sgdc"))
@@ -255,26 +265,35 @@ def sgdc_state():
 def test_formats_wrappers_and_prefixes_read_the_same(tmp_path, sgdc_state, name):
   path = str(tmp_path / name)
   if name == "e.pth":  # a training checkpoint: wrapped, DataParallel prefix, extra entries
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": torch.from_numpy(v)
-                                           for k, v in sgdc_state.items()}}, path)
+    torch.save(
+      {
+        "epoch": 3,
+        "state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in sgdc_state.items()},
+      },
+      path,
+    )
   else:
     porting.write_state_dict(sgdc_state, path)
   state = porting.read_state_dict(path)
   assert set(state) == set(sgdc_state)  # safetensors stores keys sorted
-  assert all(np.array_equal(state[k], v) and state[k].dtype == v.dtype
-             for k, v in sgdc_state.items())
+  assert all(
+    np.array_equal(state[k], v) and state[k].dtype == v.dtype for k, v in sgdc_state.items()
+  )
   variables, report = porting.load_torch(path, "sgdc", template("sgdc"))
   assert report.source == path and report.loaded == 16
   with pytest.raises(FileExistsError):
     porting.write_state_dict(sgdc_state, path)
 
 
-@pytest.mark.parametrize("name, match", [
+@pytest.mark.parametrize(
+  "name, match",
+  [
     ("notes.pth", "not a PyTorch checkpoint"),
     ("notes.safetensors", "not a readable .safetensors file"),
     ("notes.npz", "not a .npz archive of plain arrays"),
     ("notes.h5", "unknown checkpoint extension '.h5'"),
-])
+  ],
+)
 def test_a_file_that_is_not_a_checkpoint_gives_a_clear_error(tmp_path, name, match):
   path = tmp_path / name
   path.write_text("hello, these are not weights\n")
@@ -328,17 +347,19 @@ def test_safetensors_porting_never_imports_torch(tmp_path, sgdc_state):
   path = str(tmp_path / "sgdc.safetensors")
   porting.write_state_dict(sgdc_state, path)
   script = (
-      "import sys, jax, jax.numpy as jnp\n"
-      "from sgdnet_jax import porting\n"
-      "from sgdnet_jax.models import sgdc\n"
-      "x, g = jnp.zeros((1, 8, 8, 256)), jnp.zeros((1, 8, 8, 16))\n"
-      "t = jax.eval_shape(lambda: sgdc.SGDC().init(jax.random.PRNGKey(0), x, g, train=False))\n"
-      f"v, _ = porting.load_torch({path!r}, 'sgdc', t)\n"
-      "porting.export_torch(v, 'sgdc')\n"
-      "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    "import sys, jax, jax.numpy as jnp\n"
+    "from sgdnet_jax import porting\n"
+    "from sgdnet_jax.models import sgdc\n"
+    "x, g = jnp.zeros((1, 8, 8, 256)), jnp.zeros((1, 8, 8, 16))\n"
+    "t = jax.eval_shape(lambda: sgdc.SGDC().init(jax.random.PRNGKey(0), x, g, train=False))\n"
+    f"v, _ = porting.load_torch({path!r}, 'sgdc', t)\n"
+    "porting.export_torch(v, 'sgdc')\n"
+    "assert 'torch' not in sys.modules, 'torch was imported'\n"
+  )
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -356,8 +377,9 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
   def initial_variables(module, image_size, seed, concrete):
     calls.append((image_size, seed, concrete))
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(seed), x, train=False),
-                              images)
+    abstract = jax.eval_shape(
+      lambda x: module.init(jax.random.PRNGKey(seed), x, train=False), images
+    )
     return _materialise(abstract, seed)
 
   monkeypatch.setattr(cli, "_initial_variables", initial_variables)
@@ -367,8 +389,12 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
   torch.save(reference.state_dict(), checkpoint)
   out = str(tmp_path / "converted")
   config = os.path.join(ROOT, "configs", "test.py")
-  assert cli.convert_main(["--torch", checkpoint, "--layout", "sge", "--config", config,
-                           "--out", out, "--seed", "3"]) == 0
+  assert (
+    cli.convert_main(
+      ["--torch", checkpoint, "--layout", "sge", "--config", config, "--out", out, "--seed", "3"]
+    )
+    == 0
+  )
   assert calls == [(64, 3, True)]
 
   loaded = variables_io.load_variables(out)
@@ -376,14 +402,18 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
   model = models.build(common.tiny_model_config("sgdnet", 1))
   initial = initial_variables(model, 64, 3, True)
   assert jax.tree.structure(loaded) == jax.tree.structure(initial)  # train's init_from check
-  np.testing.assert_array_equal(loaded["params"]["head"]["out_1"]["kernel"],
-                                initial["params"]["head"]["out_1"]["kernel"])
-  np.testing.assert_array_equal(loaded["params"]["sge"]["fuse"]["conv"]["kernel"],
-                                reference.fuse.conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    loaded["params"]["head"]["out_1"]["kernel"], initial["params"]["head"]["out_1"]["kernel"]
+  )
+  np.testing.assert_array_equal(
+    loaded["params"]["sge"]["fuse"]["conv"]["kernel"],
+    reference.fuse.conv.weight.detach().numpy().transpose(2, 3, 1, 0),
+  )
 
   exported = str(tmp_path / "sge.safetensors")
   assert cli.export_main(["--workdir", out, "--layout", "sge", "--out", exported]) == 0
   from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
+
   state = load_file(exported)
   rebuilt = torch_sge.SGE(s4_in=512, s1_in=64, mid=32, guide_ch=8, bottleneck=32)
   rebuilt.load_state_dict(state, strict=True)
@@ -399,8 +429,10 @@ def test_convert_command_for_a_whole_network(tmp_path):
   porting.write_state_dict(state, checkpoint)
   out = str(tmp_path / "converted")
   spec = os.path.join(ROOT, "configs", "isic2018.py") + ":variant=sgdnet,num_classes=2"
-  assert cli.convert_main(["--torch", checkpoint, "--layout", "sgdnet", "--config", spec,
-                           "--out", out]) == 0
+  assert (
+    cli.convert_main(["--torch", checkpoint, "--layout", "sgdnet", "--config", spec, "--out", out])
+    == 0
+  )
   exported = str(tmp_path / "sgdnet.pth")
   assert cli.export_main(["--workdir", out, "--layout", "sgdnet", "--out", exported]) == 0
   back = porting.read_state_dict(exported)
@@ -414,16 +446,31 @@ def test_convert_command_for_a_whole_network(tmp_path):
 def test_convert_command_checks_layout_against_the_config(tmp_path, capsys):
   config = os.path.join(ROOT, "configs", "test.py") + ":variant=sgdnet"
   with pytest.raises(SystemExit):
-    cli.convert_main(["--torch", "x.pth", "--layout", "cto", "--config", config,
-                      "--out", str(tmp_path / "o")])
+    cli.convert_main(
+      ["--torch", "x.pth", "--layout", "cto", "--config", config, "--out", str(tmp_path / "o")]
+    )
   assert "layout 'cto' fills the 'cto' network" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    cli.convert_main(["--torch", "x.pth", "--layout", "sgdc", "--config", config,
-                      "--out", str(tmp_path / "o")])
+    cli.convert_main(
+      ["--torch", "x.pth", "--layout", "sgdc", "--config", config, "--out", str(tmp_path / "o")]
+    )
   capsys.readouterr()
   notes = tmp_path / "notes.pth"
   notes.write_text("not weights")
-  assert cli.convert_main(["--torch", str(notes), "--layout", "sgdnet", "--config", config,
-                           "--out", str(tmp_path / "o")]) == 1
+  assert (
+    cli.convert_main(
+      [
+        "--torch",
+        str(notes),
+        "--layout",
+        "sgdnet",
+        "--config",
+        config,
+        "--out",
+        str(tmp_path / "o"),
+      ]
+    )
+    == 1
+  )
   assert f"convert: {notes}: not a PyTorch checkpoint" in capsys.readouterr().err
   assert not (tmp_path / "o").exists()

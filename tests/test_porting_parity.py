@@ -8,8 +8,8 @@ fed the torch block's recorded input; the blocks CTO shares with SGD-Net in the 
 Logits must agree to 1e-4; block outputs, whose scale grows to tens, to 1e-4 relative to
 max(1, max |torch|). Run with -s to see the tables.
 """
+
 import functools
-from typing import Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -20,7 +20,7 @@ from torch import nn as torch_nn
 
 from configs import common
 from sgdnet_jax import models, porting
-from sgdnet_jax.models import cto, res2net, sge, sgdc
+from sgdnet_jax.models import cto, res2net, sgdc, sge
 from third_party.torch_reference import cto as torch_cto
 from third_party.torch_reference import res2net as torch_res2net
 from third_party.torch_reference import sgdnet as torch_sgdnet
@@ -39,7 +39,7 @@ def _nhwc(t: torch.Tensor) -> jnp.ndarray:
   return jnp.asarray(t.detach().permute(0, 2, 3, 1).numpy())
 
 
-def _figures(ours, theirs: torch.Tensor) -> Tuple[float, float]:
+def _figures(ours, theirs: torch.Tensor) -> tuple[float, float]:
   """(max abs error, max |torch|) of an NHWC Flax array against an NCHW torch tensor."""
   reference = theirs.detach().permute(0, 2, 3, 1).numpy()
   ours = np.asarray(ours)
@@ -90,7 +90,7 @@ def _randomise(model: torch_nn.Module, x: torch.Tensor, seed: int) -> None:
       predictor.bias.mul_(LOGIT_SCALE)
 
 
-def _record(modules: Dict[str, torch_nn.Module]):
+def _record(modules: dict[str, torch_nn.Module]):
   """Forward hooks keeping a copy of each module's inputs and output (ReLUs act in place)."""
   seen = {}
 
@@ -99,6 +99,7 @@ def _record(modules: Dict[str, torch_nn.Module]):
       copy = lambda t: t.detach().clone()
       outputs = tuple(map(copy, output)) if isinstance(output, tuple) else copy(output)
       seen[name] = (tuple(map(copy, inputs)), outputs)
+
     return record
 
   handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
@@ -107,6 +108,7 @@ def _record(modules: Dict[str, torch_nn.Module]):
 
 class _Stage(nn.Module):
   """The Flax blocks `layer{index}_*` of one Res2Net stage (applied to the resnet variables)."""
+
   index: int
   planes: int
   blocks: int
@@ -116,8 +118,13 @@ class _Stage(nn.Module):
   def __call__(self, x):
     for block in range(self.blocks):
       first = block == 0
-      x = res2net.Bottle2neck(self.planes, self.stride if first else 1, stage=first,
-                              has_downsample=first, name=f"layer{self.index}_{block}")(x, False)
+      x = res2net.Bottle2neck(
+        self.planes,
+        self.stride if first else 1,
+        stage=first,
+        has_downsample=first,
+        name=f"layer{self.index}_{block}",
+      )(x, False)
     return x
 
 
@@ -140,11 +147,13 @@ def _body_blocks(variables, inputs):
     stage = _Stage(index, planes, blocks, stride)
     out[f"x{index}"] = stage.apply(sub("resnet"), inputs[f"x{index}"])
   out["transformer"] = cto.PatchTransformer(PATCH_SIZES).apply(
-      sub("multi_trans"), inputs["transformer"], train=False)
+    sub("multi_trans"), inputs["transformer"], train=False
+  )
   out["da_head"] = cto.DualAttentionHead(2048).apply(sub("head"), inputs["da_head"], train=False)
   for level in (3, 2, 1):
-    out[f"dm{level}"] = cto.DecoderModule(64).apply(sub(f"dm{level}"), *inputs[f"dm{level}"],
-                                                    train=False)
+    out[f"dm{level}"] = cto.DecoderModule(64).apply(
+      sub(f"dm{level}"), *inputs[f"dm{level}"], train=False
+    )
   return out
 
 
@@ -152,12 +161,15 @@ def _sgdnet_blocks(variables, inputs):
   out = _body_blocks(variables, inputs)
   params = variables["params"]
   sge_out = sge.StructureGuidanceExtractor().apply(
-      {"params": params["sge"], "batch_stats": variables["batch_stats"]["sge"]}, *inputs["sge"],
-      train=False)
+    {"params": params["sge"], "batch_stats": variables["batch_stats"]["sge"]},
+    *inputs["sge"],
+    train=False,
+  )
   out["sge_edge"], out["sge_guidance"] = sge_out["edge_logits"], sge_out["guidance"]
   for name in ("x1", "x2", "x3"):
-    out[f"sgdc_{name}"] = sgdc.SGDC().apply({"params": params["sgdc"][name]},
-                                            *inputs[f"sgdc_{name}"], train=False)
+    out[f"sgdc_{name}"] = sgdc.SGDC().apply(
+      {"params": params["sgdc"][name]}, *inputs[f"sgdc_{name}"], train=False
+    )
   return out
 
 
@@ -167,8 +179,15 @@ def _cto_blocks(variables, inputs):
 
 
 # Flax modules whose outputs the in-network comparison reads (besides outputs and aux).
-CAPTURED = {("resnet", "bn1"): "stem", ("multi_trans",): "transformer", ("head",): "da_head",
-            ("sgdc",): "sgdc", ("dm1",): "dm1", ("dm2",): "dm2", ("dm3",): "dm3"}
+CAPTURED = {
+  ("resnet", "bn1"): "stem",
+  ("multi_trans",): "transformer",
+  ("head",): "da_head",
+  ("sgdc",): "sgdc",
+  ("dm1",): "dm1",
+  ("dm2",): "dm2",
+  ("dm3",): "dm3",
+}
 
 
 def _capture(module, method_name):
@@ -182,8 +201,12 @@ def _run_case(variant: str, torch_class, seed: int):
   images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed + 1))
   _randomise(reference, images, seed + 2)
   resnet = reference.resnet
-  recorded = {"stem": resnet.bn1, "transformer": reference.multi_trans, "da_head": reference.head,
-              "edge": reference.eam}
+  recorded = {
+    "stem": resnet.bn1,
+    "transformer": reference.multi_trans,
+    "da_head": reference.head,
+    "edge": reference.eam,
+  }
   recorded.update({f"x{i}": getattr(resnet, f"layer{i}") for i in (1, 2, 3, 4)})
   recorded.update({f"dm{i}": getattr(reference, f"dm{i}") for i in (1, 2, 3)})
   if variant == "sgdnet":
@@ -200,11 +223,16 @@ def _run_case(variant: str, torch_class, seed: int):
   x = _nhwc(images)
   template = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
   variables, report = porting.load_torch(reference.state_dict(), variant, template)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=_capture,
-                                           mutable=["intermediates"]))
+  apply = jax.jit(
+    lambda v, x: model.apply(
+      v, x, train=False, capture_intermediates=_capture, mutable=["intermediates"]
+    )
+  )
   outputs, state = apply(variables, x)
-  captured = {CAPTURED[path]: value["__call__"][0] for path, value in
-              _flat_intermediates(state["intermediates"]).items()}
+  captured = {
+    CAPTURED[path]: value["__call__"][0]
+    for path, value in _flat_intermediates(state["intermediates"]).items()
+  }
 
   figures = {"network": {}, "isolated": {}}
   for name in ("o1", "o2", "o3", "edge"):
@@ -213,8 +241,9 @@ def _run_case(variant: str, torch_class, seed: int):
     figures["network"][name] = _figures(outputs["aux"][name], seen[name][1])
   for name in ("stem", "transformer", "da_head", "dm1", "dm2", "dm3"):
     figures["network"][name] = _figures(captured[name], seen[name][1])
-  inputs = {name: _nhwc(seen[name][0][0]) for name in ("x1", "x2", "x3", "x4", "transformer",
-                                                       "da_head")}
+  inputs = {
+    name: _nhwc(seen[name][0][0]) for name in ("x1", "x2", "x3", "x4", "transformer", "da_head")
+  }
   inputs.update({f"dm{i}": tuple(map(_nhwc, seen[f"dm{i}"][0])) for i in (1, 2, 3)})
   if variant == "sgdnet":
     edge, guidance = seen["edge"][1]
@@ -232,15 +261,25 @@ def _run_case(variant: str, torch_class, seed: int):
     inputs["eam"] = (_nhwc(seen["x4"][1]), _nhwc(seen["x1"][1]))  # upstream gates raw x4, x1
     isolated = jax.jit(_cto_blocks)(variables, inputs)
     torch_isolated = {"eam": seen["edge"][1]}
-  torch_isolated.update({name: seen[name][1] for name in
-                         ("x1", "x2", "x3", "x4", "transformer", "da_head", "dm1", "dm2", "dm3")
-                         if name in isolated})
+  torch_isolated.update(
+    {
+      name: seen[name][1]
+      for name in ("x1", "x2", "x3", "x4", "transformer", "da_head", "dm1", "dm2", "dm3")
+      if name in isolated
+    }
+  )
   for name, value in isolated.items():
     figures["isolated"][name] = _figures(value, torch_isolated[name])
   figures["isolated"]["stem"] = figures["network"]["stem"]  # its input is the image
   _print_table(variant, figures)
-  return {"reference": reference, "images": images, "torch_outputs": torch_outputs,
-          "variables": variables, "report": report, "figures": figures}
+  return {
+    "reference": reference,
+    "images": images,
+    "torch_outputs": torch_outputs,
+    "variables": variables,
+    "report": report,
+    "figures": figures,
+  }
 
 
 def _flat_intermediates(tree, prefix=()):
@@ -262,10 +301,24 @@ def _print_table(variant, figures):
     print(f"{name:<14}{isolated_text:>12}{error:>14.2e}{scale:>10.2f}")
 
 
-SGDNET_BLOCKS = ("stem", "x1", "x2", "x3", "x4", "transformer", "da_head", "sge_edge",
-                 "sge_guidance", "sgdc_x1", "sgdc_x2", "sgdc_x3", "dm3", "dm2", "dm1")
-CTO_BLOCKS = ("stem", "x1", "x2", "x3", "x4", "transformer", "da_head", "eam", "dm3", "dm2",
-              "dm1")
+SGDNET_BLOCKS = (
+  "stem",
+  "x1",
+  "x2",
+  "x3",
+  "x4",
+  "transformer",
+  "da_head",
+  "sge_edge",
+  "sge_guidance",
+  "sgdc_x1",
+  "sgdc_x2",
+  "sgdc_x3",
+  "dm3",
+  "dm2",
+  "dm1",
+)
+CTO_BLOCKS = ("stem", "x1", "x2", "x3", "x4", "transformer", "da_head", "eam", "dm3", "dm2", "dm1")
 
 
 def _check_network(figures, blocks):
@@ -317,14 +370,33 @@ def test_sgdnet_port_matches_torch():
   report = case["report"]
   assert report.layout == "sgdnet" and report.loaded == 707 and report.counters == 122
   assert set(report.sobel_constants) == {
-      "eam.sobel_x.weight", "eam.sobel_y.weight", "sobel_x2.0.weight", "sobel_y2.0.weight",
-      "sobel_x3.0.weight", "sobel_y3.0.weight"}
+    "eam.sobel_x.weight",
+    "eam.sobel_y.weight",
+    "sobel_x2.0.weight",
+    "sobel_y2.0.weight",
+    "sobel_x3.0.weight",
+    "sobel_y3.0.weight",
+  }
   ignored_modules = {key.split(".")[0] for key in report.ignored}
-  assert ignored_modules == {"resnet", "fft", "sobel_x2", "sobel_y2", "sobel_x3", "sobel_y3",
-                             "erb_db_1", "erb_db_2", "erb_db_3", "erb_db_4", "reduce5", "dm4",
-                             "predictor4"}
-  assert {k for k in report.ignored if k.startswith("resnet.")} == {"resnet.fc.weight",
-                                                                     "resnet.fc.bias"}
+  assert ignored_modules == {
+    "resnet",
+    "fft",
+    "sobel_x2",
+    "sobel_y2",
+    "sobel_x3",
+    "sobel_y3",
+    "erb_db_1",
+    "erb_db_2",
+    "erb_db_3",
+    "erb_db_4",
+    "reduce5",
+    "dm4",
+    "predictor4",
+  }
+  assert {k for k in report.ignored if k.startswith("resnet.")} == {
+    "resnet.fc.weight",
+    "resnet.fc.bias",
+  }
   assert report.absent == () and report.kept == ()
 
 
@@ -366,18 +438,24 @@ def test_res2net_train_step_moves_batch_stats_like_torch():
     torch_features = reference(images)
   expected = porting.load_torch(reference.state_dict(), "res2net50_v1b", template).variables
   features, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
-      variables, x)
+    variables, x
+  )
 
   for name, value in zip(("x1", "x2", "x3", "x4"), torch_features):
     error, scale = _figures(features[name], value)
     assert error <= TRAIN_TOLERANCE * max(1.0, scale), (name, error, scale)
-  errors = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b) / (1.0 + np.abs(b)))),
-                        updates["batch_stats"], expected["batch_stats"])
-  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), variables["batch_stats"],
-                       expected["batch_stats"])
+  errors = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(np.asarray(a) - b) / (1.0 + np.abs(b)))),
+    updates["batch_stats"],
+    expected["batch_stats"],
+  )
+  moved = jax.tree.map(
+    lambda a, b: float(np.max(np.abs(a - b))), variables["batch_stats"], expected["batch_stats"]
+  )
   leaves = jax.tree.leaves(errors)
-  print(f"\nres2net train step: {len(leaves)} running statistics, max relative error "
-        f"{max(leaves):.2e}")
+  print(
+    f"\nres2net train step: {len(leaves)} running statistics, max relative error {max(leaves):.2e}"
+  )
   batch_norms = sum(isinstance(m, torch_nn.BatchNorm2d) for m in reference.modules())
   assert len(leaves) == 2 * batch_norms
   assert max(leaves) <= TRAIN_TOLERANCE

@@ -1,4 +1,5 @@
 """The patch-free SGDC dynamic convolution: its hand-written backward pass and its memory."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,13 +18,15 @@ def _inputs(seed, batch, height, width, channels, heads, kernel, dtype=jnp.float
   return x, kernels, weights
 
 
-@pytest.mark.parametrize("heads,kernel,height,width",
-                         [(4, 7, 9, 6), (2, 5, 5, 8), (1, 3, 4, 4), (2, 1, 3, 5)])
+@pytest.mark.parametrize(
+  "heads,kernel,height,width", [(4, 7, 9, 6), (2, 5, 5, 8), (1, 3, 4, 4), (2, 1, 3, 5)]
+)
 def test_shifted_gradients_match_the_patch_implementation(heads, kernel, height, width):
   x, kernels, weights = _inputs(0, 2, height, width, 4 * heads, heads, kernel)
   loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * weights)
-  np.testing.assert_allclose(sgdc.dynamic_conv_shifted(x, kernels),
-                             sgdc.dynamic_conv_patches(x, kernels), atol=1e-5)
+  np.testing.assert_allclose(
+    sgdc.dynamic_conv_shifted(x, kernels), sgdc.dynamic_conv_patches(x, kernels), atol=1e-5
+  )
   expected = jax.grad(loss(sgdc.dynamic_conv_patches), (0, 1))(x, kernels)
   got = jax.jit(jax.grad(loss(sgdc.dynamic_conv_shifted), (0, 1)))(x, kernels)
   for g, e in zip(got, expected):
@@ -33,8 +36,9 @@ def test_shifted_gradients_match_the_patch_implementation(heads, kernel, height,
 
 def test_shifted_gradients_pass_numerical_checks_to_second_order():
   x, kernels, _ = _inputs(1, 1, 5, 4, 4, 2, 3)
-  jtu.check_grads(sgdc.dynamic_conv_shifted, (x, kernels), order=2, modes=["rev"],
-                  atol=2e-2, rtol=2e-2)
+  jtu.check_grads(
+    sgdc.dynamic_conv_shifted, (x, kernels), order=2, modes=["rev"], atol=2e-2, rtol=2e-2
+  )
 
 
 def test_shifted_keeps_input_dtype_and_float32_kernel_gradients_in_bfloat16():
@@ -66,12 +70,15 @@ def test_shifted_backward_never_holds_a_patch_sized_buffer():
   def memory(fn):
     grad = jax.jit(jax.grad(lambda x, k: jnp.vdot(fn(x, k), weights), (0, 1)))
     analysis = grad.lower(x, kernels).compile().memory_analysis()
-    peak = (analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes)
+    peak = (
+      analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+    )
     return analysis.temp_size_in_bytes, peak
 
   (shifted_temp, shifted_peak), (patches_temp, patches_peak) = (
-      memory(sgdc.dynamic_conv_shifted), memory(sgdc.dynamic_conv_patches))
+    memory(sgdc.dynamic_conv_shifted),
+    memory(sgdc.dynamic_conv_patches),
+  )
   assert patches_temp > 49 * x_bytes
   assert shifted_temp < 8 * x_bytes
   assert shifted_peak < 0.25 * patches_peak

@@ -1,4 +1,5 @@
 """The same train step on 1 device and on 8 fake CPU devices (4 data x 2 fsdp)."""
+
 import json
 import sys
 
@@ -6,7 +7,9 @@ from tests import train_helpers
 
 
 def test_sharded_step_equals_the_single_device_step():
-  result = train_helpers.run([sys.executable, "tests/sharding_worker.py"], train_helpers.subprocess_env())
+  result = train_helpers.run(
+    [sys.executable, "tests/sharding_worker.py"], train_helpers.subprocess_env()
+  )
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["loss_relative_diff"] < 1e-5, report
   # Gradients pass through BatchNorms over 1x1 and 2x2 maps in this 32-px network, which amplify

@@ -1,4 +1,5 @@
 """The one full-size forward: standard widths, 64x64 input, eval mode."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,12 @@ def test_full_width_sgdnet_forward_at_64px():
   variables = jax.jit(lambda x: module.init(jax.random.PRNGKey(1), x))(images)
   out = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, images)
   assert out["o1"].shape == (1, 64, 64, 1) and out["edge"].shape == (1, 64, 64, 1)
-  assert out["aux"]["x4"].shape == (1, 2, 2, 2048) and out["aux"]["guidance"].shape == (1, 16, 16, 16)
+  assert out["aux"]["x4"].shape == (1, 2, 2, 2048) and out["aux"]["guidance"].shape == (
+    1,
+    16,
+    16,
+    16,
+  )
   for key in ("o1", "o2", "o3", "edge"):
     assert bool(jnp.all(jnp.isfinite(out[key])))
   edge = np.asarray(out["edge"])

@@ -1,4 +1,5 @@
 """The summary command and config loading."""
+
 import json
 
 import pytest
@@ -7,7 +8,9 @@ from sgdnet_jax import config_utils, main
 
 
 def test_summary_json_line(capsys):
-  assert main.main(["summary", "--config", "configs/test.py:variant=cto,num_classes=2", "--json"]) == 0
+  assert (
+    main.main(["summary", "--config", "configs/test.py:variant=cto,num_classes=2", "--json"]) == 0
+  )
   lines = capsys.readouterr().out.strip().splitlines()
   result = json.loads(lines[-1])
   assert result["trainable_params"] == sum(result["modules"].values())
@@ -17,8 +20,10 @@ def test_summary_json_line(capsys):
 
 
 def test_config_overrides_and_errors():
-  config = config_utils.load_config("configs/isic2018.py:variant=cto,fold=3",
-                                    ["--config.model.sgdc.kernel_size=5", "--config.model.dtype", "bfloat16"])
+  config = config_utils.load_config(
+    "configs/isic2018.py:variant=cto,fold=3",
+    ["--config.model.sgdc.kernel_size=5", "--config.model.dtype", "bfloat16"],
+  )
   assert config.data.fold == 3 and config.model.skip_fusion == "edge_gate"
   assert config.model.sgdc.kernel_size == 5 and config.model.dtype == "bfloat16"
   with pytest.raises(ValueError, match="unknown config argument 'folds'"):

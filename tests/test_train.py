@@ -1,4 +1,5 @@
 """Training: loss values, optimiser parity, exact resume, preemption, non-finite stop, evaluation."""
+
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from sgdnet_jax import config_utils, evaluate, variables_io
-from sgdnet_jax.train import checkpointing, losses, loop, optimizer
+from sgdnet_jax.train import checkpointing, loop, losses, optimizer
 from tests import train_helpers
 
 
@@ -37,19 +38,26 @@ def test_loss_matches_a_hand_computed_value():
   assert float(loss) == pytest.approx(3 * (bce + dice), rel=1e-5)
   # Two-class logits [0, z] give the same probabilities, hence the same loss.
   two = {k: jnp.concatenate([jnp.zeros_like(v), v], -1) for k, v in outputs.items()}
-  assert float(losses.total_loss(two, jnp.asarray(mask), config)[0]) == pytest.approx(float(loss), rel=1e-5)
+  assert float(losses.total_loss(two, jnp.asarray(mask), config)[0]) == pytest.approx(
+    float(loss), rel=1e-5
+  )
 
 
 def test_edge_term_uses_the_outer_disk2_ring():
   from skimage.morphology import dilation, disk
+
   rng = np.random.default_rng(0)
   mask = (rng.random((2, 20, 20)) > 0.8).astype(np.uint8)
   ring = np.asarray(losses.boundary_target(jnp.asarray(mask)))
   for m, e in zip(mask, ring):
     np.testing.assert_array_equal(e, dilation(m, disk(2)) - m)
   edge = jnp.asarray(ring[..., None] * 0.9)
-  outputs = {"o1": jnp.zeros((2, 20, 20, 1)), "o2": jnp.zeros((2, 20, 20, 1)),
-             "o3": jnp.zeros((2, 20, 20, 1)), "edge": edge}
+  outputs = {
+    "o1": jnp.zeros((2, 20, 20, 1)),
+    "o2": jnp.zeros((2, 20, 20, 1)),
+    "o3": jnp.zeros((2, 20, 20, 1)),
+    "edge": edge,
+  }
   _, parts = losses.total_loss(outputs, jnp.asarray(mask), losses.default_loss_config())
   expected = np.mean([1 - (2 * 0.9 * r.sum() + 1) / (0.9 * r.sum() + r.sum() + 1) for r in ring])
   assert float(parts["loss_edge"]) == pytest.approx(expected, rel=1e-5)
@@ -61,7 +69,9 @@ def test_structure_loss_weights_each_sample_by_its_own_map():
   mask = np.zeros((2, 40, 40), np.float32)
   mask[0, 5:30, 5:30] = 1  # only sample 0 has a lesion: the two weight maps differ.
   batch = losses.structure_loss(logits, jnp.asarray(mask))
-  single = [losses.structure_loss(logits[i:i + 1], jnp.asarray(mask[i:i + 1]))[0] for i in range(2)]
+  single = [
+    losses.structure_loss(logits[i : i + 1], jnp.asarray(mask[i : i + 1]))[0] for i in range(2)
+  ]
   np.testing.assert_allclose(batch, single, rtol=1e-6)
 
 
@@ -86,7 +96,7 @@ def test_optimizer_matches_torch_adam_with_clip_and_coupled_weight_decay():
     torch_opt.step()
     np.testing.assert_allclose(params, weight.detach().numpy(), rtol=1e-5, atol=1e-7)
   assert float(schedule(0)) == float(schedule(1)) == pytest.approx(1e-2)
-  assert float(schedule(2)) == pytest.approx(1e-2 * 0.75 ** 0.9)
+  assert float(schedule(2)) == pytest.approx(1e-2 * 0.75**0.9)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +108,10 @@ def data_dir(tmp_path_factory):
 def reference_run(tmp_path_factory, data_dir):
   """An uninterrupted 6-step run (checkpoints every 2 steps), in this process."""
   workdir = tmp_path_factory.mktemp("reference")
-  config = config_utils.load_config(train_helpers.TRAIN_CONFIG, train_helpers.overrides(
-      data_dir, total_steps=6, checkpoint_every_steps=2))
+  config = config_utils.load_config(
+    train_helpers.TRAIN_CONFIG,
+    train_helpers.overrides(data_dir, total_steps=6, checkpoint_every_steps=2),
+  )
   summary = loop.train_and_evaluate(config, str(workdir))
   return workdir, config, summary
 
@@ -123,11 +135,14 @@ def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, t
   workdir = tmp_path / "killed"
   env = train_helpers.subprocess_env()
   command = train_helpers.train_command(workdir, data_dir, total_steps=6, checkpoint_every_steps=2)
-  process = subprocess.Popen(command, cwd=train_helpers.REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    command, cwd=train_helpers.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 600
   while time.time() < deadline:
-    if (workdir / "metrics.jsonl").exists() and max(train_helpers.step_losses(workdir), default=0) >= 3:
+    if (workdir / "metrics.jsonl").exists() and max(
+      train_helpers.step_losses(workdir), default=0
+    ) >= 3:
       break
     assert process.poll() is None, "training ended before it could be killed"
     time.sleep(0.2)
@@ -137,16 +152,27 @@ def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, t
   assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_continues_exactly(reference_run, data_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_run_continues_exactly(
+  reference_run, data_dir, tmp_path
+):
   reference, _, _ = reference_run
   workdir = tmp_path / "preempted"
   env = train_helpers.subprocess_env()
-  command = train_helpers.train_command(workdir, data_dir, total_steps=6, checkpoint_every_steps=100)
-  process = subprocess.Popen(command, cwd=train_helpers.REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+  command = train_helpers.train_command(
+    workdir, data_dir, total_steps=6, checkpoint_every_steps=100
+  )
+  process = subprocess.Popen(
+    command,
+    cwd=train_helpers.REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   deadline = time.time() + 600
   while time.time() < deadline and not (
-      (workdir / "metrics.jsonl").exists() and max(train_helpers.step_losses(workdir), default=0) >= 2):
+    (workdir / "metrics.jsonl").exists() and max(train_helpers.step_losses(workdir), default=0) >= 2
+  ):
     time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=600)
@@ -157,13 +183,17 @@ def test_sigterm_saves_a_checkpoint_and_the_run_continues_exactly(reference_run,
   assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference_run, data_dir, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+  reference_run, data_dir, tmp_path
+):
   reference, _, _ = reference_run
   workdir = tmp_path / "exploding"
   os.makedirs(workdir)
   os.system(f"cp -r {reference}/checkpoints {workdir}/")
-  config = config_utils.load_config(train_helpers.TRAIN_CONFIG, train_helpers.overrides(
-      data_dir, total_steps=8, checkpoint_every_steps=1, epochs=100))
+  config = config_utils.load_config(
+    train_helpers.TRAIN_CONFIG,
+    train_helpers.overrides(data_dir, total_steps=8, checkpoint_every_steps=1, epochs=100),
+  )
   config.optimizer.lr = 1e38  # The first update overflows the parameters.
   with pytest.raises(loop.NonFiniteLossError, match="not finite; stopping. The last checkpoint"):
     loop.train_and_evaluate(config, str(workdir))
@@ -189,15 +219,22 @@ def test_evaluate_writes_every_metric_with_conventions(reference_run):
 
 def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_dir, tmp_path):
   from PIL import Image
+
   from sgdnet_jax import predict
+
   workdir, config, _ = reference_run
   out, count = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)
   assert count == 3 and (out / "overview.png").exists()
   panel = np.asarray(Image.open(next((out / "panels").iterdir())))
-  assert panel.shape == (train_helpers.IMAGE_SIZE, 3 * train_helpers.IMAGE_SIZE, 3)  # no edge: baseline
+  assert panel.shape == (
+    train_helpers.IMAGE_SIZE,
+    3 * train_helpers.IMAGE_SIZE,
+    3,
+  )  # no edge: baseline
   source_images = sorted(pathlib.Path(data_dir).parent.glob("source/images/*"))[:2]
-  out, count = predict.predict(config, str(workdir), str(tmp_path / "files"),
-                               inputs=[str(p) for p in source_images])
+  out, count = predict.predict(
+    config, str(workdir), str(tmp_path / "files"), inputs=[str(p) for p in source_images]
+  )
   assert count == 2
   for path in source_images:
     mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))

@@ -1,4 +1,5 @@
 """Shared pieces of the training tests: a tiny synthetic dataset and the CLI in a subprocess."""
+
 import json
 import os
 import pathlib
@@ -14,21 +15,36 @@ TRAIN_CONFIG = "configs/test.py:variant=baseline"
 def tiny_dataset(root: pathlib.Path, image_size: int = IMAGE_SIZE) -> str:
   """24 synthetic cases (32 px by default), prepared (train 16 / val 2 / test 6, seeded_712)."""
   from sgdnet_jax.data import synthetic
+
   return str(synthetic.ensure_demo_dataset(root, num_cases=24, image_size=image_size))
 
 
 def overrides(data_dir: str, **fields) -> list:
-  base = {"data.image_size": IMAGE_SIZE, "model.trans_patch_sizes": (8, 4, 2, 1),
-          "global_batch_size": 4, "eval_batch_size": 4, "log_every_steps": 1,
-          "compilation_cache_dir": ""}
+  base = {
+    "data.image_size": IMAGE_SIZE,
+    "model.trans_patch_sizes": (8, 4, 2, 1),
+    "global_batch_size": 4,
+    "eval_batch_size": 4,
+    "log_every_steps": 1,
+    "compilation_cache_dir": "",
+  }
   base.update(fields)
-  return [f"--config.data.dir={data_dir}"] + [f"--config.{k}={v!r}" if isinstance(v, str) else
-                                              f"--config.{k}={v}" for k, v in base.items()]
+  return [f"--config.data.dir={data_dir}"] + [
+    f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}" for k, v in base.items()
+  ]
 
 
 def train_command(workdir, data_dir: str, fields=None, **more_fields) -> list:
-  return [sys.executable, "-m", "sgdnet_jax.main", "train", "--config", TRAIN_CONFIG,
-          "--workdir", str(workdir)] + overrides(data_dir, **{**(fields or {}), **more_fields})
+  return [
+    sys.executable,
+    "-m",
+    "sgdnet_jax.main",
+    "train",
+    "--config",
+    TRAIN_CONFIG,
+    "--workdir",
+    str(workdir),
+  ] + overrides(data_dir, **{**(fields or {}), **more_fields})
 
 
 def subprocess_env(**extra) -> dict:
@@ -49,6 +65,10 @@ def step_losses(workdir) -> dict:
 
 
 def run(command, env, timeout=900):
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-  assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+  result = subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
+  assert result.returncode == 0, (
+    f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+  )
   return result

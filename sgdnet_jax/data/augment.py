@@ -7,7 +7,6 @@ and a colour jitter (brightness, contrast, saturation, in that order). They run 
 arrays, image and mask together, with the generator grain derives from the seed and the
 element's position in the stream.
 """
-from typing import Tuple
 
 import ml_collections
 import numpy as np
@@ -18,7 +17,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def default_augment_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "hflip": False,
       "vflip": False,
       "rot90": False,  # uniform over 0, 90, 180, 270 degrees
@@ -31,7 +31,8 @@ def default_augment_config() -> ml_collections.ConfigDict:
       "brightness": 0.2,  # factor in [1 - b, 1 + b]
       "contrast": 0.2,
       "saturation": 0.2,
-  })
+    }
+  )
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -39,8 +40,9 @@ def normalize(image: np.ndarray) -> np.ndarray:
   return (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def shift_scale_rotate(image: np.ndarray, mask: np.ndarray, shift: Tuple[float, float],
-                       scale: float, angle_deg: float) -> Tuple[np.ndarray, np.ndarray]:
+def shift_scale_rotate(
+  image: np.ndarray, mask: np.ndarray, shift: tuple[float, float], scale: float, angle_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Rotates by `angle_deg` and scales about the centre, then shifts by `shift` (dy, dx) pixels.
 
   Bilinear image, nearest mask, reflect-101 border (reflection padding just wide enough for the
@@ -63,13 +65,15 @@ def shift_scale_rotate(image: np.ndarray, mask: np.ndarray, shift: Tuple[float, 
   coefficients = (*inverse[0], pil_offset[0], *inverse[1], pil_offset[1])
   padded_image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
   padded_mask = np.pad(mask, pad, mode="reflect")
-  warp = lambda array, resample: np.asarray(Image.fromarray(array).transform(
-      (width, height), Image.AFFINE, coefficients, resample=resample))
+  warp = lambda array, resample: np.asarray(
+    Image.fromarray(array).transform((width, height), Image.AFFINE, coefficients, resample=resample)
+  )
   return warp(padded_image, Image.BILINEAR), warp(padded_mask, Image.NEAREST)
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float,
-                 contrast: float, saturation: float) -> np.ndarray:
+def color_jitter(
+  image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float, saturation: float
+) -> np.ndarray:
   """Random brightness, contrast and saturation factors; float32 result clipped to [0, 255]."""
   image = np.asarray(image, np.float32) * rng.uniform(1 - brightness, 1 + brightness)
   gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -104,9 +108,12 @@ class Augment:
     if c["shift_scale_rotate"] and rng.random() < c["ssr_prob"]:
       size = np.array(mask.shape)
       image, mask = shift_scale_rotate(
-          image, mask, shift=rng.uniform(-c["shift_limit"], c["shift_limit"], 2) * size,
-          scale=rng.uniform(1 - c["scale_limit"], 1 + c["scale_limit"]),
-          angle_deg=rng.uniform(-c["rotate_limit"], c["rotate_limit"]))
+        image,
+        mask,
+        shift=rng.uniform(-c["shift_limit"], c["shift_limit"], 2) * size,
+        scale=rng.uniform(1 - c["scale_limit"], 1 + c["scale_limit"]),
+        angle_deg=rng.uniform(-c["rotate_limit"], c["rotate_limit"]),
+      )
     if c["color_jitter"]:
       image = color_jitter(image, rng, c["brightness"], c["contrast"], c["saturation"])
     return {**example, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}

@@ -6,9 +6,9 @@ neighbour. JPEGs are decoded with DCT scaling (`draft`) to the smallest size not
 before the bilinear resize, which is several times faster on large dermoscopy photographs. EXIF
 orientation is ignored: the masks are drawn on the stored pixel grid.
 """
+
 import io
 import os
-from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -17,8 +17,9 @@ from PIL import Image
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def load_rgb(path: os.PathLike,
-             draft_size: Optional[int] = None) -> Tuple[Image.Image, Tuple[int, int], str]:
+def load_rgb(
+  path: os.PathLike, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int], str]:
   """Decodes an image completely as RGB.
 
   Returns the image, its original (height, width) and a note ('' or how it was converted). With
@@ -32,20 +33,22 @@ def load_rgb(path: os.PathLike,
     image.load()
     if image.mode == "RGB":
       return image.copy(), original_size, ""
-    note = {"L": "grayscale expanded to RGB", "RGBA": "alpha channel dropped",
-            "LA": "grayscale expanded to RGB, alpha channel dropped"}.get(
-                image.mode, f"converted from PIL mode {image.mode} to RGB")
+    note = {
+      "L": "grayscale expanded to RGB",
+      "RGBA": "alpha channel dropped",
+      "LA": "grayscale expanded to RGB, alpha channel dropped",
+    }.get(image.mode, f"converted from PIL mode {image.mode} to RGB")
     return image.convert("RGB"), original_size, note
 
 
-def load_mask(path: os.PathLike) -> Tuple[np.ndarray, str]:
+def load_mask(path: os.PathLike) -> tuple[np.ndarray, str]:
   """Decodes a mask file completely: its values (see `mask_values`) and a conversion note."""
   with Image.open(path) as image:
     image.load()
     return mask_values(image)
 
 
-def mask_values(image: Image.Image) -> Tuple[np.ndarray, str]:
+def mask_values(image: Image.Image) -> tuple[np.ndarray, str]:
   """The mask's pixel values as a 2-D array, and a note ('' or how it was converted).
 
   Mode '1' (bilevel BMP, as PH2 masks often load) gives bool; integer modes give their values;
@@ -67,8 +70,10 @@ def binary_problem(values: np.ndarray) -> str:
   if len(present) == 1 or (len(present) == 2 and present[0] == 0):
     return ""
   shown = ", ".join(str(v) for v in present[:8]) + (", ..." if len(present) > 8 else "")
-  return (f"{len(present)} distinct values ({shown}); expected 0 for background and one "
-          "foreground value such as 255")
+  return (
+    f"{len(present)} distinct values ({shown}); expected 0 for background and one "
+    "foreground value such as 255"
+  )
 
 
 def resize_image(image: Image.Image, size: int) -> np.ndarray:

@@ -11,17 +11,17 @@ Evaluation: every case of the split exactly once across hosts (host p takes posi
 ...). Every host yields ceil(n / global batch) batches; the last ones are padded with
 examples whose `valid` is False (zeros elsewhere, case_id '', index -1).
 """
-import math
-from typing import Iterator, List, Optional, Tuple
 
-from absl import flags
+import math
+from collections.abc import Iterator
+
 import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
-from sgdnet_jax.data import augment
-from sgdnet_jax.data import prepared
+from sgdnet_jax.data import augment, prepared
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -44,7 +44,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _hosts(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
+def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -54,8 +54,10 @@ def _hosts(process_index: Optional[int], process_count: Optional[int]) -> Tuple[
 
 def _per_host(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global batch size {global_batch_size}: expected a positive multiple of "
-                     f"the process count {process_count}")
+    raise ValueError(
+      f"global batch size {global_batch_size}: expected a positive multiple of "
+      f"the process count {process_count}"
+    )
   return global_batch_size // process_count
 
 
@@ -64,29 +66,34 @@ def _open(data_config: ml_collections.ConfigDict, directory: str) -> prepared.Pr
     raise ValueError("data.dir is empty: expected a prepared dataset folder (see `prepare`)")
   dataset = prepared.PreparedDataset(directory)
   if dataset.image_size != data_config.image_size:
-    raise ValueError(f"{directory} was prepared at {dataset.image_size}x{dataset.image_size} but "
-                     f"data.image_size is {data_config.image_size}; prepare it again with "
-                     f"--size {data_config.image_size} or change the config")
+    raise ValueError(
+      f"{directory} was prepared at {dataset.image_size}x{dataset.image_size} but "
+      f"data.image_size is {data_config.image_size}; prepare it again with "
+      f"--size {data_config.image_size} or change the config"
+    )
   return dataset
 
 
-def resolve_split(data_config: ml_collections.ConfigDict,
-                  split: str) -> Tuple[prepared.PreparedDataset, List[str]]:
+def resolve_split(
+  data_config: ml_collections.ConfigDict, split: str
+) -> tuple[prepared.PreparedDataset, list[str]]:
   """The prepared dataset and case ids of `split`: a protocol split name or an extra_eval name."""
   if split in data_config.extra_eval:
     if split in (data_config.train_split, data_config.val_split, data_config.test_split):
       raise ValueError(f"data.extra_eval.{split} shadows a split name; rename it")
     extra = data_config.extra_eval[split]
     dataset = _open(data_config, extra.dir)
-    return dataset, dataset.split(extra.get("protocol", ""), extra.get("fold", 0),
-                                  extra.get("split", "test"))
+    return dataset, dataset.split(
+      extra.get("protocol", ""), extra.get("fold", 0), extra.get("split", "test")
+    )
   dataset = _open(data_config, data_config.dir)
   return dataset, dataset.split(data_config.protocol, data_config.fold, split)
 
 
 def _read_options(data_config: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=data_config.read_threads,
-                           prefetch_buffer_size=data_config.prefetch)
+  return grain.ReadOptions(
+    num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch
+  )
 
 
 class _TrainExample:
@@ -96,9 +103,13 @@ class _TrainExample:
     return {"image": augment.normalize(record["image"]), "mask": np.asarray(record["mask"])}
 
 
-def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_size: int,
-                        seed: int, process_index: Optional[int] = None,
-                        process_count: Optional[int] = None) -> grain.DatasetIterator:
+def make_train_iterator(
+  data_config: ml_collections.ConfigDict,
+  global_batch_size: int,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.DatasetIterator:
   """Endless per-host training batches {'image': (b,S,S,3) float32, 'mask': (b,S,S) uint8}.
 
   b = global_batch_size / process_count; hosts default to jax.process_index()/process_count().
@@ -107,8 +118,10 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, global_batch_siz
   per_host = _per_host(global_batch_size, process_count)
   dataset, case_ids = resolve_split(data_config, data_config.train_split)
   if len(case_ids) < global_batch_size:
-    raise ValueError(f"split {data_config.train_split!r} of {dataset.directory} has "
-                     f"{len(case_ids)} cases, fewer than one global batch ({global_batch_size})")
+    raise ValueError(
+      f"split {data_config.train_split!r} of {dataset.directory} has "
+      f"{len(case_ids)} cases, fewer than one global batch ({global_batch_size})"
+    )
   ds = grain.MapDataset.source(prepared.SplitSource(dataset, case_ids))
   ds = ds.seed(seed).shuffle().repeat()
   augmenter = augment.Augment(data_config.augment)
@@ -132,10 +145,14 @@ class _EvalExample:
   def __init__(self, source: prepared.SplitSource):
     self.source = source
     size = source.dataset.image_size
-    self.padding = {"image": np.zeros((size, size, 3), np.float32),
-                    "mask": np.zeros((size, size), np.uint8), "valid": np.bool_(False),
-                    "index": np.int32(-1), "case_id": np.str_(""),
-                    "original_size": np.zeros(2, np.int32)}
+    self.padding = {
+      "image": np.zeros((size, size, 3), np.float32),
+      "mask": np.zeros((size, size), np.uint8),
+      "valid": np.bool_(False),
+      "index": np.int32(-1),
+      "case_id": np.str_(""),
+      "original_size": np.zeros(2, np.int32),
+    }
     if source.dataset.has_instances:
       self.padding["instances"] = np.zeros((size, size), np.int32)
 
@@ -144,18 +161,26 @@ class _EvalExample:
       return self.padding
     case = self.source.cases[position]
     record = self.source[position]
-    example = {"image": augment.normalize(record["image"]), "mask": np.asarray(record["mask"]),
-               "valid": np.bool_(True), "index": np.int32(position),
-               "case_id": np.str_(case.case_id),
-               "original_size": np.array([case.height, case.width], np.int32)}
+    example = {
+      "image": augment.normalize(record["image"]),
+      "mask": np.asarray(record["mask"]),
+      "valid": np.bool_(True),
+      "index": np.int32(position),
+      "case_id": np.str_(case.case_id),
+      "original_size": np.array([case.height, case.width], np.int32),
+    }
     if "instances" in self.padding:
       example["instances"] = np.asarray(record["instances"])
     return example
 
 
-def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str,
-                       global_batch_size: int, process_index: Optional[int] = None,
-                       process_count: Optional[int] = None) -> Iterator[dict]:
+def make_eval_iterator(
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict]:
   """Per-host evaluation batches covering `split` exactly once across hosts.
 
   `split` is data_config.val_split / test_split / train_split or a key of
@@ -168,13 +193,14 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str,
   per_host = _per_host(global_batch_size, process_count)
   dataset, case_ids = resolve_split(data_config, split)
   if not case_ids:
-    raise ValueError(f"split {split!r} of {dataset.directory} is empty in the chosen protocol "
-                     "(data.protocol, or protocol of data.extra_eval)")
+    raise ValueError(
+      f"split {split!r} of {dataset.directory} is empty in the chosen protocol "
+      "(data.protocol, or protocol of data.extra_eval)"
+    )
   steps = math.ceil(len(case_ids) / global_batch_size)
   positions = list(range(process_index, len(case_ids), process_count))
   positions += [-1] * (steps * per_host - len(positions))
-  ds = grain.MapDataset.source(positions).map(_EvalExample(
-      prepared.SplitSource(dataset, case_ids)))
+  ds = grain.MapDataset.source(positions).map(_EvalExample(prepared.SplitSource(dataset, case_ids)))
   return iter(ds.batch(per_host).to_iter_dataset(_read_options(data_config)))
 
 

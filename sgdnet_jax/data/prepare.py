@@ -21,6 +21,7 @@ Output folder (written under a temporary name beside it, renamed into place only
 Strict mode (the default) fails, after checking everything, with one message naming every
 offending file; `--no-strict` skips those cases and lists them in report.json.
 """
+
 import argparse
 import collections
 import concurrent.futures
@@ -31,17 +32,14 @@ import os
 import pathlib
 import shutil
 import sys
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
-from sgdnet_jax.data import images
-from sgdnet_jax.data import layouts
-from sgdnet_jax.data import splits
-from sgdnet_jax.data import synthetic
+from sgdnet_jax.data import images, layouts, splits, synthetic
 
 # Dataset name -> the layout it is read with.
 LAYOUT_OF = {name: name for name in layouts.READERS} | {"synthetic": "folder"}
@@ -57,11 +55,11 @@ class PreparationError(RuntimeError):
 @dataclasses.dataclass
 class _CaseResult:
   case: layouts.Case
-  example: Optional[dict]
+  example: dict | None
   height: int = 0
   width: int = 0
-  problems: List[layouts.Problem] = dataclasses.field(default_factory=list)
-  notes: List[str] = dataclasses.field(default_factory=list)
+  problems: list[layouts.Problem] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _load_file_case(root: pathlib.Path, case: layouts.Case, size: int) -> _CaseResult:
@@ -69,41 +67,60 @@ def _load_file_case(root: pathlib.Path, case: layouts.Case, size: int) -> _CaseR
   result = _CaseResult(case, None)
   image = mask = None
   try:
-    image, (result.height, result.width), note = images.load_rgb(root / case.image,
-                                                                   draft_size=size)
+    image, (result.height, result.width), note = images.load_rgb(root / case.image, draft_size=size)
     result.notes += [note] if note else []
   except images.DECODE_ERRORS as e:
-    result.problems.append(layouts.Problem(
-        "unreadable_image", case.case_id, (case.image,),
-        f"{e} (expected a complete {pathlib.Path(case.image).suffix} image)"))
+    result.problems.append(
+      layouts.Problem(
+        "unreadable_image",
+        case.case_id,
+        (case.image,),
+        f"{e} (expected a complete {pathlib.Path(case.image).suffix} image)",
+      )
+    )
   try:
     mask, note = images.load_mask(root / case.mask)
     result.notes += [note] if note else []
   except images.DECODE_ERRORS as e:
-    result.problems.append(layouts.Problem(
-        "unreadable_mask", case.case_id, (case.mask,),
-        f"{e} (expected a complete {pathlib.Path(case.mask).suffix} image)"))
+    result.problems.append(
+      layouts.Problem(
+        "unreadable_mask",
+        case.case_id,
+        (case.mask,),
+        f"{e} (expected a complete {pathlib.Path(case.mask).suffix} image)",
+      )
+    )
   if mask is not None:
     if image is not None and mask.shape != (result.height, result.width):
-      result.problems.append(layouts.Problem(
-          "size_mismatch", case.case_id, (case.image, case.mask),
+      result.problems.append(
+        layouts.Problem(
+          "size_mismatch",
+          case.case_id,
+          (case.image, case.mask),
           f"image is {result.width}x{result.height} but mask is {mask.shape[1]}x"
-          f"{mask.shape[0]} (width x height); expected the same size"))
+          f"{mask.shape[0]} (width x height); expected the same size",
+        )
+      )
     detail = images.binary_problem(mask)
     if detail:
-      result.problems.append(layouts.Problem("non_binary_mask", case.case_id, (case.mask,),
-                                             detail))
+      result.problems.append(layouts.Problem("non_binary_mask", case.case_id, (case.mask,), detail))
   if result.problems:
     return result
   foreground = mask > 0
   if not foreground.any():
     result.notes.append("mask is empty (no foreground)")
   mask_path = root / case.mask
-  native_png = (mask_path.read_bytes() if mask_path.suffix.lower() == ".png"
-                else images.encode_mask_png(foreground))
-  result.example = {"image": images.resize_image(image, size),
-                    "mask": images.resize_mask(foreground.astype(np.uint8), size),
-                    "case_id": case.case_id, "native_mask_png": native_png}
+  native_png = (
+    mask_path.read_bytes()
+    if mask_path.suffix.lower() == ".png"
+    else images.encode_mask_png(foreground)
+  )
+  result.example = {
+    "image": images.resize_image(image, size),
+    "mask": images.resize_mask(foreground.astype(np.uint8), size),
+    "case_id": case.case_id,
+    "native_mask_png": native_png,
+  }
   return result
 
 
@@ -123,12 +140,13 @@ class _ConicArrays:
     if not foreground.any():
       result.notes.append("mask is empty (no foreground)")
     result.example = {
-        "image": images.resize_image(Image.fromarray(image), size),
-        "mask": images.resize_mask(foreground.astype(np.uint8), size),
-        "instances": images.resize_mask(instances, size),
-        "classes": images.resize_mask(labels[..., 1].astype(np.uint8), size),
-        "case_id": case.case_id,
-        "native_mask_png": images.encode_mask_png(foreground)}
+      "image": images.resize_image(Image.fromarray(image), size),
+      "mask": images.resize_mask(foreground.astype(np.uint8), size),
+      "instances": images.resize_mask(instances, size),
+      "classes": images.resize_mask(labels[..., 1].astype(np.uint8), size),
+      "case_id": case.case_id,
+      "native_mask_png": images.encode_mask_png(foreground),
+    }
     return result
 
 
@@ -160,33 +178,44 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
   # backport Python >= 3.9 installs lack. This builder downloads nothing: no code path needed.
   code_path = None
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in DATASETS]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Download the dataset by hand (licences forbid redistribution), "
-                                  "unpack it and pass that folder as manual_dir (DATA.md).")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Download the dataset by hand (licences forbid redistribution), "
+    "unpack it and pass that folder as manual_dir (DATA.md)."
+  )
 
   def __init__(self, *, image_size: int, workers: int = 1, progress: bool = True, **kwargs):
     self.image_size = image_size
     self.workers = workers
     self.progress = progress
-    self.listing: Optional[layouts.Listing] = None
-    self.results: Dict[str, List[_CaseResult]] = {}
-    self.problems: List[layouts.Problem] = []
-    self.notes: Dict[str, List[str]] = collections.defaultdict(list)
+    self.listing: layouts.Listing | None = None
+    self.results: dict[str, list[_CaseResult]] = {}
+    self.problems: list[layouts.Problem] = []
+    self.notes: dict[str, list[str]] = collections.defaultdict(list)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.image_size
-    tensor = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype,
-                                                       encoding=tfds.features.Encoding.BYTES)
-    features = {"image": tensor((size, size, 3), np.uint8), "mask": tensor((size, size), np.uint8),
-                "case_id": tfds.features.Text(),
-                "native_mask_png": tfds.features.Tensor(shape=(), dtype=np.object_)}
+    tensor = lambda shape, dtype: tfds.features.Tensor(
+      shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES
+    )
+    features = {
+      "image": tensor((size, size, 3), np.uint8),
+      "mask": tensor((size, size), np.uint8),
+      "case_id": tfds.features.Text(),
+      "native_mask_png": tfds.features.Tensor(shape=(), dtype=np.object_),
+    }
     if self.builder_config.name == "conic":
-      features |= {"instances": tensor((size, size), np.int32),
-                   "classes": tensor((size, size), np.uint8)}
+      features |= {
+        "instances": tensor((size, size), np.int32),
+        "classes": tensor((size, size), np.uint8),
+      }
     return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict(features), disable_shuffling=True,
-        description=f"{self.builder_config.name} resized to {size}x{size} (images bilinear, "
-                    "masks nearest, binarised > 0), with the original-resolution masks.")
+      builder=self,
+      features=tfds.features.FeaturesDict(features),
+      disable_shuffling=True,
+      description=f"{self.builder_config.name} resized to {size}x{size} (images bilinear, "
+      "masks nearest, binarised > 0), with the original-resolution masks.",
+    )
 
   # tfds prints download banners meant for downloaded datasets; this one reads local files.
   def _log_download_bytes(self) -> None:
@@ -203,17 +232,30 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
     by_subset = collections.defaultdict(list)
     for case in self.listing.cases:
       if id_counts[case.case_id] > 1:
-        self.problems.append(layouts.Problem(
-            "duplicate", case.case_id, (case.image,),
-            "case id also in another subset; expected each case once"))
+        self.problems.append(
+          layouts.Problem(
+            "duplicate",
+            case.case_id,
+            (case.image,),
+            "case id also in another subset; expected each case once",
+          )
+        )
       else:
         by_subset[case.subset].append(case)
-    bar = tqdm.tqdm(total=len(self.listing.cases), desc=f"prepare {self.builder_config.name}",
-                    unit="case", disable=not self.progress, file=sys.stderr)
-    return {subset: self._generate_examples(root, by_subset[subset], bar)
-            for subset in SUBSET_ORDER if subset in by_subset}
+    bar = tqdm.tqdm(
+      total=len(self.listing.cases),
+      desc=f"prepare {self.builder_config.name}",
+      unit="case",
+      disable=not self.progress,
+      file=sys.stderr,
+    )
+    return {
+      subset: self._generate_examples(root, by_subset[subset], bar)
+      for subset in SUBSET_ORDER
+      if subset in by_subset
+    }
 
-  def _generate_examples(self, root: pathlib.Path, cases: List[layouts.Case], bar: tqdm.tqdm):
+  def _generate_examples(self, root: pathlib.Path, cases: list[layouts.Case], bar: tqdm.tqdm):
     if cases[0].array_index >= 0:
       load = _ConicArrays(root, cases[0])
     else:
@@ -231,36 +273,53 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
         yield result.case.case_id, example
     if not kept:
       raise PreparationError(
-          f"no usable case in the {subset} subset; problems:\n" + _problem_lines(self.problems))
+        f"no usable case in the {subset} subset; problems:\n" + _problem_lines(self.problems)
+      )
 
 
 def _problem_lines(problems: Iterable[layouts.Problem]) -> str:
   return "\n".join(f"  {p.message()}" for p in problems)
 
 
-def _counts(builder: PreparedSegmentation, dataset: str) -> Dict[str, dict]:
+def _counts(builder: PreparedSegmentation, dataset: str) -> dict[str, dict]:
   """Per subset: image/mask pairs found on disk, cases prepared, and the official count."""
   found = collections.Counter(c.subset for c in builder.listing.cases)
   expected = layouts.EXPECTED_COUNTS.get(dataset, {})
-  return {subset: {"found": found.get(subset, 0),
-                   "prepared": len(builder.results.get(subset, [])),
-                   "expected": expected.get(subset)}
-          for subset in SUBSET_ORDER if subset in found or subset in expected}
+  return {
+    subset: {
+      "found": found.get(subset, 0),
+      "prepared": len(builder.results.get(subset, [])),
+      "expected": expected.get(subset),
+    }
+    for subset in SUBSET_ORDER
+    if subset in found or subset in expected
+  }
 
 
-def _count_warnings(counts: Dict[str, dict], dataset: str) -> List[str]:
+def _count_warnings(counts: dict[str, dict], dataset: str) -> list[str]:
   warnings = []
   for subset, count in counts.items():
     if count["expected"] is not None and count["found"] != count["expected"]:
-      warnings.append(f"{dataset} {subset}: found {count['found']} image/mask pairs, the "
-                      f"official release has {count['expected']} (a partial or modified "
-                      "download?)")
+      warnings.append(
+        f"{dataset} {subset}: found {count['found']} image/mask pairs, the "
+        f"official release has {count['expected']} (a partial or modified "
+        "download?)"
+      )
   return warnings
 
 
-def prepare(dataset: str, source: os.PathLike, out: os.PathLike, *, size: int = 256,
-            strict: bool = True, overwrite: bool = False, split_seed: int = 0,
-            workers: Optional[int] = None, progress: bool = True) -> dict:
+def prepare(
+  dataset: str,
+  source: os.PathLike,
+  out: os.PathLike,
+  *,
+  size: int = 256,
+  strict: bool = True,
+  overwrite: bool = False,
+  split_seed: int = 0,
+  workers: int | None = None,
+  progress: bool = True,
+) -> dict:
   """Prepares `dataset` from the download at `source` into `out`; returns the report.
 
   Raises layouts.LayoutError if `source` does not hold the layout, PreparationError on integrity
@@ -278,8 +337,9 @@ def prepare(dataset: str, source: os.PathLike, out: os.PathLike, *, size: int = 
   staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   try:
-    report = _prepare_into(dataset, source, staging, size, strict, split_seed,
-                           workers or os.cpu_count() or 1, progress)
+    report = _prepare_into(
+      dataset, source, staging, size, strict, split_seed, workers or os.cpu_count() or 1, progress
+    )
     if out.exists():
       retired = out.parent / f".{out.name}.old-{os.getpid()}"
       out.rename(retired)
@@ -292,48 +352,73 @@ def prepare(dataset: str, source: os.PathLike, out: os.PathLike, *, size: int = 
   return report
 
 
-def _prepare_into(dataset: str, source: pathlib.Path, staging: pathlib.Path, size: int,
-                  strict: bool, split_seed: int, workers: int, progress: bool) -> dict:
+def _prepare_into(
+  dataset: str,
+  source: pathlib.Path,
+  staging: pathlib.Path,
+  size: int,
+  strict: bool,
+  split_seed: int,
+  workers: int,
+  progress: bool,
+) -> dict:
   if not source.is_dir():
     raise layouts.LayoutError(f"{source}: not a folder (expected the unpacked {dataset} download)")
   tfds.display_progress_bar(False)
-  builder = PreparedSegmentation(config=dataset, data_dir=staging / "tfds", image_size=size,
-                                 workers=workers, progress=progress,
-                                 file_format="array_record")
+  builder = PreparedSegmentation(
+    config=dataset,
+    data_dir=staging / "tfds",
+    image_size=size,
+    workers=workers,
+    progress=progress,
+    file_format="array_record",
+  )
   builder.download_and_prepare(
-      download_dir=staging / "downloads",
-      download_config=tfds.download.DownloadConfig(manual_dir=source))
+    download_dir=staging / "downloads",
+    download_config=tfds.download.DownloadConfig(manual_dir=source),
+  )
   shutil.rmtree(staging / "downloads", ignore_errors=True)
   if builder.problems and strict:
     raise PreparationError(
-        f"prepare {dataset}: {len(builder.problems)} problem(s) in {source} (paths relative to "
-        "it); fix them, or pass --no-strict to skip these cases:\n"
-        + _problem_lines(builder.problems))
-  cases = [{"case_id": r.case.case_id, "subset": subset, "index": index, "image": r.case.image,
-            "mask": r.case.mask, "height": r.height, "width": r.width, "group": r.case.group}
-           for subset in SUBSET_ORDER for index, r in enumerate(builder.results.get(subset, []))]
+      f"prepare {dataset}: {len(builder.problems)} problem(s) in {source} (paths relative to "
+      "it); fix them, or pass --no-strict to skip these cases:\n" + _problem_lines(builder.problems)
+    )
+  cases = [
+    {
+      "case_id": r.case.case_id,
+      "subset": subset,
+      "index": index,
+      "image": r.case.image,
+      "mask": r.case.mask,
+      "height": r.height,
+      "width": r.width,
+      "group": r.case.group,
+    }
+    for subset in SUBSET_ORDER
+    for index, r in enumerate(builder.results.get(subset, []))
+  ]
   _check_written(builder, cases)
   counts = _counts(builder, dataset)
   warnings = builder.listing.warnings + _count_warnings(counts, dataset)
   protocols = splits.build_protocols(dataset, cases, split_seed)
   splits.write_protocols(staging / "splits", protocols)
   report = {
-      "dataset": dataset,
-      "source": str(source),
-      "image_size": size,
-      "strict": strict,
-      "split_seed": split_seed,
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "records": pathlib.Path(builder.data_dir).relative_to(staging).as_posix(),
-      "folders": builder.listing.folders,
-      "counts": counts,
-      "warnings": warnings,
-      "problems": [p.to_json() for p in builder.problems],
-      "skipped": sorted({p.case_id for p in builder.problems}),
-      "ignored_files": builder.listing.ignored,
-      "notes": {note: ids for note, ids in sorted(builder.notes.items())},
-      "protocols": sorted(protocols),
-      "default_protocol": splits.DEFAULT_PROTOCOL[dataset],
+    "dataset": dataset,
+    "source": str(source),
+    "image_size": size,
+    "strict": strict,
+    "split_seed": split_seed,
+    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "records": pathlib.Path(builder.data_dir).relative_to(staging).as_posix(),
+    "folders": builder.listing.folders,
+    "counts": counts,
+    "warnings": warnings,
+    "problems": [p.to_json() for p in builder.problems],
+    "skipped": sorted({p.case_id for p in builder.problems}),
+    "ignored_files": builder.listing.ignored,
+    "notes": dict(sorted(builder.notes.items())),
+    "protocols": sorted(protocols),
+    "default_protocol": splits.DEFAULT_PROTOCOL[dataset],
   }
   manifest = source / synthetic.MANIFEST
   if dataset == "synthetic" and manifest.is_file():  # tells ensure_demo_dataset it is current
@@ -345,28 +430,36 @@ def _prepare_into(dataset: str, source: pathlib.Path, staging: pathlib.Path, siz
   return report
 
 
-def _check_written(builder: PreparedSegmentation, cases: List[dict]) -> None:
+def _check_written(builder: PreparedSegmentation, cases: list[dict]) -> None:
   """Reads the records back: every case is readable and sits at the index cases.json gives it."""
   for subset in builder.results:
     source = tfds.builder_from_directory(builder.data_dir).as_data_source(subset)
     written = [source[i]["case_id"].decode() for i in range(len(source))]
     expected = [c["case_id"] for c in cases if c["subset"] == subset]
     if written != expected:
-      raise PreparationError(f"the {subset} records are not in generation order; "
-                             "the ArrayRecord writer did not keep disable_shuffling")
+      raise PreparationError(
+        f"the {subset} records are not in generation order; "
+        "the ArrayRecord writer did not keep disable_shuffling"
+      )
 
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m sgdnet_jax.main prepare",
-      description="Check a downloaded dataset and write it once as a prepared dataset.")
+    prog="python -m sgdnet_jax.main prepare",
+    description="Check a downloaded dataset and write it once as a prepared dataset.",
+  )
   parser.add_argument("--dataset", required=True, choices=DATASETS)
-  parser.add_argument("--source", required=True,
-                      help="the unpacked download (for synthetic: where to generate it)")
+  parser.add_argument(
+    "--source", required=True, help="the unpacked download (for synthetic: where to generate it)"
+  )
   parser.add_argument("--out", required=True, help="the prepared dataset folder to write")
   parser.add_argument("--size", type=int, default=256, help="training size (square)")
-  parser.add_argument("--no-strict", dest="strict", action="store_false",
-                      help="skip problematic cases (listed in report.json) instead of failing")
+  parser.add_argument(
+    "--no-strict",
+    dest="strict",
+    action="store_false",
+    help="skip problematic cases (listed in report.json) instead of failing",
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   parser.add_argument("--split-seed", type=int, default=0, help="seed of the seeded protocols")
   parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs)")
@@ -375,12 +468,22 @@ def main(argv: Sequence[str]) -> int:
   try:
     if args.dataset == "synthetic":
       synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
-    report = prepare(args.dataset, args.source, args.out, size=args.size, strict=args.strict,
-                     overwrite=args.overwrite, split_seed=args.split_seed, workers=args.workers)
+    report = prepare(
+      args.dataset,
+      args.source,
+      args.out,
+      size=args.size,
+      strict=args.strict,
+      overwrite=args.overwrite,
+      split_seed=args.split_seed,
+      workers=args.workers,
+    )
   except (layouts.LayoutError, PreparationError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   counts = ", ".join(f"{s} {c['prepared']}" for s, c in report["counts"].items())
-  print(f"prepared {args.dataset} into {args.out}: {counts}; {len(report['skipped'])} skipped, "
-        f"{len(report['warnings'])} warning(s); protocols: {', '.join(report['protocols'])}")
+  print(
+    f"prepared {args.dataset} into {args.out}: {counts}; {len(report['skipped'])} skipped, "
+    f"{len(report['warnings'])} warning(s); protocols: {', '.join(report['protocols'])}"
+  )
   return 0

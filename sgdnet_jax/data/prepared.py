@@ -1,20 +1,21 @@
 """Read access to a prepared dataset (the output of `prepare`): cases, splits, records, masks."""
+
 import dataclasses
 import json
 import os
 import pathlib
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgdnet_jax.data import images
-from sgdnet_jax.data import splits
+from sgdnet_jax.data import images, splits
 
 
 @dataclasses.dataclass(frozen=True)
 class CaseInfo:
   """One prepared case. `image`/`mask` are the original files relative to `report['source']`."""
+
   case_id: str
   subset: str
   index: int  # record within the subset
@@ -32,13 +33,15 @@ class PreparedDataset:
     self.directory = pathlib.Path(directory)
     report_path = self.directory / "report.json"
     if not report_path.is_file():
-      raise FileNotFoundError(f"{self.directory}: not a prepared dataset (no report.json); "
-                              "create it with `python -m sgdnet_jax.main prepare`")
+      raise FileNotFoundError(
+        f"{self.directory}: not a prepared dataset (no report.json); "
+        "create it with `python -m sgdnet_jax.main prepare`"
+      )
     self.report = json.loads(report_path.read_text())
     cases = json.loads((self.directory / "cases.json").read_text())
-    self.cases: List[CaseInfo] = [CaseInfo(**case) for case in cases]
-    self._by_id: Dict[str, CaseInfo] = {case.case_id: case for case in self.cases}
-    self._sources: Dict[str, object] = {}
+    self.cases: list[CaseInfo] = [CaseInfo(**case) for case in cases]
+    self._by_id: dict[str, CaseInfo] = {case.case_id: case for case in self.cases}
+    self._sources: dict[str, object] = {}
 
   @property
   def image_size(self) -> int:
@@ -58,16 +61,16 @@ class PreparedDataset:
 
   def protocol(self, name: str = "") -> dict:
     """The split protocol `name` ('' = the dataset's default)."""
-    return splits.read_protocol(self.directory / "splits",
-                                name or self.report["default_protocol"])
+    return splits.read_protocol(self.directory / "splits", name or self.report["default_protocol"])
 
-  def split(self, protocol: str, fold: int, split: str) -> List[str]:
+  def split(self, protocol: str, fold: int, split: str) -> list[str]:
     """Case ids of split `split` ('train', 'val', 'test') of fold `fold` of `protocol`."""
     spec = self.protocol(protocol)
     folds = spec["folds"]
     if not 0 <= fold < len(folds):
-      raise ValueError(f"fold {fold}: protocol {spec['name']!r} of {self.directory} has "
-                       f"folds 0..{len(folds) - 1}")
+      raise ValueError(
+        f"fold {fold}: protocol {spec['name']!r} of {self.directory} has folds 0..{len(folds) - 1}"
+      )
     if split not in folds[fold]:
       raise ValueError(f"split {split!r}: protocol {spec['name']!r} has {sorted(folds[fold])}")
     return folds[fold][split]

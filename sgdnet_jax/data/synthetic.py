@@ -9,15 +9,14 @@ needs no download:
 
     prepared_dir = synthetic.ensure_demo_dataset("data/demo")
 """
+
 import json
 import os
 import pathlib
 import shutil
-from typing import Tuple
 
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 GENERATOR_VERSION = 1
 MANIFEST = "synthetic.json"
@@ -29,12 +28,12 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
   return np.asarray(grid.resize((width, height), Image.BICUBIC))
 
 
-def render_case(rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_case(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
   """One synthetic dermoscopy image (H, W, 3) uint8 and its lesion mask (H, W) bool."""
   scale = min(height, width) / 2
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   # Lesion geometry, in units of half the short side.
-  cy, cx = (np.array([height, width]) / 2 + rng.uniform(-0.25, 0.25, 2) * scale)
+  cy, cx = np.array([height, width]) / 2 + rng.uniform(-0.25, 0.25, 2) * scale
   angle = rng.uniform(0, np.pi)
   elongation = rng.uniform(1.0, 1.6)
   dy, dx = (yy - cy) / scale, (xx - cx) / scale
@@ -52,13 +51,24 @@ def render_case(rng: np.random.Generator, height: int, width: int) -> Tuple[np.n
 
   # Skin: base tone with low-frequency variation and fine texture.
   skin_tone = rng.uniform([200, 150, 120], [240, 190, 165]).astype(np.float32)
-  skin = skin_tone * (1 + 0.05 * _smooth_noise(rng, height, width, 5)
-                      + 0.02 * rng.standard_normal((height, width), np.float32))[..., None]
+  skin = (
+    skin_tone
+    * (
+      1
+      + 0.05 * _smooth_noise(rng, height, width, 5)
+      + 0.02 * rng.standard_normal((height, width), np.float32)
+    )[..., None]
+  )
   # Pigment: two browns mixed by smooth noise, darker towards the centre, plus dark dots.
   light = rng.uniform([140, 90, 60], [190, 130, 95]).astype(np.float32)
   dark = rng.uniform([40, 25, 20], [90, 60, 50]).astype(np.float32)
-  mix = np.clip(0.5 + 0.35 * _smooth_noise(rng, height, width, 7)
-                + 0.4 * (1 - radius_field / np.maximum(boundary, 1e-3)), 0, 1)
+  mix = np.clip(
+    0.5
+    + 0.35 * _smooth_noise(rng, height, width, 7)
+    + 0.4 * (1 - radius_field / np.maximum(boundary, 1e-3)),
+    0,
+    1,
+  )
   lesion = light * (1 - mix[..., None]) + dark * mix[..., None]
   lesion *= (1 + 0.08 * _smooth_noise(rng, height, width, 24))[..., None]
   dots = _smooth_noise(rng, height, width, 40) > 2.0
@@ -67,7 +77,7 @@ def render_case(rng: np.random.Generator, height: int, width: int) -> Tuple[np.n
 
   # Vignetting and, sometimes, the dark rim of a dermoscope.
   rim = np.hypot((yy - height / 2) / (height / 2), (xx - width / 2) / (width / 2)) / np.sqrt(2)
-  image *= (1 - rng.uniform(0.0, 0.4) * rim ** 2)[..., None]
+  image *= (1 - rng.uniform(0.0, 0.4) * rim**2)[..., None]
   if rng.random() < 0.3:
     image[rim > rng.uniform(0.8, 0.95)] *= 0.08
   image += 2.5 * rng.standard_normal(image.shape, np.float32)
@@ -78,14 +88,15 @@ def render_case(rng: np.random.Generator, height: int, width: int) -> Tuple[np.n
   t = np.linspace(0, 1, 24)[:, None]
   for _ in range(rng.integers(0, 9)):
     ends = rng.uniform(-0.1, 1.1, (3, 2)) * [width, height]
-    curve = (1 - t) ** 2 * ends[0] + 2 * t * (1 - t) * ends[1] + t ** 2 * ends[2]
+    curve = (1 - t) ** 2 * ends[0] + 2 * t * (1 - t) * ends[1] + t**2 * ends[2]
     colour = tuple(int(c) for c in rng.uniform(15, 60) * np.array([1.0, 0.8, 0.7]))
     draw.line([tuple(p) for p in curve], fill=colour, width=int(rng.integers(1, 3)))
   return np.asarray(picture), mask
 
 
-def generate_folder_dataset(root: os.PathLike, *, num_cases: int = 300, image_size: int = 256,
-                            seed: int = 0) -> pathlib.Path:
+def generate_folder_dataset(
+  root: os.PathLike, *, num_cases: int = 300, image_size: int = 256, seed: int = 0
+) -> pathlib.Path:
   """Writes the demo dataset in the `folder` layout under `root`; idempotent.
 
   A `synthetic.json` manifest records the parameters; when it matches, nothing is rewritten.
@@ -93,14 +104,19 @@ def generate_folder_dataset(root: os.PathLike, *, num_cases: int = 300, image_si
   depends only on (seed, i).
   """
   root = pathlib.Path(root)
-  manifest = {"generator_version": GENERATOR_VERSION, "num_cases": num_cases,
-              "image_size": image_size, "seed": seed}
+  manifest = {
+    "generator_version": GENERATOR_VERSION,
+    "num_cases": num_cases,
+    "image_size": image_size,
+    "seed": seed,
+  }
   manifest_path = root / MANIFEST
   if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
     return root
   if root.exists() and any(root.iterdir()) and not manifest_path.is_file():
-    raise FileExistsError(f"{root} holds other files; expected an empty folder or a synthetic "
-                          f"dataset (with {MANIFEST})")
+    raise FileExistsError(
+      f"{root} holds other files; expected an empty folder or a synthetic dataset (with {MANIFEST})"
+    )
   staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
   shutil.rmtree(staging, ignore_errors=True)
   try:
@@ -110,8 +126,9 @@ def generate_folder_dataset(root: os.PathLike, *, num_cases: int = 300, image_si
       image, mask = render_case(np.random.default_rng([seed, index]), image_size, image_size)
       name = f"synth_{index:04d}"
       Image.fromarray(image).save(staging / "images" / f"{name}.jpg", quality=92)
-      Image.fromarray(mask.astype(np.uint8) * 255).save(staging / "masks" /
-                                                         f"{name}_segmentation.png")
+      Image.fromarray(mask.astype(np.uint8) * 255).save(
+        staging / "masks" / f"{name}_segmentation.png"
+      )
     (staging / MANIFEST).write_text(json.dumps(manifest) + "\n")
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
@@ -120,14 +137,21 @@ def generate_folder_dataset(root: os.PathLike, *, num_cases: int = 300, image_si
   return root
 
 
-def ensure_demo_dataset(root: os.PathLike, *, num_cases: int = 300, image_size: int = 256,
-                        prepared_size: int = 0, progress: bool = False) -> pathlib.Path:
+def ensure_demo_dataset(
+  root: os.PathLike,
+  *,
+  num_cases: int = 300,
+  image_size: int = 256,
+  prepared_size: int = 0,
+  progress: bool = False,
+) -> pathlib.Path:
   """The prepared demo dataset under `root` (generated and prepared on first use); idempotent.
 
   Writes `root/source` (folder layout) and `root/prepared` (prepared dataset, protocol
   `seeded_712`), and returns the latter. `prepared_size` defaults to `image_size`.
   """
   from sgdnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+
   root = pathlib.Path(root)
   size = prepared_size or image_size
   source = generate_folder_dataset(root / "source", num_cases=num_cases, image_size=image_size)

@@ -36,23 +36,21 @@ Conventions are chosen in `MetricOptions`: Dice / IoU aggregation
 distance empty policy (`diagonal` default, `nan`), resolution and spacing.
 This package imports nothing of the models or data packages.
 """
-from sgdnet_jax.metrics.binary import binary_metrics
-from sgdnet_jax.metrics.binary import per_image_metrics
-from sgdnet_jax.metrics.binary import per_image_metrics_jax
-from sgdnet_jax.metrics.clu_metrics import collect
-from sgdnet_jax.metrics.clu_metrics import ConfusionSums
-from sgdnet_jax.metrics.clu_metrics import PER_IMAGE_FIELDS
-from sgdnet_jax.metrics.clu_metrics import PerImageValues
-from sgdnet_jax.metrics.overlap import confusion_counts
-from sgdnet_jax.metrics.overlap import overlap_scores
-from sgdnet_jax.metrics.panoptic import connected_components
-from sgdnet_jax.metrics.panoptic import panoptic_counts
-from sgdnet_jax.metrics.report import CaseCounts
-from sgdnet_jax.metrics.report import MetricConvention
-from sgdnet_jax.metrics.report import MetricOptions
-from sgdnet_jax.metrics.report import MetricsReport
-from sgdnet_jax.metrics.report import summarize
-from sgdnet_jax.metrics.surface import directed_surface_distances
-from sgdnet_jax.metrics.surface import distance_metrics
-from sgdnet_jax.metrics.surface import distance_metrics_jax
-from sgdnet_jax.metrics.surface import squared_edt_jax
+
+from sgdnet_jax.metrics.binary import binary_metrics, per_image_metrics, per_image_metrics_jax
+from sgdnet_jax.metrics.clu_metrics import PER_IMAGE_FIELDS, ConfusionSums, PerImageValues, collect
+from sgdnet_jax.metrics.overlap import confusion_counts, overlap_scores
+from sgdnet_jax.metrics.panoptic import connected_components, panoptic_counts
+from sgdnet_jax.metrics.report import (
+  CaseCounts,
+  MetricConvention,
+  MetricOptions,
+  MetricsReport,
+  summarize,
+)
+from sgdnet_jax.metrics.surface import (
+  directed_surface_distances,
+  distance_metrics,
+  distance_metrics_jax,
+  squared_edt_jax,
+)

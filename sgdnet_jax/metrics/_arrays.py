@@ -1,6 +1,7 @@
 """Input checks and numpy/jax dispatch shared by the metric modules."""
-from collections.abc import Sequence
+
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,17 +26,17 @@ def check_mask_pair(pred: Any, gt: Any, *, batched: bool, where: str) -> None:
     dtype = getattr(mask, "dtype", None)
     if dtype is None or dtype != bool:
       raise TypeError(
-          f"{where}: `{name}` must be a boolean mask (threshold first, e.g."
-          f" `probs > 0.5` or `mask > 0`); got {type(mask).__name__} with"
-          f" dtype {dtype}")
+        f"{where}: `{name}` must be a boolean mask (threshold first, e.g."
+        f" `probs > 0.5` or `mask > 0`); got {type(mask).__name__} with"
+        f" dtype {dtype}"
+      )
   if pred.shape != gt.shape:
     raise ValueError(
-        f"{where}: `pred` shape {tuple(pred.shape)} differs from `gt` shape"
-        f" {tuple(gt.shape)}")
+      f"{where}: `pred` shape {tuple(pred.shape)} differs from `gt` shape {tuple(gt.shape)}"
+    )
   expected_ndim, layout = (3, "(B, H, W)") if batched else (2, "(H, W)")
   if pred.ndim != expected_ndim:
-    raise ValueError(
-        f"{where}: expected {layout} masks, got shape {tuple(pred.shape)}")
+    raise ValueError(f"{where}: expected {layout} masks, got shape {tuple(pred.shape)}")
   if pred.shape[-1] == 0 or pred.shape[-2] == 0:
     raise ValueError(f"{where}: masks have an empty spatial axis: {tuple(pred.shape)}")
 
@@ -46,8 +47,7 @@ def normalize_spacing(spacing: float | Sequence[float] | None, where: str) -> Sp
     return (1.0, 1.0)
   values = (spacing, spacing) if np.isscalar(spacing) else tuple(spacing)
   if len(values) != 2:
-    raise ValueError(
-        f"{where}: `spacing` must be a number or (row, column) pair, got {spacing!r}")
+    raise ValueError(f"{where}: `spacing` must be a number or (row, column) pair, got {spacing!r}")
   values = tuple(float(v) for v in values)
   if not all(math.isfinite(v) and v > 0 for v in values):
     raise ValueError(f"{where}: `spacing` entries must be positive and finite, got {spacing!r}")

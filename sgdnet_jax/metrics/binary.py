@@ -1,18 +1,22 @@
 """Entry points for binary segmentation: one image pair, or a batch as evaluation produces it."""
-from collections.abc import Sequence
+
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from sgdnet_jax.metrics import _arrays
-from sgdnet_jax.metrics import overlap
-from sgdnet_jax.metrics import surface
+from sgdnet_jax.metrics import _arrays, overlap, surface
 
 
-def binary_metrics(pred: Any, gt: Any, spacing: float | Sequence[float] | None = None,
-                   hd95: str = "pooled", one_empty: str = "diagonal") -> dict[str, float]:
+def binary_metrics(
+  pred: Any,
+  gt: Any,
+  spacing: float | Sequence[float] | None = None,
+  hd95: str = "pooled",
+  one_empty: str = "diagonal",
+) -> dict[str, float]:
   """Metrics of one predicted mask against its ground truth (host, float64).
 
   Args:
@@ -32,17 +36,23 @@ def binary_metrics(pred: Any, gt: Any, spacing: float | Sequence[float] | None =
   _arrays.check_mask_pair(pred, gt, batched=False, where="binary_metrics")
   record = per_image_metrics(pred[None], gt[None], spacing=spacing, one_empty=one_empty)
   return {
-      "dice": float(record["dice"][0]),
-      "iou": float(record["iou"][0]),
-      "hd": float(record["hd"][0]),
-      "hd95": float(record[f"hd95_{hd95}"][0]),
-      "assd": float(record["assd"][0]),
-      "asd": float(record["asd"][0]),
+    "dice": float(record["dice"][0]),
+    "iou": float(record["iou"][0]),
+    "hd": float(record["hd"][0]),
+    "hd95": float(record[f"hd95_{hd95}"][0]),
+    "assd": float(record["assd"][0]),
+    "asd": float(record["asd"][0]),
   }
 
 
-def per_image_metrics(pred: Any, gt: Any, *, spacing: float | Sequence[float] | None = None,
-                      one_empty: str = "diagonal", distances: bool = True) -> dict[str, np.ndarray]:
+def per_image_metrics(
+  pred: Any,
+  gt: Any,
+  *,
+  spacing: float | Sequence[float] | None = None,
+  one_empty: str = "diagonal",
+  distances: bool = True,
+) -> dict[str, np.ndarray]:
   """Per-image record of a batch on the host: the input of `PerImageValues` and `summarize`.
 
   Args:
@@ -66,10 +76,14 @@ def per_image_metrics(pred: Any, gt: Any, *, spacing: float | Sequence[float] | 
 
 
 @functools.partial(jax.jit, static_argnames=("spacing", "one_empty", "distances"))
-def per_image_metrics_jax(pred: jax.Array, gt: jax.Array, *,
-                          spacing: float | tuple[float, float] | None = None,
-                          one_empty: str = "diagonal",
-                          distances: bool = True) -> dict[str, jax.Array]:
+def per_image_metrics_jax(
+  pred: jax.Array,
+  gt: jax.Array,
+  *,
+  spacing: float | tuple[float, float] | None = None,
+  one_empty: str = "diagonal",
+  distances: bool = True,
+) -> dict[str, jax.Array]:
   """The same record as `per_image_metrics`, computed on the accelerator (jitted).
 
   Counts are int32 and scores float32; call it inside the evaluation step and

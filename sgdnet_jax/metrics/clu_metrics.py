@@ -15,22 +15,26 @@
 across processes (`multihost_utils.process_allgather`), so every process must
 call it for every batch; after the loop every process holds all images.
 """
+
 from collections.abc import Mapping
 from typing import Any
 
-from clu import metrics as clu_metrics
 import flax
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
+from clu import metrics as clu_metrics
+from jax.experimental import multihost_utils
 
-from sgdnet_jax.metrics import overlap
-from sgdnet_jax.metrics import panoptic
-from sgdnet_jax.metrics import surface
+from sgdnet_jax.metrics import overlap, panoptic, surface
 
-PER_IMAGE_FIELDS = (overlap.COUNT_KEYS + ("dice", "iou") + surface.DISTANCE_KEYS
-                    + panoptic.COUNT_KEYS + panoptic.CLASS_COUNT_KEYS)
+PER_IMAGE_FIELDS = (
+  overlap.COUNT_KEYS
+  + ("dice", "iou")
+  + surface.DISTANCE_KEYS
+  + panoptic.COUNT_KEYS
+  + panoptic.CLASS_COUNT_KEYS
+)
 _LOW_BITS = 20
 
 
@@ -59,8 +63,9 @@ class ConfusionSums(clu_metrics.Metric):
     per_image = jnp.stack([counts[k] for k in overlap.COUNT_KEYS], axis=-1)
     valid = jnp.ones(per_image.shape[:1], bool) if mask is None else jnp.asarray(mask, bool)
     if valid.shape != per_image.shape[:1]:
-      raise ValueError(f"ConfusionSums: `mask` shape {valid.shape} does not match the batch"
-                       f" {per_image.shape[:1]}")
+      raise ValueError(
+        f"ConfusionSums: `mask` shape {valid.shape} does not match the batch {per_image.shape[:1]}"
+      )
     per_image = jnp.where(valid[:, None], per_image, 0)
     high = jnp.sum(per_image >> _LOW_BITS, axis=0, dtype=jnp.int32)
     low = jnp.sum(per_image & ((1 << _LOW_BITS) - 1), axis=0, dtype=jnp.int32)
@@ -81,8 +86,10 @@ class ConfusionSums(clu_metrics.Metric):
   def compute(self) -> dict[str, float]:
     """`global` Dice and IoU (one confusion matrix over all pixels), float64."""
     c = self.counts()
-    return {"dice": float(overlap.dice_from_counts(c["tp"], c["fp"], c["fn"])),
-            "iou": float(overlap.iou_from_counts(c["tp"], c["fp"], c["fn"]))}
+    return {
+      "dice": float(overlap.dice_from_counts(c["tp"], c["fp"], c["fn"])),
+      "iou": float(overlap.iou_from_counts(c["tp"], c["fp"], c["fn"])),
+    }
 
 
 @flax.struct.dataclass
@@ -100,12 +107,15 @@ class PerImageValues(clu_metrics.CollectingMetric):
     """
     fields = {k: v for k, v in outputs.items() if k in PER_IMAGE_FIELDS and v is not None}
     if not fields:
-      raise ValueError(f"PerImageValues: none of {PER_IMAGE_FIELDS} in the outputs"
-                       f" (got {sorted(outputs)})")
+      raise ValueError(
+        f"PerImageValues: none of {PER_IMAGE_FIELDS} in the outputs (got {sorted(outputs)})"
+      )
     batch = {np.shape(v)[0] if np.ndim(v) else None for v in fields.values()}
     if len(batch) != 1 or None in batch:
-      raise ValueError(f"PerImageValues: fields need one leading batch axis, got shapes"
-                       f" { {k: np.shape(v) for k, v in fields.items()} }")
+      raise ValueError(
+        f"PerImageValues: fields need one leading batch axis, got shapes"
+        f" { {k: np.shape(v) for k, v in fields.items()} }"
+      )
     size = batch.pop()
     fields["mask"] = np.ones(size, bool) if mask is None else mask
     if np.shape(fields["mask"]) != (size,):

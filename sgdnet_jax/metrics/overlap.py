@@ -16,8 +16,9 @@ The per-image functions take numpy or jax arrays and return the same kind, so
 they run inside a jitted evaluation step; the aggregations run on the host in
 float64.
 """
-from collections.abc import Mapping
+
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ COUNT_KEYS = ("tp", "fp", "fn", "tn")
 @dataclasses.dataclass(frozen=True)
 class Aggregate:
   """One aggregated metric value and the number of images it used."""
+
   value: float
   n_used: int
   n_total: int
@@ -51,10 +53,10 @@ def confusion_counts(pred: Any, gt: Any) -> dict[str, Any]:
   xp = _arrays.namespace(pred, gt)
   axes = (-2, -1)
   return {
-      "tp": xp.sum(pred & gt, axis=axes),
-      "fp": xp.sum(pred & ~gt, axis=axes),
-      "fn": xp.sum(~pred & gt, axis=axes),
-      "tn": xp.sum(~pred & ~gt, axis=axes),
+    "tp": xp.sum(pred & gt, axis=axes),
+    "fp": xp.sum(pred & ~gt, axis=axes),
+    "fn": xp.sum(~pred & gt, axis=axes),
+    "tn": xp.sum(~pred & ~gt, axis=axes),
   }
 
 
@@ -88,16 +90,20 @@ def overlap_scores(counts: Mapping[str, Any]) -> dict[str, Any]:
   tp, fp, fn, tn = (counts[k] for k in COUNT_KEYS)
   iou = iou_from_counts(tp, fp, fn)
   return {
-      "dice": dice_from_counts(tp, fp, fn),
-      "iou": iou,
-      "medi_seg_miou": medi_seg_miou_from_counts(tp, fp, fn, tn),
-      "thresholded_jaccard": thresholded_jaccard(iou),
+    "dice": dice_from_counts(tp, fp, fn),
+    "iou": iou,
+    "medi_seg_miou": medi_seg_miou_from_counts(tp, fp, fn, tn),
+    "thresholded_jaccard": thresholded_jaccard(iou),
   }
 
 
-def aggregate(counts: Mapping[str, Any], metric: str, aggregation: str = "per_image_mean",
-              empty: str = "score",
-              jaccard_threshold: float = ISIC_JACCARD_THRESHOLD) -> Aggregate:
+def aggregate(
+  counts: Mapping[str, Any],
+  metric: str,
+  aggregation: str = "per_image_mean",
+  empty: str = "score",
+  jaccard_threshold: float = ISIC_JACCARD_THRESHOLD,
+) -> Aggregate:
   """Aggregates one overlap metric over images from per-image counts (host, float64).
 
   Args:
@@ -111,15 +117,20 @@ def aggregate(counts: Mapping[str, Any], metric: str, aggregation: str = "per_im
   Returns:
     The value (NaN if no image is used) with n_used / n_total.
   """
-  allowed = {"dice": ("per_image_mean", "global"), "iou": AGGREGATIONS,
-             "thresholded_jaccard": ("per_image_mean",)}
+  allowed = {
+    "dice": ("per_image_mean", "global"),
+    "iou": AGGREGATIONS,
+    "thresholded_jaccard": ("per_image_mean",),
+  }
   if metric not in allowed:
     raise ValueError(
-        f"overlap.aggregate: unknown metric {metric!r}; expected one of {tuple(allowed)}")
+      f"overlap.aggregate: unknown metric {metric!r}; expected one of {tuple(allowed)}"
+    )
   if aggregation not in allowed[metric]:
     raise ValueError(
-        f"overlap.aggregate: aggregation {aggregation!r} is not defined for {metric};"
-        f" expected one of {allowed[metric]}")
+      f"overlap.aggregate: aggregation {aggregation!r} is not defined for {metric};"
+      f" expected one of {allowed[metric]}"
+    )
   if empty not in EMPTY_POLICIES:
     raise ValueError(f"overlap.aggregate: empty policy {empty!r}; expected one of {EMPTY_POLICIES}")
   missing = [k for k in COUNT_KEYS if k not in counts]

@@ -13,6 +13,7 @@
   the instance map whose class map equals c), then the mean over the classes
   (CoNIC: 6 classes; a class absent everywhere contributes 0).
 """
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,10 @@ def connected_components(binary: Any) -> np.ndarray:
   """Instance maps (..., H, W) int32 of boolean masks: 8-connected components, 1..n."""
   binary = np.asarray(binary)
   if binary.dtype != bool or binary.ndim < 2:
-    raise TypeError("connected_components: expected a boolean array (..., H, W), got"
-                    f" dtype {binary.dtype}, shape {binary.shape}")
+    raise TypeError(
+      "connected_components: expected a boolean array (..., H, W), got"
+      f" dtype {binary.dtype}, shape {binary.shape}"
+    )
   eight_connected = np.ones((3, 3), bool)
   labels = np.zeros(binary.shape, np.int32)
   for index in np.ndindex(binary.shape[:-2]):  # each image on its own
@@ -41,8 +44,7 @@ def connected_components(binary: Any) -> np.ndarray:
 
 def _check_labels(labels: np.ndarray, name: str, where: str) -> None:
   if not np.issubdtype(labels.dtype, np.integer):
-    raise TypeError(
-        f"{where}: `{name}` must be an integer label map, got dtype {labels.dtype}")
+    raise TypeError(f"{where}: `{name}` must be an integer label map, got dtype {labels.dtype}")
   if labels.size and labels.min() < 0:
     raise ValueError(f"{where}: `{name}` has negative labels")
 
@@ -80,9 +82,13 @@ def _as_instances(pred: np.ndarray, where: str) -> np.ndarray:
   return pred
 
 
-def panoptic_counts(gt_instances: Any, pred: Any, gt_classes: Any = None,
-                    pred_classes: Any = None,
-                    num_classes: int = CONIC_NUM_CLASSES) -> dict[str, np.ndarray]:
+def panoptic_counts(
+  gt_instances: Any,
+  pred: Any,
+  gt_classes: Any = None,
+  pred_classes: Any = None,
+  num_classes: int = CONIC_NUM_CLASSES,
+) -> dict[str, np.ndarray]:
   """Per-patch panoptic record of a batch (B, H, W): the input of `summarize`.
 
   Args:
@@ -101,13 +107,16 @@ def panoptic_counts(gt_instances: Any, pred: Any, gt_classes: Any = None,
   gt_instances, pred = np.asarray(gt_instances), np.asarray(pred)
   _check_labels(gt_instances, "gt_instances", where)
   if gt_instances.ndim != 3 or pred.shape != gt_instances.shape:
-    raise ValueError(f"{where}: expected (B, H, W) maps of one shape, got gt_instances"
-                     f" {gt_instances.shape} and pred {pred.shape}")
+    raise ValueError(
+      f"{where}: expected (B, H, W) maps of one shape, got gt_instances"
+      f" {gt_instances.shape} and pred {pred.shape}"
+    )
   if (gt_classes is None) != (pred_classes is None):
     raise ValueError(f"{where}: give both `gt_classes` and `pred_classes`, or neither")
   pred_instances = _as_instances(pred, where)
   record = _counts_record(
-      [match_counts(g, p) for g, p in zip(gt_instances, pred_instances)], COUNT_KEYS)
+    [match_counts(g, p) for g, p in zip(gt_instances, pred_instances)], COUNT_KEYS
+  )
   if gt_classes is None:
     return record
   gt_classes, pred_classes = np.asarray(gt_classes), np.asarray(pred_classes)
@@ -116,17 +125,18 @@ def panoptic_counts(gt_instances: Any, pred: Any, gt_classes: Any = None,
       raise ValueError(f"{where}: `{name}` shape {classes.shape} differs from {gt_instances.shape}")
     _check_labels(classes, name, where)
   per_class = [
-      match_counts(g * (gc == c), p * (pc == c))
-      for g, p, gc, pc in zip(gt_instances, pred_instances, gt_classes, pred_classes)
-      for c in range(1, num_classes + 1)
+    match_counts(g * (gc == c), p * (pc == c))
+    for g, p, gc, pc in zip(gt_instances, pred_instances, gt_classes, pred_classes)
+    for c in range(1, num_classes + 1)
   ]
   class_record = _counts_record(per_class, CLASS_COUNT_KEYS)
   record.update({k: v.reshape(-1, num_classes) for k, v in class_record.items()})
   return record
 
 
-def _counts_record(counts: list[tuple[int, int, int, float]], keys: tuple[str, ...]
-                   ) -> dict[str, np.ndarray]:
+def _counts_record(
+  counts: list[tuple[int, int, int, float]], keys: tuple[str, ...]
+) -> dict[str, np.ndarray]:
   table = np.array(counts, np.float64).reshape(-1, 4)
   record = {key: table[:, i].astype(np.int64) for i, key in enumerate(keys[:3])}
   record[keys[3]] = table[:, 3]

@@ -13,41 +13,41 @@ Which metrics appear depends on the fields present: overlap counts give
 `dice`, `iou`, `thresholded_jaccard`; distances give `hd`, `hd95`, `assd`;
 panoptic counts give `pq`, `pq_dataset` and, with classes, `mpq_plus`.
 """
-from collections.abc import Mapping, Sequence
+
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from sgdnet_jax.metrics import overlap
-from sgdnet_jax.metrics import panoptic
-from sgdnet_jax.metrics import surface
+from sgdnet_jax.metrics import overlap, panoptic, surface
 
-_SURFACE = ("surface = A XOR erode(A, 3x3 cross), outside the image = background;"
-            " exact Euclidean distance to the nearest surface pixel of the other mask")
+_SURFACE = (
+  "surface = A XOR erode(A, 3x3 cross), outside the image = background;"
+  " exact Euclidean distance to the nearest surface pixel of the other mask"
+)
 _DICE = {
-    "per_image_mean": "foreground Dice 2TP/(2TP+FP+FN) per image, mean over images",
-    "global": "foreground Dice 2TP/(2TP+FP+FN) of one confusion matrix over all test pixels",
+  "per_image_mean": "foreground Dice 2TP/(2TP+FP+FN) per image, mean over images",
+  "global": "foreground Dice 2TP/(2TP+FP+FN) of one confusion matrix over all test pixels",
 }
 _IOU = {
-    "per_image_mean": "foreground IoU TP/(TP+FP+FN) per image, mean over images",
-    "global": "foreground IoU TP/(TP+FP+FN) of one confusion matrix over all test pixels",
-    "medi_seg_miou": "MedISeg mIoU: per image (IoU_fg + IoU_bg)/2, mean over images",
+  "per_image_mean": "foreground IoU TP/(TP+FP+FN) per image, mean over images",
+  "global": "foreground IoU TP/(TP+FP+FN) of one confusion matrix over all test pixels",
+  "medi_seg_miou": "MedISeg mIoU: per image (IoU_fg + IoU_bg)/2, mean over images",
 }
 _OVERLAP_EMPTY = {
-    "score": "both masks empty -> 1; empty ground truth with a prediction -> 0; all images count",
-    "skip_empty_gt": "images with an empty ground truth are skipped (MedISeg / CTO)",
+  "score": "both masks empty -> 1; empty ground truth with a prediction -> 0; all images count",
+  "skip_empty_gt": "images with an empty ground truth are skipped (MedISeg / CTO)",
 }
 _HD95 = {
-    "pooled": "95th percentile (linear interpolation) of the pooled d(P->G) and d(G->P)"
-              " (medpy hd95)",
-    "max_directed": "larger of the directed 95th percentiles of d(P->G) and d(G->P)"
-                    " (MONAI HausdorffDistanceMetric(percentile=95))",
+  "pooled": "95th percentile (linear interpolation) of the pooled d(P->G) and d(G->P) (medpy hd95)",
+  "max_directed": "larger of the directed 95th percentiles of d(P->G) and d(G->P)"
+  " (MONAI HausdorffDistanceMetric(percentile=95))",
 }
 _DISTANCE_EMPTY = {
-    "diagonal": "both masks empty -> excluded; exactly one empty -> the image diagonal"
-                " hypot(H*row_spacing, W*col_spacing)",
-    "nan": "both masks empty -> excluded; exactly one empty -> excluded (NaN-skip)",
+  "diagonal": "both masks empty -> excluded; exactly one empty -> the image diagonal"
+  " hypot(H*row_spacing, W*col_spacing)",
+  "nan": "both masks empty -> excluded; exactly one empty -> excluded (NaN-skip)",
 }
 
 
@@ -65,12 +65,18 @@ class MetricOptions:
   spacing: float | tuple[float, float] | None = None  # as given to the distance functions
 
   def __post_init__(self):
-    choices = {"dice": tuple(_DICE), "iou": tuple(_IOU), "overlap_empty": tuple(_OVERLAP_EMPTY),
-               "hd95": tuple(_HD95), "distance_empty": tuple(_DISTANCE_EMPTY)}
+    choices = {
+      "dice": tuple(_DICE),
+      "iou": tuple(_IOU),
+      "overlap_empty": tuple(_OVERLAP_EMPTY),
+      "hd95": tuple(_HD95),
+      "distance_empty": tuple(_DISTANCE_EMPTY),
+    }
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(
-            f"MetricOptions.{field}={getattr(self, field)!r}; expected one of {allowed}")
+          f"MetricOptions.{field}={getattr(self, field)!r}; expected one of {allowed}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,27 +105,37 @@ class MetricsReport:
     """Both reports' metrics in one (e.g. segmentation + panoptic); names must not clash."""
     clash = set(self.values) & set(other.values)
     if clash or self.resolution != other.resolution:
-      raise ValueError(f"MetricsReport.merged: clashing names {sorted(clash)} or resolutions"
-                       f" {self.resolution!r} / {other.resolution!r}")
-    return MetricsReport({**self.values, **other.values},
-                         {**self.conventions, **other.conventions},
-                         {**self.cases, **other.cases}, self.resolution)
+      raise ValueError(
+        f"MetricsReport.merged: clashing names {sorted(clash)} or resolutions"
+        f" {self.resolution!r} / {other.resolution!r}"
+      )
+    return MetricsReport(
+      {**self.values, **other.values},
+      {**self.conventions, **other.conventions},
+      {**self.cases, **other.cases},
+      self.resolution,
+    )
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready form: resolution and, per metric, value, convention and case counts."""
     return {
-        "resolution": self.resolution,
-        "metrics": {
-            name: {"value": value, **dataclasses.asdict(self.conventions[name]),
-                   **dataclasses.asdict(self.cases[name])}
-            for name, value in self.values.items()
-        },
+      "resolution": self.resolution,
+      "metrics": {
+        name: {
+          "value": value,
+          **dataclasses.asdict(self.conventions[name]),
+          **dataclasses.asdict(self.cases[name]),
+        }
+        for name, value in self.values.items()
+      },
     }
 
   def format_table(self) -> str:
     """Human-readable table; conventions listed under it."""
-    lines = [f"evaluation resolution: {self.resolution}",
-             f"{'metric':<20} {'value':>12} {'used/total':>12} {'excluded':>9}"]
+    lines = [
+      f"evaluation resolution: {self.resolution}",
+      f"{'metric':<20} {'value':>12} {'used/total':>12} {'excluded':>9}",
+    ]
     for name, value in self.values.items():
       c = self.cases[name]
       lines.append(f"{name:<20} {value:>12.6g} {f'{c.n_used}/{c.n_total}':>12} {c.n_excluded:>9}")
@@ -132,8 +148,10 @@ class MetricsReport:
 def _has(record: Mapping[str, Any], keys: Sequence[str]) -> bool:
   present = [k in record for k in keys]
   if any(present) and not all(present):
-    raise ValueError(f"summarize: record has only part of {keys}: missing"
-                     f" {[k for k, p in zip(keys, present) if not p]}")
+    raise ValueError(
+      f"summarize: record has only part of {keys}: missing"
+      f" {[k for k, p in zip(keys, present) if not p]}"
+    )
   return all(present)
 
 
@@ -146,8 +164,9 @@ def _check_distance_policy(record: Mapping[str, Any], name: str, policy: str) ->
   if wrong.any():
     other = "nan" if policy == "diagonal" else "diagonal"
     raise ValueError(
-        f"summarize: {int(wrong.sum())} images with exactly one empty mask have {name}"
-        f" computed with one_empty={other!r}, but options.distance_empty={policy!r}")
+      f"summarize: {int(wrong.sum())} images with exactly one empty mask have {name}"
+      f" computed with one_empty={other!r}, but options.distance_empty={policy!r}"
+    )
 
 
 def _unit(spacing: Any) -> str:
@@ -166,22 +185,27 @@ def summarize(record: Mapping[str, Any], options: MetricOptions = MetricOptions(
   if _has(record, overlap.COUNT_KEYS):
     empty = _OVERLAP_EMPTY[options.overlap_empty]
     for name, aggregation, definition in (
-        ("dice", options.dice, _DICE[options.dice]),
-        ("iou", options.iou, _IOU[options.iou]),
-        ("thresholded_jaccard", "per_image_mean",
-         f"ISIC 2018: per-image foreground IoU, 0 below {options.jaccard_threshold},"
-         " mean over images")):
-      result = overlap.aggregate(record, name, aggregation, options.overlap_empty,
-                                 options.jaccard_threshold)
+      ("dice", options.dice, _DICE[options.dice]),
+      ("iou", options.iou, _IOU[options.iou]),
+      (
+        "thresholded_jaccard",
+        "per_image_mean",
+        f"ISIC 2018: per-image foreground IoU, 0 below {options.jaccard_threshold},"
+        " mean over images",
+      ),
+    ):
+      result = overlap.aggregate(
+        record, name, aggregation, options.overlap_empty, options.jaccard_threshold
+      )
       add(name, result.value, result.n_used, result.n_total, definition, empty)
 
   if _has(record, surface.DISTANCE_KEYS):
     unit = _unit(options.spacing)
     definitions = {
-        "hd": f"Hausdorff distance: max of d(P->G) and d(G->P), {unit}; {_SURFACE}",
-        "hd95": f"{_HD95[options.hd95]}, {unit}; {_SURFACE}",
-        "assd": f"mean of the pooled d(P->G) and d(G->P) (medpy >= 0.5.2 assd, MONAI"
-                f" symmetric), {unit}; {_SURFACE}",
+      "hd": f"Hausdorff distance: max of d(P->G) and d(G->P), {unit}; {_SURFACE}",
+      "hd95": f"{_HD95[options.hd95]}, {unit}; {_SURFACE}",
+      "assd": f"mean of the pooled d(P->G) and d(G->P) (medpy >= 0.5.2 assd, MONAI"
+      f" symmetric), {unit}; {_SURFACE}",
     }
     for name, field in (("hd", "hd"), ("hd95", f"hd95_{options.hd95}"), ("assd", "assd")):
       if _has(record, overlap.COUNT_KEYS):
@@ -189,24 +213,48 @@ def summarize(record: Mapping[str, Any], options: MetricOptions = MetricOptions(
       per_image = np.asarray(record[field], np.float64)
       used = ~np.isnan(per_image)
       value = per_image[used].mean() if used.any() else np.nan
-      add(name, value, int(used.sum()), per_image.size, definitions[name],
-          _DISTANCE_EMPTY[options.distance_empty])
+      add(
+        name,
+        value,
+        int(used.sum()),
+        per_image.size,
+        definitions[name],
+        _DISTANCE_EMPTY[options.distance_empty],
+      )
 
   if _has(record, panoptic.COUNT_KEYS):
     n = int(np.size(record["pq_tp"]))
-    matching = ("CoNIC: instances matched iff IoU > 0.5, DQ = TP/(TP+FP/2+FN/2+1e-6),"
-                " SQ = sum IoU/(TP+1e-6), PQ = DQ*SQ; binary predictions split into"
-                " 8-connected components")
-    add("pq", panoptic.pq(record), n, n, f"{matching}; PQ per patch, mean over patches",
-        "a patch without ground truth and prediction contributes 0")
-    add("pq_dataset", panoptic.pq_dataset(record), n, n,
-        f"{matching}; TP, FP, FN and sum IoU summed over all patches, then PQ once",
-        "patches without instances add nothing")
+    matching = (
+      "CoNIC: instances matched iff IoU > 0.5, DQ = TP/(TP+FP/2+FN/2+1e-6),"
+      " SQ = sum IoU/(TP+1e-6), PQ = DQ*SQ; binary predictions split into"
+      " 8-connected components"
+    )
+    add(
+      "pq",
+      panoptic.pq(record),
+      n,
+      n,
+      f"{matching}; PQ per patch, mean over patches",
+      "a patch without ground truth and prediction contributes 0",
+    )
+    add(
+      "pq_dataset",
+      panoptic.pq_dataset(record),
+      n,
+      n,
+      f"{matching}; TP, FP, FN and sum IoU summed over all patches, then PQ once",
+      "patches without instances add nothing",
+    )
     if _has(record, panoptic.CLASS_COUNT_KEYS):
       num_classes = np.shape(record["class_tp"])[-1]
-      add("mpq_plus", panoptic.mpq_plus(record), n, n,
-          f"{matching}; CoNIC mPQ+: per class pq_dataset, mean over {num_classes} classes",
-          "a class absent from ground truth and prediction everywhere contributes 0")
+      add(
+        "mpq_plus",
+        panoptic.mpq_plus(record),
+        n,
+        n,
+        f"{matching}; CoNIC mPQ+: per class pq_dataset, mean over {num_classes} classes",
+        "a class absent from ground truth and prediction everywhere contributes 0",
+      )
 
   if not values:
     raise ValueError(f"summarize: the record has no known fields (got {sorted(record)})")

@@ -34,14 +34,15 @@ Backends:
   squared spacing, exact in float32 for unit spacing; the percentile uses an
   exact integer rank. No all-pairs matrix of surface pixels is ever built.
 """
-from collections.abc import Sequence
+
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from scipy import spatial
 
 from sgdnet_jax.metrics import _arrays
@@ -60,8 +61,13 @@ def surface(mask: Any) -> Any:
   xp = _arrays.namespace(mask)
   pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
   padded = xp.pad(mask, pad)
-  eroded = (mask & padded[..., :-2, 1:-1] & padded[..., 2:, 1:-1]
-            & padded[..., 1:-1, :-2] & padded[..., 1:-1, 2:])
+  eroded = (
+    mask
+    & padded[..., :-2, 1:-1]
+    & padded[..., 2:, 1:-1]
+    & padded[..., 1:-1, :-2]
+    & padded[..., 1:-1, 2:]
+  )
   return mask & ~eroded
 
 
@@ -113,8 +119,9 @@ def _directed(points: np.ndarray, in_a: np.ndarray, in_b: np.ndarray) -> np.ndar
   return distances
 
 
-def _surface_distance_pair(pred: np.ndarray, gt: np.ndarray,
-                           spacing: _arrays.Spacing) -> tuple[np.ndarray, np.ndarray]:
+def _surface_distance_pair(
+  pred: np.ndarray, gt: np.ndarray, spacing: _arrays.Spacing
+) -> tuple[np.ndarray, np.ndarray]:
   """d(P->G) and d(G->P) of two non-empty 2-D masks, each in row-major surface order.
 
   Both masks are cropped to the bounding box of their union first: no surface
@@ -130,8 +137,9 @@ def _surface_distance_pair(pred: np.ndarray, gt: np.ndarray,
   return _directed(points, in_p, in_g), _directed(points, in_g, in_p)
 
 
-def directed_surface_distances(a: np.ndarray, b: np.ndarray,
-                               spacing: float | Sequence[float] | None = None) -> np.ndarray:
+def directed_surface_distances(
+  a: np.ndarray, b: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> np.ndarray:
   """Distances from each surface pixel of mask `a` to the surface of mask `b` (host).
 
   The same values, in row-major order of `a`'s surface pixels, as medpy's
@@ -158,12 +166,18 @@ def _percentile(values: np.ndarray) -> float:
 def _summarize_distances(d_pg: np.ndarray, d_gp: np.ndarray) -> tuple[float, ...]:
   """(hd, hd95_pooled, hd95_max_directed, assd, asd) of two non-empty directed lists."""
   pooled = np.concatenate([d_pg, d_gp])
-  return (pooled.max(), _percentile(pooled), max(_percentile(d_pg), _percentile(d_gp)),
-          pooled.mean(), d_pg.mean())
+  return (
+    pooled.max(),
+    _percentile(pooled),
+    max(_percentile(d_pg), _percentile(d_gp)),
+    pooled.mean(),
+    d_pg.mean(),
+  )
 
 
-def distance_metrics(pred: Any, gt: Any, spacing: float | Sequence[float] | None = None,
-                     one_empty: str = "diagonal") -> dict[str, np.ndarray]:
+def distance_metrics(
+  pred: Any, gt: Any, spacing: float | Sequence[float] | None = None, one_empty: str = "diagonal"
+) -> dict[str, np.ndarray]:
   """Per-image surface-distance metrics on the host.
 
   Args:
@@ -180,8 +194,7 @@ def distance_metrics(pred: Any, gt: Any, spacing: float | Sequence[float] | None
   _arrays.check_mask_pair(pred, gt, batched=True, where="distance_metrics")
   _check_one_empty(one_empty, "distance_metrics")
   spacing = _arrays.normalize_spacing(spacing, "distance_metrics")
-  penalty = (_arrays.image_diagonal(*pred.shape[-2:], spacing)
-             if one_empty == "diagonal" else np.nan)
+  penalty = _arrays.image_diagonal(*pred.shape[-2:], spacing) if one_empty == "diagonal" else np.nan
   pred_empty = ~pred.any(axis=(1, 2))
   gt_empty = ~gt.any(axis=(1, 2))
   out = np.full((len(DISTANCE_KEYS), pred.shape[0]), np.nan)
@@ -219,13 +232,18 @@ def _row_min_plus(column_sq: jax.Array, step: float, max_block_elements: int) ->
   parabola = offsets * offsets  # (output column j, input column k)
   rows = column_sq.reshape(-1, width)
   rows_per_block = max(1, min(rows.shape[0], max_block_elements // (width * width)))
-  envelope = lax.map(lambda row: jnp.min(row[None, :] + parabola, axis=-1), rows,
-                     batch_size=rows_per_block)
+  envelope = lax.map(
+    lambda row: jnp.min(row[None, :] + parabola, axis=-1), rows, batch_size=rows_per_block
+  )
   return envelope.reshape(column_sq.shape)
 
 
-def squared_edt_jax(features: Any, spacing: float | Sequence[float] | None = None, *,
-                    max_block_elements: int = 1 << 24) -> jax.Array:
+def squared_edt_jax(
+  features: Any,
+  spacing: float | Sequence[float] | None = None,
+  *,
+  max_block_elements: int = 1 << 24,
+) -> jax.Array:
   """Exact squared Euclidean distance transform, jit-able.
 
   Args:
@@ -239,12 +257,15 @@ def squared_edt_jax(features: Any, spacing: float | Sequence[float] | None = Non
   """
   features = jnp.asarray(features)
   if features.dtype != bool or features.ndim < 2:
-    raise TypeError(f"squared_edt_jax: `features` must be a boolean array (..., H, W);"
-                    f" got dtype {features.dtype}, shape {features.shape}")
+    raise TypeError(
+      f"squared_edt_jax: `features` must be a boolean array (..., H, W);"
+      f" got dtype {features.dtype}, shape {features.shape}"
+    )
   row_step, col_step = _arrays.normalize_spacing(spacing, "squared_edt_jax")
   if features.shape[-1] > features.shape[-2]:  # the quadratic pass runs on the shorter axis
-    transposed = squared_edt_jax(jnp.swapaxes(features, -1, -2), (col_step, row_step),
-                                 max_block_elements=max_block_elements)
+    transposed = squared_edt_jax(
+      jnp.swapaxes(features, -1, -2), (col_step, row_step), max_block_elements=max_block_elements
+    )
     return jnp.swapaxes(transposed, -1, -2)
   column_sq = _column_squared_distances(features, row_step)
   return _row_min_plus(column_sq, col_step, max_block_elements)
@@ -274,10 +295,13 @@ def _sum_finite(sorted_values: jax.Array, count: jax.Array, block: int) -> jax.A
 
 
 @functools.partial(jax.jit, static_argnames=("spacing", "one_empty", "max_block_elements"))
-def distance_metrics_jax(pred: jax.Array, gt: jax.Array,
-                         spacing: float | tuple[float, float] | None = None,
-                         one_empty: str = "diagonal",
-                         max_block_elements: int = 1 << 24) -> dict[str, jax.Array]:
+def distance_metrics_jax(
+  pred: jax.Array,
+  gt: jax.Array,
+  spacing: float | tuple[float, float] | None = None,
+  one_empty: str = "diagonal",
+  max_block_elements: int = 1 << 24,
+) -> dict[str, jax.Array]:
   """Per-image surface-distance metrics on the accelerator (jitted).
 
   Same arguments and keys as `distance_metrics` (spacing must be hashable: a
@@ -289,8 +313,9 @@ def distance_metrics_jax(pred: jax.Array, gt: jax.Array,
   spacing = _arrays.normalize_spacing(spacing, "distance_metrics_jax")
   batch, height, width = pred.shape
   surface_p, surface_g = surface(pred), surface(gt)
-  edt = squared_edt_jax(jnp.stack([surface_g, surface_p]), spacing,
-                        max_block_elements=max_block_elements)
+  edt = squared_edt_jax(
+    jnp.stack([surface_g, surface_p]), spacing, max_block_elements=max_block_elements
+  )
   sorted_pg = _sorted_distances(edt[0], surface_p)  # d(P->G) on the prediction's surface
   sorted_gp = _sorted_distances(edt[1], surface_g)  # d(G->P) on the ground truth's surface
   sorted_pooled = jnp.sort(jnp.concatenate([sorted_pg, sorted_gp], axis=-1), axis=-1)
@@ -301,18 +326,19 @@ def distance_metrics_jax(pred: jax.Array, gt: jax.Array,
   sum_gp = _sum_finite(sorted_gp, count_gp, width)
   hd = _at(sorted_pooled, jnp.maximum(count - 1, 0))
   hd95_pooled = _percentile_sorted(sorted_pooled, count)
-  hd95_max_directed = jnp.maximum(_percentile_sorted(sorted_pg, count_pg),
-                                  _percentile_sorted(sorted_gp, count_gp))
+  hd95_max_directed = jnp.maximum(
+    _percentile_sorted(sorted_pg, count_pg), _percentile_sorted(sorted_gp, count_gp)
+  )
   assd = (sum_pg + sum_gp) / jnp.maximum(count, 1)
   asd = sum_pg / jnp.maximum(count_pg, 1)
 
   pred_empty = ~jnp.any(pred, axis=(-2, -1))
   gt_empty = ~jnp.any(gt, axis=(-2, -1))
-  penalty = (_arrays.image_diagonal(height, width, spacing)
-             if one_empty == "diagonal" else jnp.nan)
+  penalty = _arrays.image_diagonal(height, width, spacing) if one_empty == "diagonal" else jnp.nan
   values = (hd, hd95_pooled, hd95_max_directed, assd, asd)
   return {
-      key: jnp.where(pred_empty & gt_empty, jnp.nan,
-                     jnp.where(pred_empty | gt_empty, penalty, value)).astype(jnp.float32)
-      for key, value in zip(DISTANCE_KEYS, values)
+    key: jnp.where(
+      pred_empty & gt_empty, jnp.nan, jnp.where(pred_empty | gt_empty, penalty, value)
+    ).astype(jnp.float32)
+    for key, value in zip(DISTANCE_KEYS, values)
   }

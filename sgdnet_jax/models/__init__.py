@@ -3,6 +3,7 @@
 A model config is an `ml_collections.ConfigDict` (see `default_model_config`); a variant is only a
 preset of its fields, so every ablation can also be reached field by field from the command line.
 """
+
 from typing import Any, Dict
 
 import flax
@@ -12,22 +13,24 @@ import ml_collections
 from sgdnet_jax.models.sgdnet import SGDNet
 
 # variant name -> field overrides on top of `default_model_config`.
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "sgdnet": {},
-    "cto": {"edge_branch": "eam", "skip_fusion": "edge_gate"},
-    "baseline": {"edge_branch": "none", "skip_fusion": "none"},
-    "sge_add": {"skip_fusion": "guidance_add"},
-    "sge_contmix": {"skip_fusion": "contmix"},
-    "sgdc_self_guidance": {"sgdc.guidance": "self"},
-    "sgdc_no_local": {"sgdc.local_branch": False},
-    "sgdc_no_dynamic": {"sgdc.dynamic_branch": False},
-    "sgdc_paper_eq": {"sgdc.form": "paper"},
+VARIANTS: dict[str, dict[str, Any]] = {
+  "sgdnet": {},
+  "cto": {"edge_branch": "eam", "skip_fusion": "edge_gate"},
+  "baseline": {"edge_branch": "none", "skip_fusion": "none"},
+  "sge_add": {"skip_fusion": "guidance_add"},
+  "sge_contmix": {"skip_fusion": "contmix"},
+  "sgdc_self_guidance": {"sgdc.guidance": "self"},
+  "sgdc_no_local": {"sgdc.local_branch": False},
+  "sgdc_no_dynamic": {"sgdc.dynamic_branch": False},
+  "sgdc_paper_eq": {"sgdc.form": "paper"},
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def default_model_config(variant: str = "sgdnet", num_classes: int = 1) -> ml_collections.ConfigDict:
+def default_model_config(
+  variant: str = "sgdnet", num_classes: int = 1
+) -> ml_collections.ConfigDict:
   """The full-size model config of `variant` (SPEC §0.1 defaults)."""
   if variant not in VARIANTS:
     raise ValueError(f"model.variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -43,10 +46,23 @@ def default_model_config(variant: str = "sgdnet", num_classes: int = 1) -> ml_co
   config.head_dropout = 0.1
   config.dtype = "float32"  # Compute dtype; parameters, BN statistics and losses stay float32.
   config.sge = ml_collections.ConfigDict(dict(mid_channels=256, guide_channels=16, reduction=4))
-  config.sgdc = ml_collections.ConfigDict(dict(
-      num_heads=4, kernel_size=7, guidance="sge", local_branch=True, dynamic_branch=True,
-      form="official", impl="shifted", mlp_ratio=4.0, layer_scale_init=1e-6, drop_path=0.0))
-  config.contmix = ml_collections.ConfigDict(dict(kernel_size=7, smk_size=5, num_heads=2, mlp_ratio=4.0))
+  config.sgdc = ml_collections.ConfigDict(
+    dict(
+      num_heads=4,
+      kernel_size=7,
+      guidance="sge",
+      local_branch=True,
+      dynamic_branch=True,
+      form="official",
+      impl="shifted",
+      mlp_ratio=4.0,
+      layer_scale_init=1e-6,
+      drop_path=0.0,
+    )
+  )
+  config.contmix = ml_collections.ConfigDict(
+    dict(kernel_size=7, smk_size=5, num_heads=2, mlp_ratio=4.0)
+  )
   for dotted, value in VARIANTS[variant].items():
     target = config
     *parents, leaf = dotted.split(".")
@@ -61,18 +77,19 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
   if model_config.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_config.dtype!r}")
   module = SGDNet(
-      num_classes=model_config.num_classes,
-      backbone_depth=model_config.backbone_depth,
-      backbone_base_planes=model_config.backbone_base_planes,
-      decoder_channels=model_config.decoder_channels,
-      trans_patch_sizes=tuple(model_config.trans_patch_sizes),
-      edge_branch=model_config.edge_branch,
-      skip_fusion=model_config.skip_fusion,
-      sge_options=_frozen(model_config.sge),
-      sgdc_options=_frozen(model_config.sgdc),
-      contmix_options=_frozen(model_config.contmix),
-      head_dropout=model_config.head_dropout,
-      dtype=DTYPES[model_config.dtype])
+    num_classes=model_config.num_classes,
+    backbone_depth=model_config.backbone_depth,
+    backbone_base_planes=model_config.backbone_base_planes,
+    decoder_channels=model_config.decoder_channels,
+    trans_patch_sizes=tuple(model_config.trans_patch_sizes),
+    edge_branch=model_config.edge_branch,
+    skip_fusion=model_config.skip_fusion,
+    sge_options=_frozen(model_config.sge),
+    sgdc_options=_frozen(model_config.sgdc),
+    contmix_options=_frozen(model_config.contmix),
+    head_dropout=model_config.head_dropout,
+    dtype=DTYPES[model_config.dtype],
+  )
   module.check()
   return module
 

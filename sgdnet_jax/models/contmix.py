@@ -18,7 +18,9 @@ shifted to stay inside the image at the borders, with NATTEN's relative-position
 It is computed one window row at a time from gathered values (a scan over the k rows), so the
 (B, H, W, C, k*k) patch tensor is never built.
 """
-from typing import Any, Optional, Sequence, Tuple
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,14 +36,14 @@ POOL_SIZE = 7
 
 # UniRepLKNet's (kernel size, dilation) branches of the DilatedReparamBlock, by large-kernel size.
 DILATED_BRANCHES = {
-    5: ((3, 1), (3, 2)),
-    7: ((5, 1), (3, 1), (3, 2), (3, 3)),
-    9: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4)),
-    11: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
-    13: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
-    15: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
-    17: ((5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
-    19: ((5, 1), (7, 1), (9, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+  5: ((3, 1), (3, 2)),
+  7: ((5, 1), (3, 1), (3, 2), (3, 3)),
+  9: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4)),
+  11: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
+  13: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
+  15: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
+  17: ((5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+  19: ((5, 1), (7, 1), (9, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
 }
 
 
@@ -76,7 +78,7 @@ def adaptive_avg_pool(x: Array, size: Sequence[int]) -> Array:
   return pooled.astype(x.dtype)
 
 
-def attention_size(height: int, width: int, kernel_size: int) -> Tuple[int, int]:
+def attention_size(height: int, width: int, kernel_size: int) -> tuple[int, int]:
   """Upstream's working size: inputs whose shorter side is below the kernel are upsized to it.
 
   The formula (`int(K / H * W)` in Python floats) is upstream's, so sizes agree exactly.
@@ -88,8 +90,9 @@ def attention_size(height: int, width: int, kernel_size: int) -> Tuple[int, int]
   else:
     size = (int(kernel_size / width * height), kernel_size)
   if min(size) < kernel_size:
-    raise ValueError(f"ContMix: {height}x{width} input upsizes to {size}, smaller than the "
-                     f"kernel {kernel_size}")
+    raise ValueError(
+      f"ContMix: {height}x{width} input upsizes to {size}, smaller than the kernel {kernel_size}"
+    )
   return size
 
 
@@ -131,8 +134,10 @@ def neighborhood_aggregate(attn: Array, value: Array, kernel_size: int) -> Array
   """
   batch, height, width, groups, channels = value.shape
   if height < kernel_size or width < kernel_size:
-    raise ValueError(f"neighbourhood attention: {height}x{width} input is smaller than the "
-                     f"{kernel_size}x{kernel_size} window")
+    raise ValueError(
+      f"neighbourhood attention: {height}x{width} input is smaller than the "
+      f"{kernel_size}x{kernel_size} window"
+    )
   taps = np.arange(kernel_size)
   row_index = jnp.asarray(taps[:, None] + _window_starts(height, kernel_size)[None, :])  # (K, H)
   col_index = (_window_starts(width, kernel_size)[:, None] + taps[None, :]).reshape(-1)
@@ -143,12 +148,12 @@ def neighborhood_aggregate(attn: Array, value: Array, kernel_size: int) -> Array
   @jax.checkpoint
   def add_window_row(out, row):
     rows, weights = row
-    window_row = jnp.take(jnp.take(value, rows, axis=1, mode="clip"), col_index, axis=2,
-                          mode="clip").reshape(batch, height, width, kernel_size, groups, channels)
+    window_row = jnp.take(
+      jnp.take(value, rows, axis=1, mode="clip"), col_index, axis=2, mode="clip"
+    ).reshape(batch, height, width, kernel_size, groups, channels)
     return out + jnp.sum(weights[..., None].astype(jnp.float32) * window_row, axis=3), None
 
-  out, _ = jax.lax.scan(add_window_row, jnp.zeros(value.shape, jnp.float32),
-                        (row_index, attn_rows))
+  out, _ = jax.lax.scan(add_window_row, jnp.zeros(value.shape, jnp.float32), (row_index, attn_rows))
   return out
 
 
@@ -160,7 +165,8 @@ def _residual_dw_conv(x: Array, name: str, dtype) -> Array:
 
 class GRN(nn.Module):
   """ConvNeXt-V2 Global Response Normalisation (keys `gamma`, `beta`, both (C,), init 0)."""
-  dtype: Optional[Any] = None
+
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -179,18 +185,27 @@ class DilatedReparamBlock(nn.Module):
 
   Keys `lk_origin`, `origin_bn`, `dil_conv_k{k}_{r}`, `dil_bn_k{k}_{r}`; convs have no bias.
   """
+
   kernel_size: int
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     channels = x.shape[-1]
     dw_conv = lambda kernel, dilation, padding, name: layers.Conv2d(
-        channels, kernel, padding=padding, dilation=dilation, groups=channels, use_bias=False,
-        dtype=self.dtype, name=name)
+      channels,
+      kernel,
+      padding=padding,
+      dilation=dilation,
+      groups=channels,
+      use_bias=False,
+      dtype=self.dtype,
+      name=name,
+    )
     bn = lambda name: layers.BatchNorm(dtype=self.dtype, name=name)
-    out = bn("origin_bn")(dw_conv(self.kernel_size, 1, self.kernel_size // 2, "lk_origin")(x),
-                          train)
+    out = bn("origin_bn")(
+      dw_conv(self.kernel_size, 1, self.kernel_size // 2, "lk_origin")(x), train
+    )
     for kernel, dilation in DILATED_BRANCHES[self.kernel_size]:
       padding = (dilation * (kernel - 1) + 1) // 2
       branch = dw_conv(kernel, dilation, padding, f"dil_conv_k{kernel}_{dilation}")(x)
@@ -232,7 +247,8 @@ def _conv_bn(x: Array, features: int, conv_name: str, bn_name: str, train: bool,
 class SqueezeExcite(nn.Module):
   """Upstream `SEModule(dim)`: x * sigmoid(Conv1x1(GELU(Conv1x1(mean(x))))), hidden width
   max(16, C // 8) (keys `proj.1`, `proj.3` -> `proj_1`, `proj_3`)."""
-  dtype: Optional[Any] = None
+
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -256,19 +272,21 @@ class DynamicConvBlock(nn.Module):
     mlp_ratio: MLP width multiplier (hidden = int(C * mlp_ratio)).
     dtype: computation dtype (None: the input's); BN/LN/softmax statistics stay float32.
   """
+
   dim: int
   ctx_dim: int = 64
   kernel_size: int = 7
   smk_size: int = 5
   num_heads: int = 2
   mlp_ratio: float = 4.0
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   def _check(self, x: Array, ctx: Array) -> None:
     name = type(self).__name__
     if self.kernel_size not in DILATED_BRANCHES:
-      raise ValueError(f"{name}.kernel_size={self.kernel_size}: expected one of "
-                       f"{sorted(DILATED_BRANCHES)}")
+      raise ValueError(
+        f"{name}.kernel_size={self.kernel_size}: expected one of {sorted(DILATED_BRANCHES)}"
+      )
     if self.smk_size % 2 == 0 or not 1 <= self.smk_size <= self.kernel_size:
       raise ValueError(f"{name}.smk_size={self.smk_size}: expected an odd size <= kernel_size")
     groups = 2 * self.num_heads
@@ -279,14 +297,16 @@ class DynamicConvBlock(nn.Module):
     if x.shape[-1] != self.dim:
       raise ValueError(f"{name}: x has {x.shape[-1]} channels, expected dim={self.dim}")
     if ctx.shape[-1] != self.ctx_dim // 4:
-      raise ValueError(f"{name}: ctx has {ctx.shape[-1]} channels, expected ctx_dim // 4 = "
-                       f"{self.ctx_dim // 4}")
+      raise ValueError(
+        f"{name}: ctx has {ctx.shape[-1]} channels, expected ctx_dim // 4 = {self.ctx_dim // 4}"
+      )
     if x.shape[:3] != ctx.shape[:3]:
-      raise ValueError(f"{name}: ctx {ctx.shape} must be resized to x's batch and size "
-                       f"{x.shape[:3]} by the caller")
+      raise ValueError(
+        f"{name}: ctx {ctx.shape} must be resized to x's batch and size {x.shape[:3]} by the caller"
+      )
 
   @nn.compact
-  def __call__(self, x: Array, ctx: Array, train: bool) -> Tuple[Array, Array]:
+  def __call__(self, x: Array, ctx: Array, train: bool) -> tuple[Array, Array]:
     """x (B, H, W, dim), ctx (B, H, W, ctx_dim // 4) -> (x_out like x, ctx_out like ctx)."""
     self._check(x, ctx)
     batch, height, width, channels = x.shape
@@ -310,30 +330,48 @@ class DynamicConvBlock(nn.Module):
     work_h, work_w = attention_size(height, width, large)
     x = layers.resize_bilinear(x, (work_h, work_w))
     x_f = layers.resize_bilinear(x_f, (work_h, work_w))
-    query = _conv_bn(x_f[..., :channels], channels // 2, "weight_query_0", "weight_query_1", train,
-                     dtype) * scale
-    key = _conv_bn(adaptive_avg_pool(x_f[..., channels:], (POOL_SIZE, POOL_SIZE)), channels // 2,
-                   "weight_key_1", "weight_key_2", train, dtype)
+    query = (
+      _conv_bn(x_f[..., :channels], channels // 2, "weight_query_0", "weight_query_1", train, dtype)
+      * scale
+    )
+    key = _conv_bn(
+      adaptive_avg_pool(x_f[..., channels:], (POOL_SIZE, POOL_SIZE)),
+      channels // 2,
+      "weight_key_1",
+      "weight_key_2",
+      train,
+      dtype,
+    )
     group_width = channels // (2 * groups)
     query = query.reshape(batch, work_h, work_w, groups, group_width)
     key = key.reshape(batch, POOL_SIZE * POOL_SIZE, groups, group_width)
     affinity = jnp.einsum("bhwgc,blgc->bhwgl", query, key)
     weights = layers.Conv2d(small * small + large * large, 1, dtype=dtype, name="weight_proj")(
-        affinity.reshape(batch, work_h * work_w, groups, POOL_SIZE * POOL_SIZE))
+      affinity.reshape(batch, work_h * work_w, groups, POOL_SIZE * POOL_SIZE)
+    )
     weights = weights.reshape(batch, work_h, work_w, groups, -1).astype(jnp.float32)
     attn_small = jax.nn.softmax(
-        weights[..., :small * small] + relative_position_bias(rpb_small, work_h, work_w, small),
-        axis=-1)
+      weights[..., : small * small] + relative_position_bias(rpb_small, work_h, work_w, small),
+      axis=-1,
+    )
     attn_large = jax.nn.softmax(
-        weights[..., small * small:] + relative_position_bias(rpb_large, work_h, work_w, large),
-        axis=-1)
+      weights[..., small * small :] + relative_position_bias(rpb_large, work_h, work_w, large),
+      axis=-1,
+    )
 
     # First half of the channels mixes with the small kernel, second half with the large one.
     values = x.reshape(batch, work_h, work_w, 2, groups, group_width)
-    mixed = jnp.concatenate([
-        neighborhood_aggregate(attn_small, values[:, :, :, 0], small),
-        neighborhood_aggregate(attn_large, values[:, :, :, 1], large),
-    ], axis=3).reshape(batch, work_h, work_w, channels).astype(x.dtype)
+    mixed = (
+      jnp.concatenate(
+        [
+          neighborhood_aggregate(attn_small, values[:, :, :, 0], small),
+          neighborhood_aggregate(attn_large, values[:, :, :, 1], large),
+        ],
+        axis=3,
+      )
+      .reshape(batch, work_h, work_w, channels)
+      .astype(x.dtype)
+    )
     mixed = adaptive_avg_pool(mixed, (height, width))
 
     x = _conv_bn(mixed, channels, "dyconv_proj_0", "dyconv_proj_1", train, dtype)

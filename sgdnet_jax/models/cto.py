@@ -2,7 +2,9 @@
 
 Names follow the upstream `CTO_net.py` state_dict (SPEC §1.3-§1.7).
 """
-from typing import Any, Optional, Sequence, Tuple
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -39,8 +41,9 @@ class MultiPatchAttention(nn.Module):
   Tokens of a chunk are whole patches (dimension d_k*p*p); the scaled dot product is invariant to
   the order of features inside a token, so the NHWC flattening equals upstream's (c, y, x) order.
   """
+
   patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -49,8 +52,9 @@ class MultiPatchAttention(nn.Module):
     for p in self.patch_sizes:
       if h % p or w % p:
         raise ValueError(
-            f"model.trans_patch_sizes={tuple(self.patch_sizes)}: patch size {p} does not divide the "
-            f"transformer input {h}x{w} (input size / 4); choose patch sizes that divide it")
+          f"model.trans_patch_sizes={tuple(self.patch_sizes)}: patch size {p} does not divide the "
+          f"transformer input {h}x{w} (input size / 4); choose patch sizes that divide it"
+        )
     if c % chunks:
       raise ValueError(f"transformer channels {c} not divisible by {chunks} patch sizes")
     conv = lambda name: layers.Conv2d(c, 1, dtype=self.dtype, name=name)
@@ -71,7 +75,8 @@ class MultiPatchAttention(nn.Module):
 
 class FeedForward2D(nn.Module):
   """CTO's FFN2D: dilated 3x3 conv, BN, LeakyReLU(0.2), 3x3 conv, BN, LeakyReLU(0.2)."""
-  dtype: Optional[Any] = None
+
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -84,8 +89,9 @@ class FeedForward2D(nn.Module):
 
 class TransformerBlock(nn.Module):
   """`out = x + MHA(x); out = out + FFN(out)`; no LayerNorm, no positional embedding."""
+
   patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -95,8 +101,9 @@ class TransformerBlock(nn.Module):
 
 class PatchTransformer(nn.Module):
   """CTO's `PatchTrans` (key prefix `multi_trans.t.`)."""
+
   patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -105,7 +112,8 @@ class PatchTransformer(nn.Module):
 
 class PositionAttention(nn.Module):
   """DANet position attention: `alpha * (D softmax(B^T C)^T) + x`, alpha initialised to 0."""
-  dtype: Optional[Any] = None
+
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -137,9 +145,10 @@ class ChannelAttention(nn.Module):
 
 class DualAttentionHead(nn.Module):
   """CTO's `_DAHead(in, out, aux=False)`: position and channel branches, summed, Dropout, 1x1."""
+
   out_features: int = 2048
   dropout_rate: float = 0.1
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -162,8 +171,9 @@ class EdgeAttentionModule(nn.Module):
 
   Widths are `channels` (x1 reduction, 64 upstream) and 4 * `channels` (x4 and the blocks).
   """
+
   channels: int = 64
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, x4, x1, train: bool):
@@ -173,8 +183,16 @@ class EdgeAttentionModule(nn.Module):
     x4 = layers.resize_bilinear(x4, x1.shape[1:3])
     out = jnp.concatenate([x4, x1], axis=-1)
     for index in range(2):
-      out = layers.ConvBN(wide, 3, padding=1, activation=nn.relu, conv_name="block_0",
-                          bn_name="block_1", dtype=self.dtype, name=f"block_{index}")(out, train)
+      out = layers.ConvBN(
+        wide,
+        3,
+        padding=1,
+        activation=nn.relu,
+        conv_name="block_0",
+        bn_name="block_1",
+        dtype=self.dtype,
+        name=f"block_{index}",
+      )(out, train)
     return layers.Conv2d(1, 1, dtype=self.dtype, name="block_2")(out)
 
 
@@ -183,14 +201,16 @@ class DecoderModule(nn.Module):
 
   Both inputs have `channels` channels (64 upstream); the output too.
   """
+
   channels: int = 64
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, xr, coarse, train: bool):
     up = layers.resize_bilinear(coarse, xr.shape[1:3])
-    conv = lambda f, k, p, bias, name: layers.Conv2d(f, k, padding=p, use_bias=bias,
-                                                     dtype=self.dtype, name=name)
+    conv = lambda f, k, p, bias, name: layers.Conv2d(
+      f, k, padding=p, use_bias=bias, dtype=self.dtype, name=name
+    )
     bn = lambda name: layers.BatchNorm(dtype=self.dtype, name=name)
     c = self.channels
     re = conv(c, 3, 1, True, "predict3_0")(jnp.concatenate([xr, up], axis=-1))

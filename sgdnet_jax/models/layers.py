@@ -4,8 +4,10 @@ Every layer here mirrors one PyTorch layer closely enough that weights port one-
 outputs agree to float precision: explicit paddings, PyTorch default initialisers and BatchNorm
 with PyTorch's running-statistics update. Layout is NHWC throughout.
 """
+
 import functools
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import flax.linen as nn
 import jax
@@ -15,7 +17,7 @@ import numpy as np
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
-IntPair = Union[int, Tuple[int, int]]
+IntPair = Union[int, tuple[int, int]]
 
 # PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -23,7 +25,7 @@ torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in"
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _pair(value: IntPair) -> Tuple[int, int]:
+def _pair(value: IntPair) -> tuple[int, int]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
 
@@ -46,6 +48,7 @@ class Conv2d(nn.Module):
   to 3x3) a sum of shifted views, and on CPU other stride-1 convolutions take the matrix-product
   backward pass of `conv2d_cpu`.
   """
+
   features: int
   kernel_size: IntPair = 1
   stride: IntPair = 1
@@ -54,20 +57,24 @@ class Conv2d(nn.Module):
   groups: int = 1
   use_bias: bool = True
   kernel_init: Initializer = torch_default_kernel_init
-  dtype: Optional[Dtype] = None
+  dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kh, kw = _pair(self.kernel_size)
     in_features = x.shape[-1]
     if in_features % self.groups:
-      raise ValueError(f"{self.name}: {in_features} input channels not divisible by groups={self.groups}")
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features // self.groups, self.features))
+      raise ValueError(
+        f"{self.name}: {in_features} input channels not divisible by groups={self.groups}"
+      )
+    kernel = self.param(
+      "kernel", self.kernel_init, (kh, kw, in_features // self.groups, self.features)
+    )
     padding, stride, dilation = _pair(self.padding), _pair(self.stride), _pair(self.dilation)
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     if (kh, kw) == (1, 1) and self.groups == 1 and padding == (0, 0):
-      y = pointwise_conv(x[:, ::stride[0], ::stride[1]], kernel)
+      y = pointwise_conv(x[:, :: stride[0], :: stride[1]], kernel)
     elif self.groups == in_features == self.features and stride == (1, 1) and kh * kw <= 9:
       y = depthwise_conv(x, kernel, padding, dilation)
     elif self.groups == 1 and stride == (1, 1) and jax.default_backend() == "cpu":
@@ -87,26 +94,32 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
   return jnp.dot(x.reshape(-1, channels), kernel[0, 0]).reshape(*spatial, kernel.shape[-1])
 
 
-def _output_hw(x: Array, kernel_hw, padding, dilation) -> Tuple[int, int]:
+def _output_hw(x: Array, kernel_hw, padding, dilation) -> tuple[int, int]:
   """Output height and width of a stride-1 convolution."""
-  return tuple(size + 2 * p - d * (k - 1)
-               for size, k, p, d in zip(x.shape[1:3], kernel_hw, padding, dilation))
+  return tuple(
+    size + 2 * p - d * (k - 1) for size, k, p, d in zip(x.shape[1:3], kernel_hw, padding, dilation)
+  )
 
 
-def _shifted_views(x: Array, kernel_hw: Tuple[int, int], padding: Tuple[int, int],
-                   dilation: Tuple[int, int]):
+def _shifted_views(
+  x: Array, kernel_hw: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+):
   """The kh*kw views of the padded x that a stride-1 convolution multiplies, HWIO tap order."""
   (kh, kw), (ph, pw), (dh, dw) = kernel_hw, padding, dilation
   height, width = _output_hw(x, kernel_hw, padding, dilation)
   padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  return [padded[:, i * dh:i * dh + height, j * dw:j * dw + width]
-          for i in range(kh) for j in range(kw)]
+  return [
+    padded[:, i * dh : i * dh + height, j * dw : j * dw + width]
+    for i in range(kh)
+    for j in range(kw)
+  ]
 
 
 def _im2col(x: Array, kernel_hw, padding, dilation) -> Array:
   """(pixels, kh*kw*C) patch matrix of a stride-1 convolution (rows match kernel.reshape)."""
   return jnp.concatenate(_shifted_views(x, kernel_hw, padding, dilation), -1).reshape(
-      -1, kernel_hw[0] * kernel_hw[1] * x.shape[-1])
+    -1, kernel_hw[0] * kernel_hw[1] * x.shape[-1]
+  )
 
 
 # Output pixels (batch included) up to which `conv2d_cpu` runs as one patch-matrix product: the
@@ -117,14 +130,20 @@ IM2COL_MAX_PIXELS = 256
 
 def _lax_conv(x, kernel, padding, dilation, stride=(1, 1), groups=1):
   return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=stride, padding=tuple((p, p) for p in padding),
-      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=groups)
+    x,
+    kernel,
+    window_strides=stride,
+    padding=tuple((p, p) for p in padding),
+    rhs_dilation=dilation,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d_cpu(x: Array, kernel: Array, padding: Tuple[int, int],
-               dilation: Tuple[int, int]) -> Array:
+def conv2d_cpu(
+  x: Array, kernel: Array, padding: tuple[int, int], dilation: tuple[int, int]
+) -> Array:
   """Stride-1, ungrouped NHWC/HWIO convolution with a matrix-product backward pass.
 
   The kernel gradient is one (C x pixels) @ (pixels x O) product per tap instead of XLA:CPU's
@@ -152,22 +171,24 @@ def _conv2d_cpu_bwd(padding, dilation, residuals, grad):
   contract_pixels = (((0,), (0,)), ((), ()))
   if g.shape[0] <= IM2COL_MAX_PIXELS:
     cols, cols_vjp = jax.vjp(lambda x: _im2col(x, (kh, kw), padding, dilation), x)
-    dx, = cols_vjp(jnp.dot(g, kernel.reshape(-1, features).T))
+    (dx,) = cols_vjp(jnp.dot(g, kernel.reshape(-1, features).T))
     dkernel = jax.lax.dot_general(cols, g, contract_pixels).reshape(kernel.shape)
   else:
     _, conv_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, padding, dilation), x)
-    dx, = conv_vjp(grad)
+    (dx,) = conv_vjp(grad)
     views = _shifted_views(x, (kh, kw), padding, dilation)
-    dkernel = jnp.stack([jax.lax.dot_general(v.reshape(g.shape[0], -1), g, contract_pixels)
-                         for v in views]).reshape(kernel.shape)
+    dkernel = jnp.stack(
+      [jax.lax.dot_general(v.reshape(g.shape[0], -1), g, contract_pixels) for v in views]
+    ).reshape(kernel.shape)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
 conv2d_cpu.defvjp(_conv2d_cpu_fwd, _conv2d_cpu_bwd)
 
 
-def depthwise_conv(x: Array, kernel: Array, padding: Tuple[int, int],
-                   dilation: Tuple[int, int]) -> Array:
+def depthwise_conv(
+  x: Array, kernel: Array, padding: tuple[int, int], dilation: tuple[int, int]
+) -> Array:
   """Stride-1 depthwise convolution (kernel (kh, kw, 1, C)) as a sum of shifted views.
 
   Accumulates in float32 (as a convolution does) and returns x's dtype.
@@ -188,9 +209,10 @@ class BatchNorm(nn.Module):
   the normalisation are computed in float32 whatever the compute dtype. Under `jit` with a
   globally sharded batch the mean and variance are global (synchronised BN).
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
-  dtype: Optional[Dtype] = None
+  dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -218,8 +240,9 @@ class BatchNorm(nn.Module):
 
 class LayerNorm(nn.Module):
   """Channels-last LayerNorm over C (PyTorch `nn.LayerNorm(C)` on NHWC), computed in float32."""
+
   epsilon: float = 1e-6
-  dtype: Optional[Dtype] = None
+  dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -248,23 +271,32 @@ class ConvBN(nn.Module):
   `conv_name`/`bn_name` follow the upstream attribute names so that PyTorch keys map one-to-one
   (for example `conv`/`bn` in CTO's Conv1x1, `0`/`1` in an `nn.Sequential`).
   """
+
   features: int
   kernel_size: IntPair = 1
   stride: IntPair = 1
   padding: IntPair = 0
   dilation: IntPair = 1
   use_bias: bool = False
-  activation: Optional[Callable[[Array], Array]] = None
+  activation: Callable[[Array], Array] | None = None
   conv_name: str = "conv"
   bn_name: str = "bn"
   kernel_init: Initializer = torch_default_kernel_init
-  dtype: Optional[Dtype] = None
+  dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = Conv2d(self.features, self.kernel_size, self.stride, self.padding, self.dilation,
-               use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
-               name=self.conv_name)(x)
+    x = Conv2d(
+      self.features,
+      self.kernel_size,
+      self.stride,
+      self.padding,
+      self.dilation,
+      use_bias=self.use_bias,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      name=self.conv_name,
+    )(x)
     x = BatchNorm(dtype=self.dtype, name=self.bn_name)(x, train)
     return self.activation(x) if self.activation is not None else x
 
@@ -281,20 +313,23 @@ def resize_bilinear(x: Array, size: Sequence[int]) -> Array:
   height, width = size
   if x.shape[1:3] == (height, width):
     return x
-  return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), "bilinear",
-                          antialias=False).astype(x.dtype)
+  return jax.image.resize(
+    x, (x.shape[0], height, width, x.shape[-1]), "bilinear", antialias=False
+  ).astype(x.dtype)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
   """`nn.MaxPool2d(3, stride=2, padding=1)`: padding never wins (-inf)."""
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                               ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jax.lax.reduce_window(
+    x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
 
 
 def avg_pool_3x3_count_pad(x: Array, stride: int) -> Array:
   """`nn.AvgPool2d(3, stride, padding=1)` with count_include_pad=True: borders divide by 9."""
-  summed = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, stride, stride, 1),
-                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+  summed = jax.lax.reduce_window(
+    x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
   return summed / 9.0
 
 
@@ -332,7 +367,7 @@ SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
 SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], np.float32)
 
 
-def sobel_of_channel_sum(x: Array) -> Tuple[Array, Array]:
+def sobel_of_channel_sum(x: Array) -> tuple[Array, Array]:
   """Sobel responses (gx, gy) of the channel sum, each (B, H, W, 1), zero padding 1.
 
   This is what a dense Conv2d(C -> C_out, 3x3) with the same Sobel kernel for every
@@ -341,6 +376,7 @@ def sobel_of_channel_sum(x: Array) -> Tuple[Array, Array]:
   """
   summed = jnp.sum(x.astype(jnp.float32), axis=-1, keepdims=True)
   kernels = jnp.asarray(np.stack([SOBEL_X, SOBEL_Y], axis=-1)[:, :, None, :])  # (3, 3, 1, 2)
-  g = jax.lax.conv_general_dilated(summed, kernels, (1, 1), ((1, 1), (1, 1)),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  g = jax.lax.conv_general_dilated(
+    summed, kernels, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   return g[..., :1], g[..., 1:]

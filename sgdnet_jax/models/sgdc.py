@@ -7,8 +7,9 @@ applies the predicted kernels to the LayerNorm-ed input. Two implementations of 
 and `shifted` (a sum over the k^2 shifted views with a hand-written backward pass; nothing
 k^2-sized is ever stored or recomputed).
 """
+
 import math
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,7 @@ FORMS = ("official", "paper")
 DYNAMIC_IMPLS = ("patches", "shifted")
 
 
-def _geometry(x: jax.Array, kernels: jax.Array) -> Tuple[int, int, int]:
+def _geometry(x: jax.Array, kernels: jax.Array) -> tuple[int, int, int]:
   """(heads, k, r) of a dynamic convolution; checks the shapes agree."""
   heads, taps = kernels.shape[-2:]
   k = math.isqrt(taps)
@@ -52,7 +53,9 @@ def dynamic_conv_patches(x: jax.Array, kernels: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   heads, k, r = _geometry(x, kernels)
   padded = _pad_hw(_split_heads(x, heads), r)
-  patches = jnp.stack([padded[:, ky:ky + h, kx:kx + w] for ky in range(k) for kx in range(k)], -1)
+  patches = jnp.stack(
+    [padded[:, ky : ky + h, kx : kx + w] for ky in range(k) for kx in range(k)], -1
+  )
   return jnp.einsum("bhwgct,bhwgt->bhwgc", patches, kernels.astype(x.dtype)).reshape(b, h, w, c)
 
 
@@ -97,7 +100,7 @@ def _shifted_forward(x: jax.Array, kernels: jax.Array) -> jax.Array:
     out = 0.0
     for ky in range(k):
       for kx in range(k):
-        out = out + x_rows[:, ky:ky + rows, kx:kx + w] * k_rows[..., ky * k + kx, None]
+        out = out + x_rows[:, ky : ky + rows, kx : kx + w] * k_rows[..., ky * k + kx, None]
     return out
 
   out = _in_row_blocks(h, block_sum, (b, h, w, heads, c // heads))
@@ -124,8 +127,8 @@ def _shifted_bwd(residuals, grad: jax.Array):
     for ky in range(k):
       for kx in range(k):
         oy, ox = 2 * r - ky, 2 * r - kx
-        weight = k_rows[:, oy:oy + rows, ox:ox + w, :, ky * k + kx, None]
-        dx = dx + g_rows[:, oy:oy + rows, ox:ox + w] * weight
+        weight = k_rows[:, oy : oy + rows, ox : ox + w, :, ky * k + kx, None]
+        dx = dx + g_rows[:, oy : oy + rows, ox : ox + w] * weight
     return dx
 
   dx = _in_row_blocks(h, block_sum, g.shape)
@@ -149,6 +152,7 @@ DYNAMIC_CONV = {"patches": dynamic_conv_patches, "shifted": dynamic_conv_shifted
 
 class DropPath(nn.Module):
   """Stochastic depth per sample (rng stream 'dropout'); identity when the rate is 0."""
+
   rate: float = 0.0
 
   @nn.compact
@@ -172,6 +176,7 @@ class SGDC(nn.Module):
       local branch on LN(x), no layer scales).
     impl: 'patches' or 'shifted' implementation of the dynamic branch (equal results).
   """
+
   num_heads: int = 4
   kernel_size: int = 7
   guidance: str = "sge"
@@ -182,11 +187,13 @@ class SGDC(nn.Module):
   mlp_ratio: float = 4.0
   layer_scale_init: float = 1e-6
   drop_path: float = 0.0
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   def _check(self, dim: int):
     if self.guidance not in GUIDANCE_SOURCES:
-      raise ValueError(f"model.sgdc.guidance must be one of {GUIDANCE_SOURCES}, got {self.guidance!r}")
+      raise ValueError(
+        f"model.sgdc.guidance must be one of {GUIDANCE_SOURCES}, got {self.guidance!r}"
+      )
     if self.form not in FORMS:
       raise ValueError(f"model.sgdc.form must be one of {FORMS}, got {self.form!r}")
     if self.impl not in DYNAMIC_IMPLS:
@@ -196,7 +203,9 @@ class SGDC(nn.Module):
     if self.kernel_size % 2 != 1:
       raise ValueError(f"model.sgdc.kernel_size must be odd, got {self.kernel_size}")
     if dim % self.num_heads:
-      raise ValueError(f"SGDC: {dim} channels not divisible by model.sgdc.num_heads={self.num_heads}")
+      raise ValueError(
+        f"SGDC: {dim} channels not divisible by model.sgdc.num_heads={self.num_heads}"
+      )
 
   @nn.compact
   def __call__(self, x, guidance, train: bool):
@@ -212,9 +221,11 @@ class SGDC(nn.Module):
     if self.guidance == "sge":
       g = layers.resize_bilinear(guidance.astype(x.dtype), (h, w))
       head_input = x + conv(dim, "proj_guidance")(g)
-    taps = self.kernel_size ** 2
+    taps = self.kernel_size**2
     gate_channels = (dim if self.local_branch else 0) + (dim if self.dynamic_branch else 0)
-    params = conv(gate_channels + (self.num_heads * taps if self.dynamic_branch else 0), "attn")(head_input)
+    params = conv(gate_channels + (self.num_heads * taps if self.dynamic_branch else 0), "attn")(
+      head_input
+    )
 
     needs_norm1 = self.dynamic_branch or (self.local_branch and not official)
     xn = layers.LayerNorm(1e-6, self.dtype, name="norm1")(x) if needs_norm1 else None
@@ -224,10 +235,12 @@ class SGDC(nn.Module):
       gate1 = jax.nn.sigmoid(params[..., :dim])
       offset = dim
       local_in = x if official else xn
-      y = layers.Conv2d(dim, 3, padding=1, groups=dim, dtype=self.dtype, name="dwconv")(local_in * gate1)
+      y = layers.Conv2d(dim, 3, padding=1, groups=dim, dtype=self.dtype, name="dwconv")(
+        local_in * gate1
+      )
     if self.dynamic_branch:
-      gate2 = jax.nn.sigmoid(params[..., offset:offset + dim])
-      logits = params[..., offset + dim:].reshape(b, h, w, self.num_heads, taps)
+      gate2 = jax.nn.sigmoid(params[..., offset : offset + dim])
+      logits = params[..., offset + dim :].reshape(b, h, w, self.num_heads, taps)
       kernels = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
       y = y + DYNAMIC_CONV[self.impl](xn, kernels) * gate2
 

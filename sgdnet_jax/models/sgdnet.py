@@ -9,13 +9,15 @@ three DM decoders, three predictors) with two switches:
   (CTO's `x * sigmoid(edge)`), 'guidance_add' (`x + P(g)`), 'contmix' (OverLoCK's
   DynamicConvBlock fed by the guidance) or 'none'.
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgdnet_jax.models import cto, layers, res2net, sge, sgdc
+from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
 
 EDGE_BRANCHES = ("sge", "eam", "none")
 SKIP_FUSIONS = ("sgdc", "edge_gate", "guidance_add", "contmix", "none")
@@ -26,18 +28,22 @@ SKIP_NAMES = ("x1", "x2", "x3")
 
 class SGDCFusion(nn.Module):
   """SGDC on x1, x2, x3, all fed the same guidance (key prefix `sgdc.x1.` ...)."""
+
   options: Mapping[str, Any]
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
-    return tuple(sgdc.SGDC(**self.options, dtype=self.dtype, name=name)(x, guidance, train)
-                 for name, x in zip(SKIP_NAMES, features))
+    return tuple(
+      sgdc.SGDC(**self.options, dtype=self.dtype, name=name)(x, guidance, train)
+      for name, x in zip(SKIP_NAMES, features)
+    )
 
 
 class GuidanceAddFusion(nn.Module):
   """Table 4 row (2): `x_i + P_i(resize(g))`, P_i a 1x1 conv (with bias) from the guidance to C_i."""
-  dtype: Optional[Any] = None
+
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
@@ -51,17 +57,20 @@ class GuidanceAddFusion(nn.Module):
 
 class ContMixFusion(nn.Module):
   """Table 4 row (3): OverLoCK DynamicConvBlock(x_i, resize(g)) at x1, x2, x3."""
+
   options: Mapping[str, Any]
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
     from sgdnet_jax.models import contmix  # Only this ablation needs it.
+
     outputs = []
     for name, x in zip(SKIP_NAMES, features):
       g = layers.resize_bilinear(guidance.astype(x.dtype), x.shape[1:3])
-      block = contmix.DynamicConvBlock(dim=x.shape[-1], ctx_dim=4 * guidance.shape[-1],
-                                       **self.options, dtype=self.dtype, name=name)
+      block = contmix.DynamicConvBlock(
+        dim=x.shape[-1], ctx_dim=4 * guidance.shape[-1], **self.options, dtype=self.dtype, name=name
+      )
       outputs.append(block(x, g, train)[0])
     return tuple(outputs)
 
@@ -74,48 +83,61 @@ class SGDNet(nn.Module):
   test time), `'edge'` (edge probability (B, H, W, 1), only with an edge branch) and `'aux'`
   (backbone stages `x1`..`x4`, `edge_logits` and `guidance` at x1 resolution when present).
   """
+
   num_classes: int = 1
   backbone_depth: int = 50
   backbone_base_planes: int = 64
   decoder_channels: int = 64
-  trans_patch_sizes: Tuple[int, ...] = cto.DEFAULT_PATCH_SIZES
+  trans_patch_sizes: tuple[int, ...] = cto.DEFAULT_PATCH_SIZES
   edge_branch: str = "sge"
   skip_fusion: str = "sgdc"
   sge_options: Mapping[str, Any] = None
   sgdc_options: Mapping[str, Any] = None
   contmix_options: Mapping[str, Any] = None
   head_dropout: float = 0.1
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
 
   def check(self):
     """Raises ValueError naming the config field when the combination is not buildable."""
     if self.num_classes not in (1, 2):
-      raise ValueError(f"model.num_classes must be 1 (sigmoid) or 2 (softmax), got {self.num_classes}")
+      raise ValueError(
+        f"model.num_classes must be 1 (sigmoid) or 2 (softmax), got {self.num_classes}"
+      )
     if self.edge_branch not in EDGE_BRANCHES:
-      raise ValueError(f"model.edge_branch must be one of {EDGE_BRANCHES}, got {self.edge_branch!r}")
+      raise ValueError(
+        f"model.edge_branch must be one of {EDGE_BRANCHES}, got {self.edge_branch!r}"
+      )
     if self.skip_fusion not in SKIP_FUSIONS:
       raise ValueError(f"model.skip_fusion must be one of {SKIP_FUSIONS}, got {self.skip_fusion!r}")
     needed = FUSION_NEEDS.get(self.skip_fusion)
     if needed and needed != self.edge_branch:
-      raise ValueError(f"model.skip_fusion={self.skip_fusion!r} needs model.edge_branch={needed!r}, "
-                       f"got {self.edge_branch!r}")
+      raise ValueError(
+        f"model.skip_fusion={self.skip_fusion!r} needs model.edge_branch={needed!r}, "
+        f"got {self.edge_branch!r}"
+      )
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> Dict[str, Any]:
+  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:
     self.check()
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be NHWC with 3 channels, got shape {images.shape}")
     dtype = self.dtype
     size = images.shape[1:3]
     x = images.astype(dtype or jnp.float32)
-    stages = res2net.Res2Net(self.backbone_depth, self.backbone_base_planes, dtype=dtype, name="resnet")(x, train)
+    stages = res2net.Res2Net(
+      self.backbone_depth, self.backbone_base_planes, dtype=dtype, name="resnet"
+    )(x, train)
     x1, x2, x3, x4 = (stages[k] for k in ("x1", "x2", "x3", "x4"))
 
-    trans = cto.PatchTransformer(tuple(self.trans_patch_sizes), dtype, name="multi_trans")(x1, train)
-    aux: Dict[str, Any] = dict(stages)
+    trans = cto.PatchTransformer(tuple(self.trans_patch_sizes), dtype, name="multi_trans")(
+      x1, train
+    )
+    aux: dict[str, Any] = dict(stages)
     edge_logits = guidance = None
     if self.edge_branch == "sge":
-      out = sge.StructureGuidanceExtractor(**(self.sge_options or {}), dtype=dtype, name="sge")(x4, x1, train)
+      out = sge.StructureGuidanceExtractor(**(self.sge_options or {}), dtype=dtype, name="sge")(
+        x4, x1, train
+      )
       edge_logits, guidance = out["edge_logits"], out["guidance"]
       aux["guidance"] = guidance
     elif self.edge_branch == "eam":
@@ -125,7 +147,8 @@ class SGDNet(nn.Module):
 
     trans = layers.resize_bilinear(trans, x4.shape[1:3])
     dual = cto.DualAttentionHead(x4.shape[-1], self.head_dropout, dtype, name="head")(
-        jnp.concatenate([trans, x4], axis=-1), train)
+      jnp.concatenate([trans, x4], axis=-1), train
+    )
 
     skips = (x1, x2, x3)
     if self.skip_fusion == "sgdc":
@@ -133,22 +156,32 @@ class SGDNet(nn.Module):
     elif self.skip_fusion == "guidance_add":
       skips = GuidanceAddFusion(dtype, name="guidance_add")(skips, guidance, train)
     elif self.skip_fusion == "contmix":
-      skips = ContMixFusion(dict(self.contmix_options or {}), dtype, name="contmix")(skips, guidance, train)
+      skips = ContMixFusion(dict(self.contmix_options or {}), dtype, name="contmix")(
+        skips, guidance, train
+      )
     elif self.skip_fusion == "edge_gate":
       attention = jax.nn.sigmoid(edge_logits)
-      skips = tuple(s * layers.resize_bilinear(attention, s.shape[1:3]).astype(s.dtype) for s in skips)
+      skips = tuple(
+        s * layers.resize_bilinear(attention, s.shape[1:3]).astype(s.dtype) for s in skips
+      )
 
     channels = self.decoder_channels
-    reduced = [cto.conv1x1_bn_relu(channels, dtype, f"reduce{i + 1}")(s, train) for i, s in enumerate(skips)]
+    reduced = [
+      cto.conv1x1_bn_relu(channels, dtype, f"reduce{i + 1}")(s, train) for i, s in enumerate(skips)
+    ]
     decoded = cto.conv1x1_bn_relu(channels, dtype, "reduce4")(dual, train)
     decoder_maps = {}
     for level in (3, 2, 1):
-      decoded = cto.DecoderModule(channels, dtype, name=f"dm{level}")(reduced[level - 1], decoded, train)
+      decoded = cto.DecoderModule(channels, dtype, name=f"dm{level}")(
+        reduced[level - 1], decoded, train
+      )
       decoder_maps[level] = decoded
 
-    outputs: Dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
     for level in (1, 2, 3):
-      logits = layers.Conv2d(self.num_classes, 1, dtype=dtype, name=f"predictor{level}")(decoder_maps[level])
+      logits = layers.Conv2d(self.num_classes, 1, dtype=dtype, name=f"predictor{level}")(
+        decoder_maps[level]
+      )
       outputs[f"o{level}"] = layers.resize_bilinear(logits.astype(jnp.float32), size)
     if edge_logits is not None:
       aux["edge_logits"] = edge_logits.astype(jnp.float32)

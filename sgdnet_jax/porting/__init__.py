@@ -8,15 +8,36 @@
 Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `layouts.LAYOUTS`).
 torch is imported only to read or write .pth files, and only here.
 """
+
 from sgdnet_jax.porting.layouts import LAYOUTS
 from sgdnet_jax.porting.naming import path_to_torch_key, torch_key_to_path
-from sgdnet_jax.porting.port import (ExportReport, ExportResult, PortingError, PortReport,
-                                     PortResult, check_structure, convert_state_dict,
-                                     export_torch, load_torch)
+from sgdnet_jax.porting.port import (
+  ExportReport,
+  ExportResult,
+  PortingError,
+  PortReport,
+  PortResult,
+  check_structure,
+  convert_state_dict,
+  export_torch,
+  load_torch,
+)
 from sgdnet_jax.porting.state_dicts import CheckpointFileError, read_state_dict, write_state_dict
 
 __all__ = [
-    "CheckpointFileError", "ExportReport", "ExportResult", "LAYOUTS", "PortReport", "PortResult",
-    "PortingError", "check_structure", "convert_state_dict", "export_torch", "load_torch",
-    "path_to_torch_key", "read_state_dict", "torch_key_to_path", "write_state_dict",
+  "CheckpointFileError",
+  "ExportReport",
+  "ExportResult",
+  "LAYOUTS",
+  "PortReport",
+  "PortResult",
+  "PortingError",
+  "check_structure",
+  "convert_state_dict",
+  "export_torch",
+  "load_torch",
+  "path_to_torch_key",
+  "read_state_dict",
+  "torch_key_to_path",
+  "write_state_dict",
 ]

@@ -11,6 +11,7 @@ the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start f
 random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
 """
+
 import argparse
 import sys
 
@@ -29,32 +30,43 @@ def _initial_variables(module, image_size: int, seed: int, concrete: bool):
 
 
 def convert_main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="sgdnet_jax.main convert",
-                                   description="PyTorch checkpoint -> variables directory.")
+  parser = argparse.ArgumentParser(
+    prog="sgdnet_jax.main convert", description="PyTorch checkpoint -> variables directory."
+  )
   parser.add_argument("--torch", required=True, help=".pth/.pt/.bin/.ckpt, .safetensors or .npz")
   parser.add_argument("--layout", required=True, choices=sorted(layouts_lib.LAYOUTS))
   parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
   parser.add_argument("--out", required=True, help="new variables directory")
-  parser.add_argument("--seed", type=int, default=None,
-                      help="init seed of the modules a partial layout does not fill "
-                           "(default: config.seed)")
+  parser.add_argument(
+    "--seed",
+    type=int,
+    default=None,
+    help="init seed of the modules a partial layout does not fill (default: config.seed)",
+  )
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   layout = layouts_lib.get_layout(args.layout)
   if layout.name == "sgdc":
-    parser.error("layout 'sgdc' fills a standalone SGDC module; use "
-                 "sgdnet_jax.porting.load_torch with that module's variables")
+    parser.error(
+      "layout 'sgdc' fills a standalone SGDC module; use "
+      "sgdnet_jax.porting.load_torch with that module's variables"
+    )
   if layout.subtree is None and config.model.variant != layout.name:
-    parser.error(f"layout {layout.name!r} fills the {layout.name!r} network, but the config builds "
-                 f"variant {config.model.variant!r} (pass e.g. {args.config.split(':')[0]}:"
-                 f"variant={layout.name},num_classes=2)")
+    parser.error(
+      f"layout {layout.name!r} fills the {layout.name!r} network, but the config builds "
+      f"variant {config.model.variant!r} (pass e.g. {args.config.split(':')[0]}:"
+      f"variant={layout.name},num_classes=2)"
+    )
   module = models.build(config.model)
   seed = args.seed if args.seed is not None else int(config.get("seed", 0))
-  template = _initial_variables(module, config.data.image_size, seed,
-                                concrete=layout.subtree is not None)
+  template = _initial_variables(
+    module, config.data.image_size, seed, concrete=layout.subtree is not None
+  )
   if layout.subtree is not None and layout.subtree not in template["params"]:
-    parser.error(f"layout {layout.name!r} fills the model's {layout.subtree!r}, which variant "
-                 f"{config.model.variant!r} does not have")
+    parser.error(
+      f"layout {layout.name!r} fills the model's {layout.subtree!r}, which variant "
+      f"{config.model.variant!r} does not have"
+    )
   try:
     result = port.load_torch(args.torch, layout.name, template)
   except (port.PortingError, state_dicts.CheckpointFileError, FileNotFoundError) as error:
@@ -67,8 +79,10 @@ def convert_main(argv) -> int:
 
 
 def export_main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="sgdnet_jax.main export-torch",
-                                   description="variables -> PyTorch state dict (upstream layout).")
+  parser = argparse.ArgumentParser(
+    prog="sgdnet_jax.main export-torch",
+    description="variables -> PyTorch state dict (upstream layout).",
+  )
   parser.add_argument("--workdir", required=True, help="a variables directory (e.g. convert --out)")
   parser.add_argument("--layout", required=True, choices=sorted(layouts_lib.LAYOUTS))
   parser.add_argument("--out", required=True, help="new .pth/.pt, .safetensors or .npz file")

@@ -10,15 +10,17 @@ checked against so that the result loads into the upstream module with `strict=T
 Placeholders for never-called modules: zeros, except BatchNorm running_var (ones) and
 num_batches_tracked (0). They do not influence any output of the upstream forward.
 """
+
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sgdnet_jax import models
-from sgdnet_jax.models import layers, res2net, sge, sgdc
+from sgdnet_jax.models import layers, res2net, sgdc, sge
 
 # Extra-key kinds.
 SOBEL_X = "sobel_x"  # frozen Sobel-x kernel in every (out, in) slice
@@ -34,7 +36,8 @@ IMAGENET_CLASSES = 1000
 @dataclasses.dataclass(frozen=True)
 class ExtraKey:
   """A key of the upstream state dict that our Flax model does not hold."""
-  shape: Tuple[int, ...]
+
+  shape: tuple[int, ...]
   kind: str  # SOBEL_X, SOBEL_Y or UNUSED
   dtype: Any = np.float32
 
@@ -48,22 +51,26 @@ class ExtraKey:
     return np.full(self.shape, fill, self.dtype)
 
 
-Extras = Dict[str, ExtraKey]
+Extras = dict[str, ExtraKey]
 Params = Mapping[str, Any]
 
 
 def _bn(prefix: str, channels: int) -> Extras:
   shape = (channels,)
-  entries = {f"{prefix}.{leaf}": ExtraKey(shape, UNUSED)
-             for leaf in ("weight", "bias", "running_mean", "running_var")}
+  entries = {
+    f"{prefix}.{leaf}": ExtraKey(shape, UNUSED)
+    for leaf in ("weight", "bias", "running_mean", "running_var")
+  }
   entries[f"{prefix}.num_batches_tracked"] = ExtraKey((), UNUSED, np.int64)
   return entries
 
 
 def _conv(prefix: str, out: int, inp: int, kernel: int) -> Extras:
   """A Conv2d with bias."""
-  return {f"{prefix}.weight": ExtraKey((out, inp, kernel, kernel), UNUSED),
-          f"{prefix}.bias": ExtraKey((out,), UNUSED)}
+  return {
+    f"{prefix}.weight": ExtraKey((out, inp, kernel, kernel), UNUSED),
+    f"{prefix}.bias": ExtraKey((out,), UNUSED),
+  }
 
 
 def _out_channels(tree: Params, *path: str) -> int:
@@ -73,15 +80,17 @@ def _out_channels(tree: Params, *path: str) -> int:
   return int(tree["kernel"].shape[-1])
 
 
-def _stage_channels(resnet: Params) -> Tuple[int, ...]:
+def _stage_channels(resnet: Params) -> tuple[int, ...]:
   """Output channels of the four Res2Net stages (conv3 of each stage's first block)."""
   return tuple(_out_channels(resnet, f"layer{i}_0", "conv3") for i in (1, 2, 3, 4))
 
 
 def _resnet_fc(prefix: str, resnet: Params) -> Extras:
   channels = _stage_channels(resnet)[3]
-  return {f"{prefix}fc.weight": ExtraKey((IMAGENET_CLASSES, channels), UNUSED),
-          f"{prefix}fc.bias": ExtraKey((IMAGENET_CLASSES,), UNUSED)}
+  return {
+    f"{prefix}fc.weight": ExtraKey((IMAGENET_CLASSES, channels), UNUSED),
+    f"{prefix}fc.bias": ExtraKey((IMAGENET_CLASSES,), UNUSED),
+  }
 
 
 def _cto_sobel(index: int, channels: int, with_bn: bool) -> Extras:
@@ -132,8 +141,10 @@ def _cto_extras(params: Params, module_shapes) -> Extras:
 
 def _sge_sobel(prefix: str, params: Params) -> Extras:
   mid = _out_channels(params, "s1_proj", "conv")
-  return {f"{prefix}sobel_x.weight": ExtraKey((mid, mid, 3, 3), SOBEL_X),
-          f"{prefix}sobel_y.weight": ExtraKey((mid, mid, 3, 3), SOBEL_Y)}
+  return {
+    f"{prefix}sobel_x.weight": ExtraKey((mid, mid, 3, 3), SOBEL_X),
+    f"{prefix}sobel_y.weight": ExtraKey((mid, mid, 3, 3), SOBEL_Y),
+  }
 
 
 def _sgdnet_extras(params: Params, module_shapes) -> Extras:
@@ -173,12 +184,15 @@ def _network_structure(variant: str) -> Callable[[Params], Any]:
     config = models.default_model_config(variant, _out_channels(params, "predictor1"))
     config.trans_patch_sizes = (8, 4, 2, 1)  # shapes do not depend on them; a small input
     return _abstract(models.build(config), (1, 64, 64, 3), train=False)
+
   return structure
 
 
 def _sge_structure(params: Params):
-  module = sge.StructureGuidanceExtractor(mid_channels=_out_channels(params, "s1_proj", "conv"),
-                                          guide_channels=_out_channels(params, "out_guidance"))
+  module = sge.StructureGuidanceExtractor(
+    mid_channels=_out_channels(params, "s1_proj", "conv"),
+    guide_channels=_out_channels(params, "out_guidance"),
+  )
   x4 = (1, 2, 2, int(params["s4_proj"]["conv"]["kernel"].shape[2]))
   x1 = (1, 16, 16, int(params["s1_proj"]["conv"]["kernel"].shape[2]))
   return _abstract(module, x4, x1, train=False)
@@ -204,12 +218,13 @@ class Layout:
     structure: params -> the canonical abstract variables of the layout (None: no export).
     signature: a key only this layout's checkpoints have (to name a foreign checkpoint).
   """
+
   name: str
   description: str
   renames: Mapping[str, str]
-  subtree: Optional[str]
+  subtree: str | None
   extras: Callable[[Params, Callable[[str, str], Extras]], Extras]
-  structure: Optional[Callable[[Params], Any]]
+  structure: Callable[[Params], Any] | None
   signature: str
 
   def to_flax_name(self, torch_name: str) -> str:
@@ -220,29 +235,77 @@ class Layout:
     return inverse.get(flax_name, flax_name)
 
 
-LAYOUTS: Dict[str, Layout] = {
-    layout.name: layout for layout in (
-        Layout("res2net50_v1b",
-               "Res2Net-50 v1b 26w4s ImageNet file (res2net50_v1b_26w_4s); fc.* ignored",
-               {}, "resnet", _res2net_extras, _res2net_structure, "layer1.0.convs.0.weight"),
-        Layout("timm_res2net50d", "timm res2net50d (the same 524 keys as res2net50_v1b, SPEC §5)",
-               {}, "resnet", _res2net_extras, _res2net_structure, "layer1.0.convs.0.weight"),
-        Layout("cto", "CTO(num_class) from CTO_net.py -> variant 'cto'",
-               {}, None, _cto_extras, _network_structure("cto"), "eam.reduce1.conv.weight"),
-        Layout("sgdnet", "SGD-Net candidate (CTO body, eam = SGE, sgdc.x1..x3) -> variant 'sgdnet'",
-               {"eam": "sge"}, None, _sgdnet_extras, _network_structure("sgdnet"),
-               "sgdc.x1.attn.weight"),
-        Layout("sge", "official SGE.py SGE(2048, 256) -> StructureGuidanceExtractor",
-               {}, "sge", _sge_extras, _sge_structure, "s4_proj.conv.weight"),
-        Layout("sgdc", "official sgdc.py SGDC(dim, 16) -> SGDC",
-               {}, None, _no_extras, _sgdc_structure, "proj_guidance.weight"),
-    )
+LAYOUTS: dict[str, Layout] = {
+  layout.name: layout
+  for layout in (
+    Layout(
+      "res2net50_v1b",
+      "Res2Net-50 v1b 26w4s ImageNet file (res2net50_v1b_26w_4s); fc.* ignored",
+      {},
+      "resnet",
+      _res2net_extras,
+      _res2net_structure,
+      "layer1.0.convs.0.weight",
+    ),
+    Layout(
+      "timm_res2net50d",
+      "timm res2net50d (the same 524 keys as res2net50_v1b, SPEC §5)",
+      {},
+      "resnet",
+      _res2net_extras,
+      _res2net_structure,
+      "layer1.0.convs.0.weight",
+    ),
+    Layout(
+      "cto",
+      "CTO(num_class) from CTO_net.py -> variant 'cto'",
+      {},
+      None,
+      _cto_extras,
+      _network_structure("cto"),
+      "eam.reduce1.conv.weight",
+    ),
+    Layout(
+      "sgdnet",
+      "SGD-Net candidate (CTO body, eam = SGE, sgdc.x1..x3) -> variant 'sgdnet'",
+      {"eam": "sge"},
+      None,
+      _sgdnet_extras,
+      _network_structure("sgdnet"),
+      "sgdc.x1.attn.weight",
+    ),
+    Layout(
+      "sge",
+      "official SGE.py SGE(2048, 256) -> StructureGuidanceExtractor",
+      {},
+      "sge",
+      _sge_extras,
+      _sge_structure,
+      "s4_proj.conv.weight",
+    ),
+    Layout(
+      "sgdc",
+      "official sgdc.py SGDC(dim, 16) -> SGDC",
+      {},
+      None,
+      _no_extras,
+      _sgdc_structure,
+      "proj_guidance.weight",
+    ),
+  )
 }
 
 
 # The naming rule alone: every key must map onto the template, nothing is extra.
-NAMING_RULE_ONLY = Layout("naming rule", "any module whose torch and Flax names follow the rule",
-                          {}, None, _no_extras, None, "")
+NAMING_RULE_ONLY = Layout(
+  "naming rule",
+  "any module whose torch and Flax names follow the rule",
+  {},
+  None,
+  _no_extras,
+  None,
+  "",
+)
 
 
 def get_layout(name: str) -> Layout:
@@ -251,7 +314,7 @@ def get_layout(name: str) -> Layout:
   return LAYOUTS[name]
 
 
-def guess_layouts(keys) -> Tuple[str, ...]:
+def guess_layouts(keys) -> tuple[str, ...]:
   """Layouts whose signature key is among `keys` (to say what a foreign checkpoint looks like)."""
   keys = set(keys)
   found = {}

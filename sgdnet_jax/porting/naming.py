@@ -16,8 +16,9 @@ The inverse (`path_to_torch_key`) splits a trailing `_<digits>` back into `.<dig
 exact for every upstream layout we port (no upstream module name ends in `_<digits>`), but not in
 general: ContMix's `dil_conv_k5_1` is a name, not an index, so only torch -> Flax is used there.
 """
+
 import re
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class NamingError(ValueError):
   """A key that the naming rule cannot map."""
 
 
-def torch_key_to_path(key: str) -> Tuple[str, ...]:
+def torch_key_to_path(key: str) -> tuple[str, ...]:
   """'layer1.0.convs.1.weight' -> ('layer1_0', 'convs_1', 'weight') (leaf keeps its torch name)."""
   path = []
   for segment in key.split("."):
@@ -79,7 +80,7 @@ def kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
   return kernel
 
 
-def torch_shape_of_kernel(shape: Sequence[int]) -> Tuple[int, ...]:
+def torch_shape_of_kernel(shape: Sequence[int]) -> tuple[int, ...]:
   """The torch shape a Flax kernel of `shape` comes from (for error messages)."""
   shape = tuple(shape)
   if len(shape) == 4:

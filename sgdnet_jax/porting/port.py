@@ -5,17 +5,18 @@ template (naming rule of `naming`) with the right shape, every template leaf mus
 the layout's extra keys (frozen Sobel kernels, modules upstream never calls) are accepted and
 reported. `export_torch` is the inverse and writes the full upstream layout.
 """
+
 import dataclasses
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from sgdnet_jax.porting import layouts as layouts_lib
-from sgdnet_jax.porting import naming
-from sgdnet_jax.porting import state_dicts
+from sgdnet_jax.porting import naming, state_dicts
 
-Path = Tuple[str, ...]
+Path = tuple[str, ...]
 COLLECTIONS = ("params", "batch_stats")
 # How many keys the first line of an error names.
 FIRST_KEYS = 5
@@ -39,27 +40,31 @@ class PortReport:
     counters: BatchNorm `num_batches_tracked` entries (no Flax counterpart; dropped).
     kept: top-level Flax modules left as they were in the template (partial layouts).
   """
+
   layout: str
   source: str
   loaded: int
   loaded_values: int
-  sobel_constants: Tuple[str, ...]
-  ignored: Tuple[str, ...]
-  absent: Tuple[str, ...]
+  sobel_constants: tuple[str, ...]
+  ignored: tuple[str, ...]
+  absent: tuple[str, ...]
   counters: int
-  kept: Tuple[str, ...]
+  kept: tuple[str, ...]
 
   def summary(self) -> str:
-    lines = [f"{self.source}: layout {self.layout!r}, loaded {self.loaded} arrays "
-             f"({self.loaded_values:,} values)",
-             f"  frozen Sobel kernels checked and skipped (constants in our model): "
-             f"{len(self.sobel_constants)}",
-             f"  ignored keys of modules upstream never calls: {len(self.ignored)}"
-             + (f" ({_module_list(self.ignored)})" if self.ignored else ""),
-             f"  BatchNorm num_batches_tracked dropped: {self.counters}"]
+    lines = [
+      f"{self.source}: layout {self.layout!r}, loaded {self.loaded} arrays "
+      f"({self.loaded_values:,} values)",
+      f"  frozen Sobel kernels checked and skipped (constants in our model): "
+      f"{len(self.sobel_constants)}",
+      f"  ignored keys of modules upstream never calls: {len(self.ignored)}"
+      + (f" ({_module_list(self.ignored)})" if self.ignored else ""),
+      f"  BatchNorm num_batches_tracked dropped: {self.counters}",
+    ]
     if self.absent:
-      lines.append(f"  optional keys not in the checkpoint: {len(self.absent)} "
-                   f"({_module_list(self.absent)})")
+      lines.append(
+        f"  optional keys not in the checkpoint: {len(self.absent)} ({_module_list(self.absent)})"
+      )
     if self.kept:
       lines.append(f"  kept as in the template (not in this layout): {', '.join(self.kept)}")
     return "\n".join(lines)
@@ -67,7 +72,8 @@ class PortReport:
 
 class PortResult(NamedTuple):
   """`load_torch`'s result; `result[0]` (or `.variables`) is {'params', 'batch_stats'}."""
-  variables: Dict[str, Any]
+
+  variables: dict[str, Any]
   report: PortReport
 
 
@@ -75,22 +81,25 @@ class PortResult(NamedTuple):
 class ExportReport:
   """What `export_torch` wrote: `held` keys from our variables (+ `counters` BatchNorm
   num_batches_tracked = 0), exact Sobel constants, and placeholders for never-called modules."""
+
   layout: str
   written: int
   held: int
   counters: int
-  sobel_constants: Tuple[str, ...]
-  placeholders: Tuple[str, ...]
+  sobel_constants: tuple[str, ...]
+  placeholders: tuple[str, ...]
 
   def summary(self) -> str:
-    return (f"layout {self.layout!r}: {self.written} keys = {self.held} from the variables + "
-            f"{self.counters} num_batches_tracked (0) + {len(self.sobel_constants)} frozen Sobel "
-            f"kernels (exact) + {len(self.placeholders)} placeholders for modules upstream never "
-            f"calls ({_module_list(self.placeholders) or 'none'}; zeros, BN running_var ones)")
+    return (
+      f"layout {self.layout!r}: {self.written} keys = {self.held} from the variables + "
+      f"{self.counters} num_batches_tracked (0) + {len(self.sobel_constants)} frozen Sobel "
+      f"kernels (exact) + {len(self.placeholders)} placeholders for modules upstream never "
+      f"calls ({_module_list(self.placeholders) or 'none'}; zeros, BN running_var ones)"
+    )
 
 
 class ExportResult(NamedTuple):
-  state_dict: Dict[str, np.ndarray]
+  state_dict: dict[str, np.ndarray]
   report: ExportReport
 
 
@@ -105,7 +114,7 @@ def _module_list(keys) -> str:
   return ", ".join(modules)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
+def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
   flat = {}
   for name, value in tree.items():
     if isinstance(value, Mapping):
@@ -115,8 +124,8 @@ def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
   return flat
 
 
-def _unflatten(flat: Mapping[Path, Any]) -> Dict[str, Any]:
-  tree: Dict[str, Any] = {}
+def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
   for path, value in flat.items():
     node = tree
     for name in path[:-1]:
@@ -125,21 +134,22 @@ def _unflatten(flat: Mapping[Path, Any]) -> Dict[str, Any]:
   return tree
 
 
-def _plain(tree: Mapping[str, Any]) -> Dict[str, Any]:
+def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
   return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
 
 
-def _target_name(layout: layouts_lib.Layout, variables: Mapping[str, Any]) -> Optional[str]:
+def _target_name(layout: layouts_lib.Layout, variables: Mapping[str, Any]) -> str | None:
   """The Flax module a partial layout fills in a whole network's variables, else None."""
   if "params" not in variables:
-    raise PortingError(f"variables must be a mapping with 'params' (and 'batch_stats'), got "
-                       f"keys {sorted(variables)}")
+    raise PortingError(
+      f"variables must be a mapping with 'params' (and 'batch_stats'), got keys {sorted(variables)}"
+    )
   if layout.subtree is not None and layout.subtree in variables["params"]:
     return layout.subtree
   return None
 
 
-def _collections(variables: Mapping[str, Any], target: Optional[str]) -> Dict[str, Dict[Path, Any]]:
+def _collections(variables: Mapping[str, Any], target: str | None) -> dict[str, dict[Path, Any]]:
   flat = {}
   for collection in COLLECTIONS:
     tree = variables.get(collection, {})
@@ -161,7 +171,7 @@ def _torch_key(layout: layouts_lib.Layout, collection: str, path: Path) -> str:
   return naming.path_to_torch_key(tuple(module) + (leaf,))
 
 
-def _torch_shape(collection: str, path: Path, shape) -> Tuple[int, ...]:
+def _torch_shape(collection: str, path: Path, shape) -> tuple[int, ...]:
   if collection == "params" and path[-1] == "kernel":
     return naming.torch_shape_of_kernel(shape)
   return tuple(int(s) for s in shape)
@@ -172,8 +182,12 @@ def _to_flax_value(value: np.ndarray, leaf: str, template_shape) -> np.ndarray:
     return naming.kernel_to_flax(value)
   template_shape = tuple(template_shape)
   # GRN's gamma/beta: torch (1, C, 1, 1), ours (C,).
-  if (value.shape != template_shape and value.ndim == 4 and len(template_shape) == 1
-      and value.shape == (1, template_shape[0], 1, 1)):
+  if (
+    value.shape != template_shape
+    and value.ndim == 4
+    and len(template_shape) == 1
+    and value.shape == (1, template_shape[0], 1, 1)
+  ):
     return value.reshape(template_shape)
   return value
 
@@ -183,14 +197,15 @@ def _is_sobel(value: np.ndarray, kind: str) -> bool:
   return bool(np.array_equal(value, expected))
 
 
-def _describe(values: List[str], title: str) -> List[str]:
+def _describe(values: list[str], title: str) -> list[str]:
   if not values:
     return []
   return [f"{title} ({len(values)}):"] + [f"  {line}" for line in values]
 
 
-def load_torch(source: state_dicts.Source, layout: str,
-               variables_template: Mapping[str, Any]) -> PortResult:
+def load_torch(
+  source: state_dicts.Source, layout: str, variables_template: Mapping[str, Any]
+) -> PortResult:
   """Fills `variables_template` ({'params', 'batch_stats'}) from a PyTorch checkpoint.
 
   Args:
@@ -211,25 +226,28 @@ def load_torch(source: state_dicts.Source, layout: str,
   return _load(source, layouts_lib.get_layout(layout), variables_template)
 
 
-def convert_state_dict(state_dict: state_dicts.Source,
-                       variables_template: Mapping[str, Any]) -> PortResult:
+def convert_state_dict(
+  state_dict: state_dicts.Source, variables_template: Mapping[str, Any]
+) -> PortResult:
   """Torch -> Flax by the naming rule alone, for any module named by the rule (e.g. the ContMix
   block): every key must fill a template leaf of the right shape and every leaf must be filled."""
   return _load(state_dict, layouts_lib.NAMING_RULE_ONLY, variables_template)
 
 
-def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
-          variables_template: Mapping[str, Any]) -> PortResult:
+def _load(
+  source: state_dicts.Source, spec: layouts_lib.Layout, variables_template: Mapping[str, Any]
+) -> PortResult:
   state = state_dicts.read_state_dict(source)
   origin = "the given state dict" if isinstance(source, Mapping) else str(source)
   target = _target_name(spec, variables_template)
   template = _collections(variables_template, target)
   modules_with_stats = {path[:-1] for path in template["batch_stats"]}
-  leaves_of_module: Dict[Path, set] = {}
+  leaves_of_module: dict[Path, set] = {}
   for path in template["params"]:
     leaves_of_module.setdefault(path[:-1], set()).add(path[-1])
-  target_params = (variables_template["params"][target] if target is not None
-                   else variables_template["params"])
+  target_params = (
+    variables_template["params"][target] if target is not None else variables_template["params"]
+  )
   target_stats = variables_template.get("batch_stats", {})
   if target is not None:
     target_stats = target_stats.get(target, {})
@@ -239,8 +257,8 @@ def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
 
   extras = spec.extras(target_params, module_shapes)
 
-  filled: Dict[str, Dict[Path, np.ndarray]] = {c: {} for c in COLLECTIONS}
-  present: Dict[str, set] = {c: set() for c in COLLECTIONS}  # keys found but mis-shaped
+  filled: dict[str, dict[Path, np.ndarray]] = {c: {} for c in COLLECTIONS}
+  present: dict[str, set] = {c: set() for c in COLLECTIONS}  # keys found but mis-shaped
   unexpected, misshaped, wrong_sobel = [], [], []
   sobel, ignored = [], []
   counters = 0
@@ -251,8 +269,10 @@ def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
         misshaped.append(f"{key}: checkpoint {value.shape}, layout expects {extra.shape}")
       elif extra.kind in layouts_lib.SOBEL_KERNELS:
         if not _is_sobel(value, extra.kind):
-          wrong_sobel.append(f"{key}: not the constant {extra.kind.replace('_', '-')} kernel in "
-                             f"every (out, in) slice")
+          wrong_sobel.append(
+            f"{key}: not the constant {extra.kind.replace('_', '-')} kernel in "
+            f"every (out, in) slice"
+          )
         sobel.append(key)
       else:
         ignored.append(key)
@@ -285,8 +305,10 @@ def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
     expected = template[collection][path]
     converted = _to_flax_value(value, name, expected.shape)
     if converted.shape != tuple(expected.shape):
-      misshaped.append(f"{key}: checkpoint {value.shape}, model expects "
-                       f"{_torch_shape(collection, path, expected.shape)}")
+      misshaped.append(
+        f"{key}: checkpoint {value.shape}, model expects "
+        f"{_torch_shape(collection, path, expected.shape)}"
+      )
       present[collection].add(path)
       continue
     if path in filled[collection]:
@@ -294,36 +316,47 @@ def _load(source: state_dicts.Source, spec: layouts_lib.Layout,
       continue
     filled[collection][path] = np.asarray(converted, dtype=np.dtype(expected.dtype))
 
-  missing = sorted(f"{_torch_key(spec, c, p)} {_torch_shape(c, p, leaf.shape)} -> {c} {'/'.join(p)}"
-                   for c in COLLECTIONS for p, leaf in template[c].items()
-                   if p not in filled[c] and p not in present[c])
+  missing = sorted(
+    f"{_torch_key(spec, c, p)} {_torch_shape(c, p, leaf.shape)} -> {c} {'/'.join(p)}"
+    for c in COLLECTIONS
+    for p, leaf in template[c].items()
+    if p not in filled[c] and p not in present[c]
+  )
   if unexpected or missing or misshaped or wrong_sobel:
-    raise PortingError(_mismatch_message(origin, spec, state, unexpected, missing, misshaped,
-                                         wrong_sobel))
+    raise PortingError(
+      _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong_sobel)
+    )
 
   variables = {c: _unflatten(filled[c]) for c in COLLECTIONS}
-  kept: Tuple[str, ...] = ()
+  kept: tuple[str, ...] = ()
   if target is not None:
     variables, kept = _merge_into_template(variables_template, target, variables)
   report = PortReport(
-      layout=spec.name, source=origin,
-      loaded=sum(len(f) for f in filled.values()),
-      loaded_values=int(sum(v.size for f in filled.values() for v in f.values())),
-      sobel_constants=tuple(sobel), ignored=tuple(ignored),
-      absent=tuple(k for k in extras if k not in state), counters=counters, kept=kept)
+    layout=spec.name,
+    source=origin,
+    loaded=sum(len(f) for f in filled.values()),
+    loaded_values=int(sum(v.size for f in filled.values() for v in f.values())),
+    sobel_constants=tuple(sobel),
+    ignored=tuple(ignored),
+    absent=tuple(k for k in extras if k not in state),
+    counters=counters,
+    kept=kept,
+  )
   return PortResult(variables, report)
 
 
-def _merge_into_template(template: Mapping[str, Any], target: str,
-                         loaded: Dict[str, Any]) -> Tuple[Dict[str, Any], Tuple[str, ...]]:
+def _merge_into_template(
+  template: Mapping[str, Any], target: str, loaded: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
   merged = {}
   for collection in COLLECTIONS:
     tree = _plain(template.get(collection, {}))
     for path, leaf in _flatten(tree).items():
       if path[0] != target and isinstance(leaf, jax.ShapeDtypeStruct):
         raise PortingError(
-            f"the template's {collection} {'/'.join(path)} is abstract; this layout fills only "
-            f"'{target}', so pass initialised variables (model.init), not jax.eval_shape output")
+          f"the template's {collection} {'/'.join(path)} is abstract; this layout fills only "
+          f"'{target}', so pass initialised variables (model.init), not jax.eval_shape output"
+        )
     if collection in template or loaded[collection]:
       tree[target] = loaded[collection]
       merged[collection] = tree
@@ -338,11 +371,14 @@ def _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong
   lines = [f"{origin} does not fit layout {spec.name!r} for this model: {counts}."]
   if unexpected or missing:
     guesses = [name for name in layouts_lib.guess_layouts(state) if name != spec.name]
-    looks = (f"It looks like a {' / '.join(repr(g) for g in guesses)} checkpoint. "
-             if guesses else "")
+    looks = (
+      f"It looks like a {' / '.join(repr(g) for g in guesses)} checkpoint. " if guesses else ""
+    )
     first = lambda items: ", ".join(item.split(" ")[0] for item in items[:FIRST_KEYS])
-    lines.append(f"{looks}First keys that do not match: {first(unexpected) or '-'}; "
-                 f"first missing: {first(missing) or '-'}.")
+    lines.append(
+      f"{looks}First keys that do not match: {first(unexpected) or '-'}; "
+      f"first missing: {first(missing) or '-'}."
+    )
   lines += _describe(unexpected, "unexpected keys (not in the model)")
   lines += _describe(missing, "missing keys (model leaves the checkpoint does not fill)")
   lines += _describe(misshaped, "mis-shaped keys")
@@ -357,7 +393,7 @@ def _torch_leaves(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Ma
   parameters, then for a BatchNorm its running_mean/var and its num_batches_tracked (collection,
   path and leaf None)."""
   flat = {"params": _flatten(params), "batch_stats": _flatten(stats)}
-  modules: Dict[Path, List[Path]] = {}
+  modules: dict[Path, list[Path]] = {}
   for path in flat["params"]:
     modules.setdefault(path[:-1], []).append(path)
   for module, paths in modules.items():
@@ -371,8 +407,13 @@ def _torch_leaves(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Ma
       yield f"{module_key}.{naming.BN_COUNTER}", None, None, None
 
 
-def _shapes_as(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Mapping[str, Any],
-               flax_name: str, torch_prefix: str) -> layouts_lib.Extras:
+def _shapes_as(
+  spec: layouts_lib.Layout,
+  params: Mapping[str, Any],
+  stats: Mapping[str, Any],
+  flax_name: str,
+  torch_prefix: str,
+) -> layouts_lib.Extras:
   """The torch keys and shapes of our module `flax_name`, renamed to `torch_prefix`, as unused
   extras (upstream's dm4 has dm1's shapes, predictor4 predictor1's)."""
   extras = {}
@@ -380,12 +421,13 @@ def _shapes_as(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Mappi
   sub_params = {flax_name: params[flax_name]}
   sub_stats = {flax_name: stats[flax_name]} if flax_name in stats else {}
   for key, collection, path, leaf in _torch_leaves(spec, sub_params, sub_stats):
-    new_key = f"{torch_prefix}.{key[len(old_prefix):]}"
+    new_key = f"{torch_prefix}.{key[len(old_prefix) :]}"
     if leaf is None:
       extras[new_key] = layouts_lib.ExtraKey((), layouts_lib.UNUSED, np.int64)
     else:
-      extras[new_key] = layouts_lib.ExtraKey(_torch_shape(collection, path, leaf.shape),
-                                             layouts_lib.UNUSED)
+      extras[new_key] = layouts_lib.ExtraKey(
+        _torch_shape(collection, path, leaf.shape), layouts_lib.UNUSED
+      )
   return extras
 
 
@@ -398,8 +440,10 @@ def check_structure(variables: Mapping[str, Any], layout: str) -> None:
   try:
     expected_tree = spec.structure(variables["params"][target] if target else variables["params"])
   except (KeyError, TypeError, IndexError, ValueError) as error:
-    raise PortingError(f"variables do not have the {layout!r} layout: cannot read its "
-                       f"dimensions ({type(error).__name__}: {error})") from None
+    raise PortingError(
+      f"variables do not have the {layout!r} layout: cannot read its "
+      f"dimensions ({type(error).__name__}: {error})"
+    ) from None
   expected = _collections(expected_tree, None)
   problems = []
   for collection in COLLECTIONS:
@@ -407,14 +451,18 @@ def check_structure(variables: Mapping[str, Any], layout: str) -> None:
       if path not in expected[collection]:
         problems.append(f"unexpected {collection} {'/'.join(path)} {tuple(leaf.shape)}")
       elif tuple(leaf.shape) != tuple(expected[collection][path].shape):
-        problems.append(f"mis-shaped {collection} {'/'.join(path)}: {tuple(leaf.shape)}, layout "
-                        f"expects {tuple(expected[collection][path].shape)}")
+        problems.append(
+          f"mis-shaped {collection} {'/'.join(path)}: {tuple(leaf.shape)}, layout "
+          f"expects {tuple(expected[collection][path].shape)}"
+        )
     for path, leaf in expected[collection].items():
       if path not in ours[collection]:
         problems.append(f"missing {collection} {'/'.join(path)} {tuple(leaf.shape)}")
   if problems:
-    raise PortingError(f"variables do not have the {layout!r} layout ({spec.description}); "
-                       f"{len(problems)} differences:\n  " + "\n  ".join(problems))
+    raise PortingError(
+      f"variables do not have the {layout!r} layout ({spec.description}); "
+      f"{len(problems)} differences:\n  " + "\n  ".join(problems)
+    )
 
 
 def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
@@ -432,7 +480,7 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
   params = variables["params"][target] if target else variables["params"]
   stats = variables.get("batch_stats", {})
   stats = stats.get(target, {}) if target else stats
-  state: Dict[str, np.ndarray] = {}
+  state: dict[str, np.ndarray] = {}
   held = counters = 0
   for key, _, path, leaf in _torch_leaves(spec, params, stats):
     if leaf is None:
@@ -449,6 +497,12 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
       raise PortingError(f"layout {layout!r}: extra key {key} collides with a model key")
     state[key] = extra.placeholder(key)
     (sobel if extra.kind in layouts_lib.SOBEL_KERNELS else placeholders).append(key)
-  report = ExportReport(layout=spec.name, written=len(state), held=held, counters=counters,
-                        sobel_constants=tuple(sobel), placeholders=tuple(placeholders))
+  report = ExportReport(
+    layout=spec.name,
+    written=len(state),
+    held=held,
+    counters=counters,
+    sobel_constants=tuple(sobel),
+    placeholders=tuple(placeholders),
+  )
   return ExportResult(state, report)

@@ -8,10 +8,12 @@ Formats, by extension:
 Checkpoints wrapped as {'state_dict': ...} (or {'model_state_dict': ...}, {'model': ...}) are
 unwrapped, and a DataParallel `module.` prefix on every key is removed.
 """
+
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Mapping, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
 
@@ -21,7 +23,7 @@ NUMPY_EXTENSIONS = (".npz",)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PARALLEL_PREFIX = "module."
 
-StateDict = Dict[str, np.ndarray]
+StateDict = dict[str, np.ndarray]
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 
 
@@ -56,23 +58,27 @@ def _read_torch(path: str) -> Any:
     import torch  # pylint: disable=g-import-not-at-top  (only .pth reading needs torch)
   except ImportError:
     raise CheckpointFileError(
-        f"{path}: reading a torch.save file needs PyTorch (pip install torch; the CPU build is "
-        f"enough); or convert the file to .safetensors elsewhere") from None
+      f"{path}: reading a torch.save file needs PyTorch (pip install torch; the CPU build is "
+      f"enough); or convert the file to .safetensors elsewhere"
+    ) from None
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
     reason = _unpickler_reason(str(error))
     if "Unsupported global" in reason:
       raise CheckpointFileError(
-          f"{path}: loading this pickle would execute code ({reason}), and we never unpickle "
-          f"code. Save the weights alone, e.g. torch.save(model.state_dict(), path), or as "
-          f".safetensors") from None
-    raise CheckpointFileError(f"{path}: not a PyTorch checkpoint that loads without executing "
-                              f"code ({reason})") from None
+        f"{path}: loading this pickle would execute code ({reason}), and we never unpickle "
+        f"code. Save the weights alone, e.g. torch.save(model.state_dict(), path), or as "
+        f".safetensors"
+      ) from None
+    raise CheckpointFileError(
+      f"{path}: not a PyTorch checkpoint that loads without executing code ({reason})"
+    ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
     raise CheckpointFileError(
-        f"{path}: not a PyTorch checkpoint written by torch.save "
-        f"({type(error).__name__}: {str(error)[:200]})") from None
+      f"{path}: not a PyTorch checkpoint written by torch.save "
+      f"({type(error).__name__}: {str(error)[:200]})"
+    ) from None
 
 
 def _unpickler_reason(message: str) -> str:
@@ -85,15 +91,16 @@ def _unpickler_reason(message: str) -> str:
   return flat.strip()[:200]
 
 
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
   try:
     return load_file(path)
   except Exception as error:  # pylint: disable=broad-except  (SafetensorError, dtype errors)
     raise CheckpointFileError(f"{path}: not a readable .safetensors file ({error})") from None
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
+def _read_npz(path: str) -> dict[str, np.ndarray]:
   try:
     archive = np.load(path, allow_pickle=False)
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -114,8 +121,9 @@ def _read_file(path: str) -> Any:
     return _read_safetensors(path)
   if extension in NUMPY_EXTENSIONS:
     return _read_npz(path)
-  raise CheckpointFileError(f"{path}: unknown checkpoint extension {extension!r}; expected one "
-                            f"of {_known_extensions()}")
+  raise CheckpointFileError(
+    f"{path}: unknown checkpoint extension {extension!r}; expected one of {_known_extensions()}"
+  )
 
 
 def _unwrap(content: Any, origin: str) -> Mapping[str, Any]:
@@ -124,12 +132,15 @@ def _unwrap(content: Any, origin: str) -> Mapping[str, Any]:
     if not wrapped:
       others = [f"{k!r} ({type(v).__name__})" for k, v in content.items() if not _is_tensor(v)]
       raise CheckpointFileError(
-          f"{origin}: not a state dict: entries {', '.join(others[:5])} are not tensors, and "
-          f"there is no {' / '.join(WRAPPER_KEYS)} entry holding one")
+        f"{origin}: not a state dict: entries {', '.join(others[:5])} are not tensors, and "
+        f"there is no {' / '.join(WRAPPER_KEYS)} entry holding one"
+      )
     content = content[wrapped[0]]
   if not isinstance(content, Mapping):
-    raise CheckpointFileError(f"{origin}: holds a {type(content).__name__}, expected a state "
-                              f"dict (a mapping from names to tensors)")
+    raise CheckpointFileError(
+      f"{origin}: holds a {type(content).__name__}, expected a state "
+      f"dict (a mapping from names to tensors)"
+    )
   if not content:
     raise CheckpointFileError(f"{origin}: the state dict is empty")
   return content
@@ -145,7 +156,7 @@ def read_state_dict(source: Source) -> StateDict:
   content = _unwrap(content, origin)
   keys = [str(k) for k in content]
   if all(k.startswith(PARALLEL_PREFIX) for k in keys):
-    keys = [k[len(PARALLEL_PREFIX):] for k in keys]
+    keys = [k[len(PARALLEL_PREFIX) :] for k in keys]
   return {key: _to_numpy(value) for key, value in zip(keys, content.values())}
 
 
@@ -159,14 +170,18 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str) -> None:
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise CheckpointFileError(f"{path}: writing .pth needs PyTorch; write .safetensors "
-                                f"instead (loads with safetensors.torch.load_file)") from None
+      raise CheckpointFileError(
+        f"{path}: writing .pth needs PyTorch; write .safetensors "
+        f"instead (loads with safetensors.torch.load_file)"
+      ) from None
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
   elif extension in SAFETENSORS_EXTENSIONS:
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
     save_file(arrays, path)
   elif extension in NUMPY_EXTENSIONS:
     np.savez(path, **arrays)
   else:
-    raise CheckpointFileError(f"{path}: unknown output extension {extension!r}; expected .pth, "
-                              f".pt, .safetensors or .npz")
+    raise CheckpointFileError(
+      f"{path}: unknown output extension {extension!r}; expected .pth, .pt, .safetensors or .npz"
+    )

@@ -6,8 +6,9 @@
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
 crash mid-save leaves the previous checkpoint intact.
 """
+
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import orbax.checkpoint as ocp
 
@@ -21,30 +22,45 @@ class WorkdirCheckpoints:
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
     workdir = os.path.abspath(workdir)
     options = lambda keep: ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self.latest = ocp.CheckpointManager(os.path.join(workdir, LATEST_DIR), options=options(keep),
-                                        item_names=("state", "data", "meta"))
-    self.best = ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), options=options(1),
-                                      item_names=("variables",))
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
+    self.latest = ocp.CheckpointManager(
+      os.path.join(workdir, LATEST_DIR), options=options(keep), item_names=("state", "data", "meta")
+    )
+    self.best = ocp.CheckpointManager(
+      os.path.join(workdir, BEST_DIR), options=options(1), item_names=("variables",)
+    )
 
-  def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any]):
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+  def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):
+    self.latest.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta),
+      ),
+      force=True,
+    )
 
   def save_best(self, step: int, variables):
-    self.best.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)),
-                   force=True)
+    self.best.save(
+      step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)), force=True
+    )
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
   def restore(self, abstract_state):
     """(state, data_state, meta) of the latest checkpoint, placed as `abstract_state` says."""
     step = self.latest.latest_step()
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
+    restored = self.latest.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     return restored["state"], restored["data"], restored["meta"]
 
   def wait(self):
@@ -56,7 +72,7 @@ class WorkdirCheckpoints:
     self.best.close()
 
 
-def restore_workdir_variables(workdir: str, which: str = "best") -> Dict[str, Any]:
+def restore_workdir_variables(workdir: str, which: str = "best") -> dict[str, Any]:
   """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
   workdir = os.path.abspath(workdir)
   best_dir, latest_dir = os.path.join(workdir, BEST_DIR), os.path.join(workdir, LATEST_DIR)
@@ -64,7 +80,9 @@ def restore_workdir_variables(workdir: str, which: str = "best") -> Dict[str, An
     with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
       step = manager.latest_step()
       if step is not None:
-        restored = manager.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))
+        restored = manager.restore(
+          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
+        )
         return dict(restored["variables"])
   if os.path.isdir(latest_dir):
     with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:

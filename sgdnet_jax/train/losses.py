@@ -5,7 +5,6 @@ the batch mean) against the mask M, plus lambda x soft Dice of the edge probabil
 boundary ground truth E = dilate(M, disk(2)) - M. CTO's structure loss (weighted IoU + weighted
 cross-entropy) is an option, without its batch-broadcast bug. Everything is float32.
 """
-from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +13,19 @@ import numpy as np
 
 SEG_LOSSES = ("bce_dice", "structure")
 # disk(2) as skimage builds it: the 13-pixel diamond-like footprint of radius 2.
-DISK2 = np.array([[0, 0, 1, 0, 0],
-                  [0, 1, 1, 1, 0],
-                  [1, 1, 1, 1, 1],
-                  [0, 1, 1, 1, 0],
-                  [0, 0, 1, 0, 0]], bool)
+DISK2 = np.array(
+  [[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], bool
+)
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       seg="bce_dice",  # or 'structure' (CTO's weighted IoU + weighted CE)
       dice_smooth=1.0,
       edge_weight=3.0,  # lambda; 0 disables the edge term
-  ))
+    )
+  )
 
 
 def boundary_target(mask: jax.Array) -> jax.Array:
@@ -41,7 +40,7 @@ def _dilate_disk2(m: jax.Array) -> jax.Array:
   height, width = m.shape[1:3]
   out = jnp.zeros_like(m)
   for dy, dx in zip(*np.nonzero(DISK2)):
-    out = jnp.maximum(out, padded[:, dy:dy + height, dx:dx + width])
+    out = jnp.maximum(out, padded[:, dy : dy + height, dx : dx + width])
   return out
 
 
@@ -49,7 +48,9 @@ def soft_dice_loss(prob: jax.Array, target: jax.Array, smooth: float) -> jax.Arr
   """1 - (2 sum(p t) + s) / (sum p + sum t + s), per sample (summed over all but axis 0)."""
   axes = tuple(range(1, prob.ndim))
   intersection = jnp.sum(prob * target, axes)
-  return 1.0 - (2.0 * intersection + smooth) / (jnp.sum(prob, axes) + jnp.sum(target, axes) + smooth)
+  return 1.0 - (2.0 * intersection + smooth) / (
+    jnp.sum(prob, axes) + jnp.sum(target, axes) + smooth
+  )
 
 
 def foreground_probability(logits: jax.Array) -> jax.Array:
@@ -80,8 +81,14 @@ def structure_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   w = 1 + 5 |avgpool31(M) - M|. Upstream broadcasts the (B, H, W) CE against a (B, 1, H, W)
   weight, weighting every sample by the batch-mean map; here each sample uses its own map.
   """
-  pooled = jax.lax.reduce_window(target[..., None], 0.0, jax.lax.add, (1, 31, 31, 1), (1, 1, 1, 1),
-                                 ((0, 0), (15, 15), (15, 15), (0, 0)))[..., 0] / (31.0 * 31.0)
+  pooled = jax.lax.reduce_window(
+    target[..., None],
+    0.0,
+    jax.lax.add,
+    (1, 31, 31, 1),
+    (1, 1, 1, 1),
+    ((0, 0), (15, 15), (15, 15), (0, 0)),
+  )[..., 0] / (31.0 * 31.0)
   weight = 1.0 + 5.0 * jnp.abs(pooled - target)
   wce = jnp.mean(pixel_cross_entropy(logits, target) * weight, axis=(1, 2))
   fg = foreground_probability(logits)
@@ -94,8 +101,12 @@ def structure_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   return wce + 0.5 * (ious[0] + ious[1])
 
 
-def total_loss(outputs: Dict[str, jax.Array], mask: jax.Array, loss_config: ml_collections.ConfigDict,
-               weights: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+def total_loss(
+  outputs: dict[str, jax.Array],
+  mask: jax.Array,
+  loss_config: ml_collections.ConfigDict,
+  weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The training objective and its parts, averaged over samples (weighted by `weights`)."""
   if loss_config.seg not in SEG_LOSSES:
     raise ValueError(f"config.loss.seg must be one of {SEG_LOSSES}, got {loss_config.seg!r}")
@@ -106,13 +117,17 @@ def total_loss(outputs: Dict[str, jax.Array], mask: jax.Array, loss_config: ml_c
   parts = {}
   for key in ("o1", "o2", "o3"):
     logits = outputs[key].astype(jnp.float32)
-    per_sample = (bce_dice_loss(logits, target, loss_config.dice_smooth) if loss_config.seg == "bce_dice"
-                  else structure_loss(logits, target))
+    per_sample = (
+      bce_dice_loss(logits, target, loss_config.dice_smooth)
+      if loss_config.seg == "bce_dice"
+      else structure_loss(logits, target)
+    )
     parts[f"loss_{key}"] = mean(per_sample)
   loss = parts["loss_o1"] + parts["loss_o2"] + parts["loss_o3"]
   if "edge" in outputs and loss_config.edge_weight > 0:
-    edge_dice = soft_dice_loss(outputs["edge"][..., 0].astype(jnp.float32), boundary_target(target),
-                               loss_config.dice_smooth)
+    edge_dice = soft_dice_loss(
+      outputs["edge"][..., 0].astype(jnp.float32), boundary_target(target), loss_config.dice_smooth
+    )
     parts["loss_edge"] = mean(edge_dice)
     loss = loss + loss_config.edge_weight * parts["loss_edge"]
   parts["loss"] = loss

@@ -4,7 +4,8 @@ Element-wise gradient clip, coupled L2 weight decay added to the gradient before
 Adam does), Adam(0.9, 0.99, 1e-8), and a poly schedule that is constant within an epoch:
 lr(e) = lr0 * (1 - e / epochs) ** power for 0-based epoch e.
 """
-from typing import Callable
+
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
@@ -12,15 +13,18 @@ import optax
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      lr=1e-4, poly_power=0.9, grad_clip=0.5, weight_decay=1e-5, b1=0.9, b2=0.99, eps=1e-8))
+  return ml_collections.ConfigDict(
+    dict(lr=1e-4, poly_power=0.9, grad_clip=0.5, weight_decay=1e-5, b1=0.9, b2=0.99, eps=1e-8)
+  )
 
 
-def poly_epoch_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
-                        epochs: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
+def poly_epoch_schedule(
+  config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int
+) -> Callable[[jnp.ndarray], jnp.ndarray]:
   def schedule(step):
     epoch = jnp.floor_divide(step, steps_per_epoch)
     return config.lr * jnp.maximum(1.0 - epoch / epochs, 0.0) ** config.poly_power
+
   return schedule
 
 
@@ -32,6 +36,8 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, epoc
     transforms.append(optax.clip(config.grad_clip))
   if config.weight_decay:
     transforms.append(optax.add_decayed_weights(config.weight_decay))
-  transforms += [optax.scale_by_adam(config.b1, config.b2, config.eps),
-                 optax.scale_by_learning_rate(schedule)]
+  transforms += [
+    optax.scale_by_adam(config.b1, config.b2, config.eps),
+    optax.scale_by_learning_rate(schedule),
+  ]
   return optax.chain(*transforms), schedule

@@ -5,14 +5,16 @@ and optimiser state are replicated, or with fsdp > 1 sharded along their largest
 dimension when they are large enough to be worth it. The same code runs on one CPU, on fake CPU
 devices and on a pod.
 """
-from typing import Any, Tuple
+
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -31,7 +33,7 @@ class TrainState:
 
 def default_mesh_config() -> ml_collections.ConfigDict:
   # data = -1 takes every device left after fsdp.
-  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 18))
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
@@ -39,8 +41,10 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   fsdp = mesh_config.fsdp
   data = mesh_config.data if mesh_config.data > 0 else len(devices) // max(fsdp, 1)
   if data * fsdp != len(devices):
-    raise ValueError(f"config.mesh data={mesh_config.data} x fsdp={fsdp} does not match the "
-                     f"{len(devices)} available devices")
+    raise ValueError(
+      f"config.mesh data={mesh_config.data} x fsdp={fsdp} does not match the "
+      f"{len(devices)} available devices"
+    )
   return Mesh(np.asarray(devices).reshape(data, fsdp), BATCH_AXES)
 
 
@@ -69,16 +73,22 @@ def param_sharding(abstract_tree, mesh: Mesh, min_size: int):
   return jax.tree_util.tree_map(spec, abstract_tree)
 
 
-def create_state(model, tx, image_shape: Tuple[int, ...], rng: jax.Array, mesh: Mesh,
-                 min_size: int) -> Tuple[TrainState, TrainState]:
+def create_state(
+  model, tx, image_shape: tuple[int, ...], rng: jax.Array, mesh: Mesh, min_size: int
+) -> tuple[TrainState, TrainState]:
   """Initialises the state directly in its sharded layout; returns (state, its shardings)."""
+
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng}, jnp.zeros(image_shape, jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      rng=state_rng)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+      rng=state_rng,
+    )
 
   abstract = jax.eval_shape(init, rng)
   shardings = param_sharding(abstract, mesh, min_size)
@@ -90,4 +100,5 @@ def global_batch(local_batch, mesh: Mesh):
   """Per-host numpy arrays -> global jax arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+  )

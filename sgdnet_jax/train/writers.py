@@ -2,9 +2,11 @@
 
 Only process 0 writes files; other processes log only.
 """
+
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -19,12 +21,14 @@ class MetricsWriter:
   """Scalars to clu's writer and, on process 0, one JSON object per call to metrics.jsonl."""
 
   def __init__(self, workdir: str):
-    from clu import metric_writers  # Imports TensorFlow: only the training loop pays for it.
     import tensorflow as tf
+    from clu import metric_writers  # Imports TensorFlow: only the training loop pays for it.
+
     tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory.
     self.is_main = jax.process_index() == 0
-    self._clu = metric_writers.create_default_writer(workdir, just_logging=not self.is_main,
-                                                     asynchronous=False)
+    self._clu = metric_writers.create_default_writer(
+      workdir, just_logging=not self.is_main, asynchronous=False
+    )
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
