@@ -6,7 +6,8 @@
 
 Prints images/s of the prepared-data pipeline (256x256, batch 16) without and with every
 augmentation (flips, right-angle rotations, ShiftScaleRotate p=0.5, colour jitter), then the
-images/s of a jitted forward + backward of the model (gradient of BCE on o1, no optimiser update), and
+images/s of a jitted forward + backward of the model (gradient of BCE on o1, no optimiser update),
+and
 writes everything to benchmarks/results/input_pipeline.json. Without --data it uses the
 embedded demo dataset under runs/demo_data (generated on first use). The pipeline should deliver
 at least 3x what the step consumes.

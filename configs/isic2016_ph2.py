@@ -8,7 +8,8 @@ images (`--split test`).
   python -m sgdnet_jax.main prepare --dataset ph2 --source ~/PH2Dataset --out data/ph2
   python -m sgdnet_jax.main train --config configs/isic2016_ph2.py:variant=sgdnet --workdir runs/ph2
   python -m sgdnet_jax.main evaluate --config configs/isic2016_ph2.py --workdir runs/ph2 --split ph2
-  python -m sgdnet_jax.main evaluate --config configs/isic2016_ph2.py --workdir runs/ph2 --split test
+  python -m sgdnet_jax.main evaluate --config configs/isic2016_ph2.py --workdir runs/ph2 \
+      --split test
 
 Arguments: variant, num_classes (1 sigmoid, 2 softmax), data (prepared ISIC 2016), ph2 (prepared
 PH2).

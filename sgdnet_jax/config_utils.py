@@ -13,12 +13,14 @@ from typing import Any
 
 import ml_collections
 
+from sgdnet_jax import errors
+
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Loads `file.py[:arg]` via its `get_config(arg)` and applies `--config.x.y=value` overrides."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.ConfigError(
       f"config file {path!r} does not exist (expected configs/<experiment>.py)"
     )
   # Configs import `configs.common`: make the folder above `configs/` importable.
@@ -29,8 +31,11 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"config file {path!r} has no get_config(arg) function")
-  config = module.get_config(arg or None)
+    raise errors.ConfigError(f"config file {path!r} has no get_config(arg) function")
+  try:
+    config = module.get_config(arg or None)
+  except (ValueError, KeyError) as error:  # Argument parsing in the config file itself.
+    raise errors.ConfigError(f"{spec}: {error}") from None
   apply_overrides(config, overrides)
   return config
 
@@ -41,13 +46,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   while items:
     item = items.pop(0)
     if not item.startswith("--config."):
-      raise ValueError(
+      raise errors.ConfigError(
         f"unexpected argument {item!r} (overrides look like --config.model.num_classes=2)"
       )
     key, sep, value = item[len("--config.") :].partition("=")
     if not sep:
       if not items:
-        raise ValueError(f"override {item!r} has no value")
+        raise errors.ConfigError(f"override {item!r} has no value")
       value = items.pop(0)
     set_path(config, key, parse_value(value))
 
@@ -68,12 +73,14 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
   target = config
   for index, parent in enumerate(parents):
     if parent not in target:
-      raise KeyError(
+      raise errors.ConfigError(
         f"--config.{dotted}: no field {'.'.join(parents[: index + 1])!r} in the config"
       )
     target = target[parent]
   if leaf not in target:
-    raise KeyError(f"--config.{dotted}: no field {dotted!r}; known: {sorted(target.keys())}")
+    raise errors.ConfigError(
+      f"--config.{dotted}: no field {dotted!r}; known: {sorted(target.keys())}"
+    )
   current = target[leaf]
   if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)

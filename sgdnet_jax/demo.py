@@ -1,36 +1,61 @@
-"""`demo`: the main job on the embedded data, end to end (what `make demo` runs).
-
-  python -m sgdnet_jax.main demo [--config configs/demo.py] [--workdir runs/demo] [--config.x=y]
+"""The main job on the embedded data, end to end (what `make demo` runs).
 
 Generates and prepares the synthetic dermoscopy dataset (once), trains, evaluates the held-out
 test split into `<workdir>/eval/test.json`, and draws predictions into `<workdir>/predictions`.
-Running it again resumes or reuses what is already there.
+Running it again resumes or reuses what is already there. This module wires the synthetic
+generator to `prepare`; neither of those knows the other.
 """
 
-import argparse
 import json
 import os
 import pathlib
 import time
 
-from sgdnet_jax import config_utils
+import ml_collections
+
+from sgdnet_jax import errors, evaluate, predict
+from sgdnet_jax.data import prepare, synthetic
+from sgdnet_jax.train import loop
 
 
-def main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="sgdnet_jax.main demo", description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/demo.py")
-  parser.add_argument("--workdir", default="runs/demo")
-  args, overrides = parser.parse_known_args(argv)
-  config = config_utils.load_config(args.config, overrides)
+def ensure_demo_dataset(
+  root: os.PathLike,
+  *,
+  num_cases: int = 300,
+  image_size: int = 256,
+  prepared_size: int = 0,
+  progress: bool = False,
+) -> pathlib.Path:
+  """The prepared demo dataset under `root` (generated and prepared on first use); idempotent.
+
+  Writes `root/source` (folder layout) and `root/prepared` (prepared dataset, protocol
+  `seeded_712`), and returns the latter. `prepared_size` defaults to `image_size`.
+  """
+
+  root = pathlib.Path(root)
+  size = prepared_size or image_size
+  source = synthetic.generate_folder_dataset(
+    root / "source", num_cases=num_cases, image_size=image_size
+  )
+  prepared = root / "prepared"
+  report_path = prepared / "report.json"
+  if report_path.is_file():
+    report = json.loads(report_path.read_text())
+    manifest = json.loads((source / synthetic.MANIFEST).read_text())
+    if report.get("synthetic") == manifest and report["image_size"] == size:
+      return prepared
+  prepare.prepare("synthetic", source, prepared, size=size, overwrite=True, progress=progress)
+  return prepared
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Data, training, evaluation and pictures; prints the figures and returns them."""
   start = time.time()
-  from sgdnet_jax import evaluate, predict  # After argument errors, which should not wait for JAX.
-  from sgdnet_jax.data import synthetic
-  from sgdnet_jax.train import loop
-
   prepared = pathlib.Path(config.data.dir)
   if prepared.name != "prepared":
-    raise ValueError(
-      f"config.data.dir={config.data.dir!r}: the demo prepares its data into <root>/prepared"
+    raise errors.ConfigError(
+      f"config.data.dir={config.data.dir!r}: the demo prepares its data into <root>/prepared; "
+      "give a folder named 'prepared'"
     )
   size = config.data.image_size
   print(
@@ -38,13 +63,13 @@ def main(argv) -> int:
     f"prepared at {size} px)",
     flush=True,
   )
-  synthetic.ensure_demo_dataset(
+  ensure_demo_dataset(
     prepared.parent, num_cases=config.demo_cases, image_size=2 * size, prepared_size=size
   )
-  summary = loop.train_and_evaluate(config, args.workdir)
-  result = evaluate.evaluate(config, args.workdir, "test", "train")
+  summary = loop.train_and_evaluate(config, workdir)
+  result = evaluate.evaluate(config, workdir, "test", "train")
   out, count = predict.predict(
-    config, args.workdir, os.path.join(args.workdir, "predictions"), split="test", limit=24
+    config, workdir, os.path.join(workdir, "predictions"), split="test", limit=24
   )
   minutes = (time.time() - start) / 60
   print(
@@ -56,21 +81,10 @@ def main(argv) -> int:
     f"Dice {result['dice']:.4f}  IoU {result['iou']:.4f}  HD95 {result['hd95']:.2f} px  "
     f"ASSD {result['assd']:.2f} px"
   )
-  print(f"results:   {os.path.join(args.workdir, 'eval', 'test.json')} (per case: test_cases.csv)")
+  print(f"results:   {os.path.join(workdir, 'eval', 'test.json')} (per case: test_cases.csv)")
   print(f"pictures:  {out / 'overview.png'} and {out / 'panels'} ({count} cases)")
-  print(
-    f"metrics:   {os.path.join(args.workdir, 'metrics.jsonl')} and TensorBoard events in "
-    f"{args.workdir}"
-  )
-  print(
-    json.dumps(
-      {
-        "minutes": round(minutes, 2),
-        "dice": result["dice"],
-        "iou": result["iou"],
-        "hd95": result["hd95"],
-        "assd": result["assd"],
-      }
-    )
-  )
-  return 0
+  print(f"metrics:   {os.path.join(workdir, 'metrics.jsonl')} and TensorBoard events in {workdir}")
+  figures = {key: result[key] for key in ("dice", "iou", "hd95", "assd")}
+  figures["minutes"] = round(minutes, 2)
+  print(json.dumps(figures))
+  return figures

@@ -10,7 +10,6 @@ resolution the foreground probability is resized bilinearly to each case's origi
 compared with the original mask.
 """
 
-import argparse
 import csv
 import io
 import json
@@ -23,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import config_utils, distributed, metrics, models, variables_io
+from sgdnet_jax import distributed, metrics, models, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import losses
 from sgdnet_jax.train import state as state_lib
@@ -193,19 +192,3 @@ def _write_atomic(path: str, text: str):
   with open(path + ".tmp", "w") as f:
     f.write(text)
   os.replace(path + ".tmp", path)
-
-
-def main(argv) -> int:
-  parser = argparse.ArgumentParser(
-    prog="sgdnet_jax.main evaluate", description=__doc__.split("\n")[0]
-  )
-  parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
-  parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
-  parser.add_argument("--split", default="test", help="train, val, test or a data.extra_eval name")
-  parser.add_argument("--resolution", default="train", choices=RESOLUTIONS)
-  args, overrides = parser.parse_known_args(argv)
-  config = config_utils.load_config(args.config, overrides)
-  result = evaluate(config, args.workdir, args.split, args.resolution)
-  numbers = {k: v for k, v in result.items() if isinstance(v, float)}
-  print(json.dumps({"split": result["split"], "n_total": result["n_total"], **numbers}))
-  return 0

@@ -1,33 +1,61 @@
-"""Command-line entry point: `python -m sgdnet_jax.main <command> ...`.
+"""Command-line entry point: `python -m sgdnet_jax.main <command> [--debug] ...`.
 
-Each command lives in its own module and is imported only when it runs, so that
-`summary` does not pay for the data stack and `prepare` does not pay for the model.
+Every command lives in `sgdnet_jax/cli/<command>.py` and is imported only when it runs, so that
+`config` does not pay for JAX and `prepare` does not pay for the model. A mistake the user can
+fix (`errors.UserError`, a missing or unwritable path) prints one line and exits 2; `--debug`
+shows its traceback. Anything else is a bug and keeps its traceback.
 """
 
 import importlib
 import sys
 
-# command name -> "module:function"; the function takes argv (list of str) and returns an exit code.
-COMMANDS = {
-  "summary": "sgdnet_jax.summary:main",
-  "train": "sgdnet_jax.train.cli:main",
-  "evaluate": "sgdnet_jax.evaluate:main",
-  "predict": "sgdnet_jax.predict:main",
-  "demo": "sgdnet_jax.demo:main",
-  "prepare": "sgdnet_jax.data.prepare:main",
-  "convert": "sgdnet_jax.porting.cli:convert_main",
-  "export-torch": "sgdnet_jax.porting.cli:export_main",
-}
+from sgdnet_jax import errors
+
+COMMANDS = (
+  "config",
+  "convert",
+  "demo",
+  "evaluate",
+  "export-torch",
+  "predict",
+  "prepare",
+  "summary",
+  "train",
+)
+PATH_ERRORS = (
+  FileNotFoundError,
+  FileExistsError,
+  PermissionError,
+  IsADirectoryError,
+  NotADirectoryError,
+)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv
+  argv = [arg for arg in argv if arg != "--debug"]
   if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-    names = ", ".join(sorted(COMMANDS))
-    print(f"usage: python -m sgdnet_jax.main <command> [args]\ncommands: {names}", file=sys.stderr)
+    print(
+      f"usage: python -m sgdnet_jax.main <command> [--debug] [args]\n"
+      f"commands: {', '.join(COMMANDS)}",
+      file=sys.stderr,
+    )
     return 0 if argv and argv[0] in ("-h", "--help") else 2
-  module_name, func_name = COMMANDS[argv[0]].split(":")
-  return getattr(importlib.import_module(module_name), func_name)(argv[1:]) or 0
+  command = importlib.import_module(f"sgdnet_jax.cli.{argv[0].replace('-', '_')}")
+  try:
+    return command.main(argv[1:]) or 0
+  except (errors.UserError, *PATH_ERRORS) as error:
+    if debug:
+      raise
+    print(f"error: {_one_line(error)}", file=sys.stderr)
+    return 2
+
+
+def _one_line(error: BaseException) -> str:
+  if isinstance(error, OSError) and error.filename is not None:
+    return f"{error.strerror or type(error).__name__}: {error.filename}"
+  return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

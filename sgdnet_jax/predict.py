@@ -9,7 +9,6 @@ known | the foreground probability | the SGE edge map when the model has one); `
 tiles the first panels. The model is the workdir's best checkpoint (or a `convert` output).
 """
 
-import argparse
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from sgdnet_jax import config_utils, models, variables_io
+from sgdnet_jax import models, variables_io
 from sgdnet_jax.data import augment, images, pipeline
 from sgdnet_jax.train import losses
 
@@ -168,34 +167,3 @@ def predict(
   if panels:
     _write_png(out / "overview.png", np.concatenate(panels, axis=0))
   return out, written
-
-
-def main(argv) -> int:
-  parser = argparse.ArgumentParser(
-    prog="sgdnet_jax.main predict", description=__doc__.split("\n")[0]
-  )
-  parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
-  parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
-  parser.add_argument("--images", nargs="*", default=[], help="image files and/or folders")
-  parser.add_argument(
-    "--split", default="", help="a split of the config's prepared dataset instead"
-  )
-  parser.add_argument("--out", default="", help="default: <workdir>/predictions")
-  parser.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
-  args, overrides = parser.parse_known_args(argv)
-  if bool(args.images) == bool(args.split):
-    parser.error("give either --images or --split")
-  config = config_utils.load_config(args.config, overrides)
-  out, count = predict(
-    config,
-    args.workdir,
-    args.out or os.path.join(args.workdir, "predictions"),
-    args.images,
-    args.split,
-    args.limit,
-  )
-  print(
-    f"wrote {count} masks to {out / 'masks'} and pictures to {out / 'panels'} "
-    f"(overview: {out / 'overview.png'})"
-  )
-  return 0

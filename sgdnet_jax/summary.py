@@ -1,14 +1,12 @@
 """`summary`: parameter counts per module, BN statistics, constants, GMACs and executed FLOPs.
 
-  python -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2 [--json]
+  python -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
 
 GMACs follow the paper's convention (multiply-accumulates of convolutions and matrix products,
 counting the dense C->C Sobel convolutions the reference SGE executes, SPEC §0.2, §6); the executed
 FLOPs are what XLA's cost analysis reports for the compiled eval forward.
 """
 
-import argparse
-import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgdnet_jax import config_utils, models
+from sgdnet_jax import models
 
 PAPER_GMACS = {"sgdnet": 36.23, "cto": 22.70}
 
@@ -139,24 +137,3 @@ def print_table(result: dict[str, Any]):
   print(f"GMACs (paper convention): {result['gmacs_paper']:.3f}{suffix}")
   if "flops_executed" in result:
     print(f"executed GFLOPs (XLA cost analysis): {result['flops_executed'] / 1e9:.3f}")
-
-
-def main(argv) -> int:
-  parser = argparse.ArgumentParser(
-    prog="sgdnet_jax.main summary", description=__doc__.split("\n")[0]
-  )
-  parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
-  parser.add_argument(
-    "--image-size", type=int, default=None, help="default: config.data.image_size"
-  )
-  parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
-  parser.add_argument("--json", action="store_true", help="end with one JSON line")
-  args, overrides = parser.parse_known_args(argv)
-  config = config_utils.load_config(args.config, overrides)
-  result = summarize(
-    config, args.image_size or config.data.image_size, compile_flops=not args.no_compile
-  )
-  print_table(result)
-  if args.json:
-    print(json.dumps(result))
-  return 0

@@ -1,4 +1,4 @@
-"""The upstream state_dict key tables, vendored in third_party/reference_keys (from shared/reference)."""
+"""The upstream state_dict key tables, vendored in third_party/reference_keys."""
 
 import csv
 import pathlib

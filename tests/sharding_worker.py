@@ -19,10 +19,10 @@ import jax
 
 jax.config.update("jax_default_prng_impl", "rbg")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sgdnet_jax import config_utils, models  # noqa: E402
-from sgdnet_jax.train import loop, losses, optimizer  # noqa: E402
+from sgdnet_jax import config_utils, models
+from sgdnet_jax.train import loop, losses, optimizer
 from sgdnet_jax.train import state as state_lib
 
 

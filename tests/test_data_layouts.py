@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax.data import layouts, replicas
+from sgdnet_jax.data import layouts
+from tests import replicas
 
 
 @pytest.mark.parametrize("nested", [False, True])

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from sgdnet_jax.data import augment, pipeline, prepare, prepared, replicas
+from sgdnet_jax.data import augment, pipeline, prepare
+from sgdnet_jax.data import dataset as dataset_lib
+from tests import replicas
 
 SIZE = 32
 NUM_CASES = 20  # seeded_712 -> 14 train / 2 val / 4 test
@@ -166,7 +168,7 @@ def test_configuration_errors_are_clear(data_config):
     folded.fold = 1
     pipeline.split_size(folded, "train")
   with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
-    prepared.PreparedDataset(data_config.extra_eval.ph2.dir + "/tfds")
+    dataset_lib.PreparedDataset(data_config.extra_eval.ph2.dir + "/tfds")
 
 
 def _coded_example(size=SIZE):

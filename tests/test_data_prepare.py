@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from sgdnet_jax import main as cli
-from sgdnet_jax.data import prepare, prepared, replicas
+from sgdnet_jax.data import dataset as dataset_lib
+from sgdnet_jax.data import prepare
+from tests import replicas
 
 SIZE = 32
 
@@ -34,7 +36,7 @@ def test_file_layouts_prepare_records_and_native_masks(tmp_path, dataset, write,
   source = write(tmp_path / "source", nested=True)
   report = _prepare(dataset, source, tmp_path / "out")
   assert {s: c["prepared"] for s, c in report["counts"].items() if c["prepared"]} == counts
-  data = prepared.PreparedDataset(tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
   assert len(data.cases) == sum(counts.values())
   for case in data.cases:
     record = data.record(case)
@@ -78,7 +80,7 @@ def test_conic_keeps_instances_and_classes(tmp_path):
   assert report["notes"]["mask is empty (no foreground)"] == ["00000", "00004", "00008"]
   labels = np.load(source / "labels.npy")
   images = np.load(source / "images.npy")
-  data = prepared.PreparedDataset(tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
   for case in data.cases:
     record = data.record(case)
     np.testing.assert_array_equal(record["image"], images[case.index])
@@ -91,7 +93,7 @@ def test_conic_keeps_instances_and_classes(tmp_path):
 def test_prepare_resizes_to_the_requested_size(tmp_path):
   source = replicas.write_conic(tmp_path / "source", num_patches=4, size=32)
   prepare.prepare("conic", source, tmp_path / "out", size=16, progress=False)
-  data = prepared.PreparedDataset(tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
   record = data.record(data.cases[1])
   assert record["image"].shape == (16, 16, 3) and record["instances"].shape == (16, 16)
   assert data.native_mask(data.cases[1].case_id).shape == (32, 32)
@@ -172,7 +174,7 @@ def test_no_strict_skips_and_reports_the_cases(tmp_path):
   assert report["skipped"] == ["ISIC_0000001", "ISIC_0000003"]
   assert sorted(p["kind"] for p in report["problems"]) == ["missing_mask", "non_binary_mask"]
   assert report["counts"]["train"]["prepared"] == 2
-  data = prepared.PreparedDataset(tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
   assert [c.case_id for c in data.cases] == ["ISIC_0000000", "ISIC_0000002"]
   fold = data.protocol("medi_seg_5fold")["folds"][0]
   assert sorted(fold["train"] + fold["val"] + fold["test"]) == ["ISIC_0000000", "ISIC_0000002"]
@@ -210,7 +212,7 @@ def test_grayscale_and_rgba_images_are_converted_with_a_note(tmp_path):
     "alpha channel dropped": ["case_01"],
     "grayscale expanded to RGB": ["case_00"],
   }
-  data = prepared.PreparedDataset(tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
   gray = data.record(data.case("case_00"))["image"]
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
 
@@ -233,7 +235,7 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
   assert cli.main(args) == 0
   assert "prepared ph2 into" in capsys.readouterr().out
   (source / "PH2Dataset/PH2 Dataset images/IMD003/IMD003_lesion/IMD003_lesion.bmp").unlink()
-  assert cli.main(args + ["--overwrite"]) == 1
+  assert cli.main(args + ["--overwrite"]) == 2
   err = capsys.readouterr().err
   assert (
     "image without mask: PH2Dataset/PH2 Dataset images/IMD003/IMD003_Dermoscopic_Image/"
@@ -253,7 +255,7 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
         str(tmp_path / "x"),
       ]
     )
-    == 1
+    == 2
   )
   assert "not a folder" in capsys.readouterr().err
 

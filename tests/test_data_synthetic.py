@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax.data import prepared, synthetic
+from sgdnet_jax import demo
+from sgdnet_jax.data import dataset as dataset_lib
+from sgdnet_jax.data import synthetic
 
 
 def test_render_case_is_deterministic_and_plausible():
@@ -41,12 +43,12 @@ def test_generate_refuses_a_folder_with_other_files(tmp_path):
 
 
 def test_ensure_demo_dataset_prepares_once(tmp_path):
-  prepared_dir = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32)
-  data = prepared.PreparedDataset(prepared_dir)
+  prepared_dir = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32)
+  data = dataset_lib.PreparedDataset(prepared_dir)
   assert data.report["dataset"] == "synthetic" and data.image_size == 32
   assert [len(data.split("", 0, s)) for s in ("train", "val", "test")] == [7, 1, 2]
   stamp = (prepared_dir / "report.json").stat().st_mtime_ns
-  assert synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32) == prepared_dir
+  assert demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32) == prepared_dir
   assert (prepared_dir / "report.json").stat().st_mtime_ns == stamp
-  smaller = synthetic.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32, prepared_size=16)
-  assert prepared.PreparedDataset(smaller).image_size == 16
+  smaller = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32, prepared_size=16)
+  assert dataset_lib.PreparedDataset(smaller).image_size == 16

@@ -18,9 +18,11 @@ import pytest
 import torch
 
 from configs import common
+from sgdnet_jax import main as main_lib
 from sgdnet_jax import models, porting, variables_io
+from sgdnet_jax.cli import convert as convert_cli
+from sgdnet_jax.cli import export_torch as export_cli
 from sgdnet_jax.models import layers, res2net, sgdc, sge
-from sgdnet_jax.porting import cli
 from tests import reference_tables
 from third_party.torch_reference import sge as torch_sge
 
@@ -382,7 +384,7 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
     )
     return _materialise(abstract, seed)
 
-  monkeypatch.setattr(cli, "_initial_variables", initial_variables)
+  monkeypatch.setattr(convert_cli, "_initial_variables", initial_variables)
   torch.manual_seed(0)
   reference = torch_sge.SGE(s4_in=512, s1_in=64, mid=32, guide_ch=8, bottleneck=32)
   checkpoint = str(tmp_path / "sge.pth")
@@ -390,7 +392,7 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
   out = str(tmp_path / "converted")
   config = os.path.join(ROOT, "configs", "test.py")
   assert (
-    cli.convert_main(
+    convert_cli.main(
       ["--torch", checkpoint, "--layout", "sge", "--config", config, "--out", out, "--seed", "3"]
     )
     == 0
@@ -411,7 +413,7 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
   )
 
   exported = str(tmp_path / "sge.safetensors")
-  assert cli.export_main(["--workdir", out, "--layout", "sge", "--out", exported]) == 0
+  assert export_cli.main(["--workdir", out, "--layout", "sge", "--out", exported]) == 0
   from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
 
   state = load_file(exported)
@@ -430,11 +432,11 @@ def test_convert_command_for_a_whole_network(tmp_path):
   out = str(tmp_path / "converted")
   spec = os.path.join(ROOT, "configs", "isic2018.py") + ":variant=sgdnet,num_classes=2"
   assert (
-    cli.convert_main(["--torch", checkpoint, "--layout", "sgdnet", "--config", spec, "--out", out])
+    convert_cli.main(["--torch", checkpoint, "--layout", "sgdnet", "--config", spec, "--out", out])
     == 0
   )
   exported = str(tmp_path / "sgdnet.pth")
-  assert cli.export_main(["--workdir", out, "--layout", "sgdnet", "--out", exported]) == 0
+  assert export_cli.main(["--workdir", out, "--layout", "sgdnet", "--out", exported]) == 0
   back = porting.read_state_dict(exported)
   assert set(back) == set(state)
   _, report = porting.load_torch(back, "sgdnet", template("sgdnet"))
@@ -446,20 +448,21 @@ def test_convert_command_for_a_whole_network(tmp_path):
 def test_convert_command_checks_layout_against_the_config(tmp_path, capsys):
   config = os.path.join(ROOT, "configs", "test.py") + ":variant=sgdnet"
   with pytest.raises(SystemExit):
-    cli.convert_main(
+    convert_cli.main(
       ["--torch", "x.pth", "--layout", "cto", "--config", config, "--out", str(tmp_path / "o")]
     )
   assert "layout 'cto' fills the 'cto' network" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    cli.convert_main(
+    convert_cli.main(
       ["--torch", "x.pth", "--layout", "sgdc", "--config", config, "--out", str(tmp_path / "o")]
     )
   capsys.readouterr()
   notes = tmp_path / "notes.pth"
   notes.write_text("not weights")
   assert (
-    cli.convert_main(
+    main_lib.main(
       [
+        "convert",
         "--torch",
         str(notes),
         "--layout",
@@ -470,7 +473,7 @@ def test_convert_command_checks_layout_against_the_config(tmp_path, capsys):
         str(tmp_path / "o"),
       ]
     )
-    == 1
+    == 2
   )
-  assert f"convert: {notes}: not a PyTorch checkpoint" in capsys.readouterr().err
+  assert f"error: {notes}: not a PyTorch checkpoint" in capsys.readouterr().err
   assert not (tmp_path / "o").exists()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgdnet_jax import config_utils, main
+from sgdnet_jax import config_utils, errors, main
 
 
 def test_summary_json_line(capsys):
@@ -28,9 +28,9 @@ def test_config_overrides_and_errors():
   assert config.model.sgdc.kernel_size == 5 and config.model.dtype == "bfloat16"
   with pytest.raises(ValueError, match="unknown config argument 'folds'"):
     config_utils.load_config("configs/isic2018.py:folds=3")
-  with pytest.raises(KeyError, match="no field 'model.sgdc.kernel'"):
+  with pytest.raises(errors.ConfigError, match="no field 'model.sgdc.kernel'"):
     config_utils.load_config("configs/isic2018.py", ["--config.model.sgdc.kernel=5"])
-  with pytest.raises(FileNotFoundError, match="configs/nope.py"):
+  with pytest.raises(errors.ConfigError, match="configs/nope.py"):
     config_utils.load_config("configs/nope.py")
   with pytest.raises(ValueError, match="expected an integer"):
     config_utils.load_config("configs/isic2018.py:fold=x")

@@ -1,4 +1,4 @@
-"""Training: loss values, optimiser parity, exact resume, preemption, non-finite stop, evaluation."""
+"""Training: losses, optimiser parity, exact resume, preemption, non-finite stop, evaluation."""
 
 import json
 import math

@@ -14,9 +14,9 @@ TRAIN_CONFIG = "configs/test.py:variant=baseline"
 
 def tiny_dataset(root: pathlib.Path, image_size: int = IMAGE_SIZE) -> str:
   """24 synthetic cases (32 px by default), prepared (train 16 / val 2 / test 6, seeded_712)."""
-  from sgdnet_jax.data import synthetic
+  from sgdnet_jax import demo
 
-  return str(synthetic.ensure_demo_dataset(root, num_cases=24, image_size=image_size))
+  return str(demo.ensure_demo_dataset(root, num_cases=24, image_size=image_size))
 
 
 def overrides(data_dir: str, **fields) -> list:

@@ -51,7 +51,7 @@ Training and evaluation (`pipeline`):
   pipeline.resolve_split(data_config, split) -> (PreparedDataset, case ids)
   pipeline.split_size(data_config, split) -> int
 
-  prepared.PreparedDataset(dir): .report, .cases, .case(case_id) (original paths and size),
+  dataset.PreparedDataset(dir): .report, .cases, .case(case_id) (original paths and size),
     .split(protocol, fold, split), .record(case), .native_mask(case_id) -> (H, W) bool at the
     original resolution (stored in the prepared data, so the download is not needed).
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sgdnet_jax import errors
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # Subset names: the partitions as released ("full" where a release has one; tfds reserves "all").
@@ -45,7 +47,7 @@ PROBLEM_KINDS = {
 }
 
 
-class LayoutError(ValueError):
+class LayoutError(errors.UserError, ValueError):
   """The source folder does not hold the layout of the requested dataset."""
 
 

@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from sgdnet_jax.data import augment, prepared
+from sgdnet_jax.data import augment
+from sgdnet_jax.data import dataset as dataset_lib
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -61,10 +62,10 @@ def _per_host(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _open(data_config: ml_collections.ConfigDict, directory: str) -> prepared.PreparedDataset:
+def _open(data_config: ml_collections.ConfigDict, directory: str) -> dataset_lib.PreparedDataset:
   if not directory:
     raise ValueError("data.dir is empty: expected a prepared dataset folder (see `prepare`)")
-  dataset = prepared.PreparedDataset(directory)
+  dataset = dataset_lib.PreparedDataset(directory)
   if dataset.image_size != data_config.image_size:
     raise ValueError(
       f"{directory} was prepared at {dataset.image_size}x{dataset.image_size} but "
@@ -76,7 +77,7 @@ def _open(data_config: ml_collections.ConfigDict, directory: str) -> prepared.Pr
 
 def resolve_split(
   data_config: ml_collections.ConfigDict, split: str
-) -> tuple[prepared.PreparedDataset, list[str]]:
+) -> tuple[dataset_lib.PreparedDataset, list[str]]:
   """The prepared dataset and case ids of `split`: a protocol split name or an extra_eval name."""
   if split in data_config.extra_eval:
     if split in (data_config.train_split, data_config.val_split, data_config.test_split):
@@ -122,7 +123,7 @@ def make_train_iterator(
       f"split {data_config.train_split!r} of {dataset.directory} has "
       f"{len(case_ids)} cases, fewer than one global batch ({global_batch_size})"
     )
-  ds = grain.MapDataset.source(prepared.SplitSource(dataset, case_ids))
+  ds = grain.MapDataset.source(dataset_lib.SplitSource(dataset, case_ids))
   ds = ds.seed(seed).shuffle().repeat()
   augmenter = augment.Augment(data_config.augment)
   if augmenter.active:
@@ -142,7 +143,7 @@ def make_train_iterator(
 class _EvalExample:
   """Position in the split (or -1 for padding) -> a full evaluation example."""
 
-  def __init__(self, source: prepared.SplitSource):
+  def __init__(self, source: dataset_lib.SplitSource):
     self.source = source
     size = source.dataset.image_size
     self.padding = {
@@ -200,7 +201,9 @@ def make_eval_iterator(
   steps = math.ceil(len(case_ids) / global_batch_size)
   positions = list(range(process_index, len(case_ids), process_count))
   positions += [-1] * (steps * per_host - len(positions))
-  ds = grain.MapDataset.source(positions).map(_EvalExample(prepared.SplitSource(dataset, case_ids)))
+  ds = grain.MapDataset.source(positions).map(
+    _EvalExample(dataset_lib.SplitSource(dataset, case_ids))
+  )
   return iter(ds.batch(per_host).to_iter_dataset(_read_options(data_config)))
 
 

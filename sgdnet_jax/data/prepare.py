@@ -22,7 +22,6 @@ Strict mode (the default) fails, after checking everything, with one message nam
 offending file; `--no-strict` skips those cases and lists them in report.json.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -39,6 +38,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
+from sgdnet_jax import errors
 from sgdnet_jax.data import images, layouts, splits, synthetic
 
 # Dataset name -> the layout it is read with.
@@ -48,7 +48,7 @@ SUBSET_ORDER = (layouts.TRAIN, layouts.VALIDATION, layouts.TEST, layouts.FULL)
 BUILDER_VERSION = "1.0.0"
 
 
-class PreparationError(RuntimeError):
+class PreparationError(errors.UserError, RuntimeError):
   """The source cannot be prepared; the message says why and names the files."""
 
 
@@ -441,49 +441,3 @@ def _check_written(builder: PreparedSegmentation, cases: list[dict]) -> None:
         f"the {subset} records are not in generation order; "
         "the ArrayRecord writer did not keep disable_shuffling"
       )
-
-
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m sgdnet_jax.main prepare",
-    description="Check a downloaded dataset and write it once as a prepared dataset.",
-  )
-  parser.add_argument("--dataset", required=True, choices=DATASETS)
-  parser.add_argument(
-    "--source", required=True, help="the unpacked download (for synthetic: where to generate it)"
-  )
-  parser.add_argument("--out", required=True, help="the prepared dataset folder to write")
-  parser.add_argument("--size", type=int, default=256, help="training size (square)")
-  parser.add_argument(
-    "--no-strict",
-    dest="strict",
-    action="store_false",
-    help="skip problematic cases (listed in report.json) instead of failing",
-  )
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  parser.add_argument("--split-seed", type=int, default=0, help="seed of the seeded protocols")
-  parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs)")
-  parser.add_argument("--num-cases", type=int, default=300, help="synthetic only: cases to make")
-  args = parser.parse_args(argv)
-  try:
-    if args.dataset == "synthetic":
-      synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
-    report = prepare(
-      args.dataset,
-      args.source,
-      args.out,
-      size=args.size,
-      strict=args.strict,
-      overwrite=args.overwrite,
-      split_seed=args.split_seed,
-      workers=args.workers,
-    )
-  except (layouts.LayoutError, PreparationError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  counts = ", ".join(f"{s} {c['prepared']}" for s, c in report["counts"].items())
-  print(
-    f"prepared {args.dataset} into {args.out}: {counts}; {len(report['skipped'])} skipped, "
-    f"{len(report['warnings'])} warning(s); protocols: {', '.join(report['protocols'])}"
-  )
-  return 0

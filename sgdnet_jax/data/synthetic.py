@@ -135,32 +135,3 @@ def generate_folder_dataset(
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return root
-
-
-def ensure_demo_dataset(
-  root: os.PathLike,
-  *,
-  num_cases: int = 300,
-  image_size: int = 256,
-  prepared_size: int = 0,
-  progress: bool = False,
-) -> pathlib.Path:
-  """The prepared demo dataset under `root` (generated and prepared on first use); idempotent.
-
-  Writes `root/source` (folder layout) and `root/prepared` (prepared dataset, protocol
-  `seeded_712`), and returns the latter. `prepared_size` defaults to `image_size`.
-  """
-  from sgdnet_jax.data import prepare  # pylint: disable=g-import-not-at-top
-
-  root = pathlib.Path(root)
-  size = prepared_size or image_size
-  source = generate_folder_dataset(root / "source", num_cases=num_cases, image_size=image_size)
-  prepared = root / "prepared"
-  report_path = prepared / "report.json"
-  if report_path.is_file():
-    report = json.loads(report_path.read_text())
-    manifest = json.loads((source / MANIFEST).read_text())
-    if report.get("synthetic") == manifest and report["image_size"] == size:
-      return prepared
-  prepare.prepare("synthetic", source, prepared, size=size, overwrite=True, progress=progress)
-  return prepared

@@ -24,7 +24,7 @@ def check_mask_pair(pred: Any, gt: Any, *, batched: bool, where: str) -> None:
   """Raises a clear error unless `pred` and `gt` are boolean masks of one shape."""
   for name, mask in (("pred", pred), ("gt", gt)):
     dtype = getattr(mask, "dtype", None)
-    if dtype is None or dtype != bool:
+    if dtype is None or dtype != np.dtype(bool):
       raise TypeError(
         f"{where}: `{name}` must be a boolean mask (threshold first, e.g."
         f" `probs > 0.5` or `mask > 0`); got {type(mask).__name__} with"

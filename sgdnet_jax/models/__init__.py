@@ -4,7 +4,7 @@ A model config is an `ml_collections.ConfigDict` (see `default_model_config`); a
 preset of its fields, so every ablation can also be reached field by field from the command line.
 """
 
-from typing import Any, Dict
+from typing import Any
 
 import flax
 import jax.numpy as jnp

@@ -7,7 +7,7 @@ with PyTorch's running-statistics update. Layout is NHWC throughout.
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,7 +17,7 @@ import numpy as np
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
-IntPair = Union[int, tuple[int, int]]
+IntPair = int | tuple[int, int]
 
 # PyTorch's default Conv/Linear init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

@@ -41,7 +41,7 @@ class SGDCFusion(nn.Module):
 
 
 class GuidanceAddFusion(nn.Module):
-  """Table 4 row (2): `x_i + P_i(resize(g))`, P_i a 1x1 conv (with bias) from the guidance to C_i."""
+  """Table 4 row (2): `x_i + P_i(resize(g))`, P_i a 1x1 conv (with bias) from guidance to C_i."""
 
   dtype: Any | None = None
 

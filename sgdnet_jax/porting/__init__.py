@@ -5,11 +5,11 @@
   state_dict, export_report = export_torch(variables, "sgdnet")
   write_state_dict(state_dict, "sgdnet.safetensors")
 
-Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `layouts.LAYOUTS`).
+Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `key_tables.LAYOUTS`).
 torch is imported only to read or write .pth files, and only here.
 """
 
-from sgdnet_jax.porting.layouts import LAYOUTS
+from sgdnet_jax.porting.key_tables import LAYOUTS
 from sgdnet_jax.porting.naming import path_to_torch_key, torch_key_to_path
 from sgdnet_jax.porting.port import (
   ExportReport,

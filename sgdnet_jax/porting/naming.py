@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sgdnet_jax import errors
+
 BN_STATS = {"running_mean": "mean", "running_var": "var"}
 BN_COUNTER = "num_batches_tracked"
 # Flax leaf names a torch `weight` can become, resolved by what the Flax module holds.
@@ -30,7 +32,7 @@ WEIGHT_LEAVES = ("kernel", "scale", "weight")
 _INDEX_SUFFIX = re.compile(r"^(.*?)((?:_\d+)+)$")
 
 
-class NamingError(ValueError):
+class NamingError(errors.UserError, ValueError):
   """A key that the naming rule cannot map."""
 
 

@@ -1,4 +1,4 @@
-"""PyTorch state dict <-> Flax variables for the upstream layouts (`layouts.LAYOUTS`).
+"""PyTorch state dict <-> Flax variables for the upstream layouts (`key_tables.LAYOUTS`).
 
 `load_torch` fills a Flax variables template from a checkpoint: every key must map onto the
 template (naming rule of `naming`) with the right shape, every template leaf must be filled, and
@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from sgdnet_jax.porting import layouts as layouts_lib
-from sgdnet_jax.porting import naming, state_dicts
+from sgdnet_jax import errors
+from sgdnet_jax.porting import key_tables, naming, state_dicts
 
 Path = tuple[str, ...]
 COLLECTIONS = ("params", "batch_stats")
@@ -22,7 +22,7 @@ COLLECTIONS = ("params", "batch_stats")
 FIRST_KEYS = 5
 
 
-class PortingError(ValueError):
+class PortingError(errors.UserError, ValueError):
   """A checkpoint or variables that do not fit the layout; the message lists every key."""
 
 
@@ -138,7 +138,7 @@ def _plain(tree: Mapping[str, Any]) -> dict[str, Any]:
   return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
 
 
-def _target_name(layout: layouts_lib.Layout, variables: Mapping[str, Any]) -> str | None:
+def _target_name(layout: key_tables.Layout, variables: Mapping[str, Any]) -> str | None:
   """The Flax module a partial layout fills in a whole network's variables, else None."""
   if "params" not in variables:
     raise PortingError(
@@ -159,7 +159,7 @@ def _collections(variables: Mapping[str, Any], target: str | None) -> dict[str, 
   return flat
 
 
-def _torch_key(layout: layouts_lib.Layout, collection: str, path: Path) -> str:
+def _torch_key(layout: key_tables.Layout, collection: str, path: Path) -> str:
   """The upstream key of a Flax leaf (`path` relative to the layout's target)."""
   *module, leaf = path
   if collection == "batch_stats":
@@ -193,7 +193,7 @@ def _to_flax_value(value: np.ndarray, leaf: str, template_shape) -> np.ndarray:
 
 
 def _is_sobel(value: np.ndarray, kind: str) -> bool:
-  expected = np.broadcast_to(layouts_lib.SOBEL_KERNELS[kind], value.shape)
+  expected = np.broadcast_to(key_tables.SOBEL_KERNELS[kind], value.shape)
   return bool(np.array_equal(value, expected))
 
 
@@ -210,7 +210,7 @@ def load_torch(
 
   Args:
     source: a checkpoint file (.pth/.pt/.bin/.ckpt, .safetensors, .npz) or a state dict.
-    layout: one of `layouts.LAYOUTS` (res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc).
+    layout: one of `key_tables.LAYOUTS` (res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc).
     variables_template: the Flax model's variables (arrays, or ShapeDtypeStructs from
       `jax.eval_shape(model.init, ...)` when the layout fills the whole model). For
       res2net50_v1b / timm_res2net50d (sge) given a whole network's variables, only `resnet`
@@ -223,7 +223,7 @@ def load_torch(
     PortingError: listing every unexpected, missing, mis-shaped key and every wrong Sobel kernel.
     CheckpointFileError: the source is not a readable state dict.
   """
-  return _load(source, layouts_lib.get_layout(layout), variables_template)
+  return _load(source, key_tables.get_layout(layout), variables_template)
 
 
 def convert_state_dict(
@@ -231,11 +231,11 @@ def convert_state_dict(
 ) -> PortResult:
   """Torch -> Flax by the naming rule alone, for any module named by the rule (e.g. the ContMix
   block): every key must fill a template leaf of the right shape and every leaf must be filled."""
-  return _load(state_dict, layouts_lib.NAMING_RULE_ONLY, variables_template)
+  return _load(state_dict, key_tables.NAMING_RULE_ONLY, variables_template)
 
 
 def _load(
-  source: state_dicts.Source, spec: layouts_lib.Layout, variables_template: Mapping[str, Any]
+  source: state_dicts.Source, spec: key_tables.Layout, variables_template: Mapping[str, Any]
 ) -> PortResult:
   state = state_dicts.read_state_dict(source)
   origin = "the given state dict" if isinstance(source, Mapping) else str(source)
@@ -252,7 +252,7 @@ def _load(
   if target is not None:
     target_stats = target_stats.get(target, {})
 
-  def module_shapes(flax_name: str, torch_prefix: str) -> layouts_lib.Extras:
+  def module_shapes(flax_name: str, torch_prefix: str) -> key_tables.Extras:
     return _shapes_as(spec, target_params, target_stats, flax_name, torch_prefix)
 
   extras = spec.extras(target_params, module_shapes)
@@ -267,7 +267,7 @@ def _load(
       extra = extras[key]
       if value.shape != extra.shape:
         misshaped.append(f"{key}: checkpoint {value.shape}, layout expects {extra.shape}")
-      elif extra.kind in layouts_lib.SOBEL_KERNELS:
+      elif extra.kind in key_tables.SOBEL_KERNELS:
         if not _is_sobel(value, extra.kind):
           wrong_sobel.append(
             f"{key}: not the constant {extra.kind.replace('_', '-')} kernel in "
@@ -370,7 +370,7 @@ def _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong
     counts += f", {len(wrong_sobel)} wrong Sobel kernels"
   lines = [f"{origin} does not fit layout {spec.name!r} for this model: {counts}."]
   if unexpected or missing:
-    guesses = [name for name in layouts_lib.guess_layouts(state) if name != spec.name]
+    guesses = [name for name in key_tables.guess_layouts(state) if name != spec.name]
     looks = (
       f"It looks like a {' / '.join(repr(g) for g in guesses)} checkpoint. " if guesses else ""
     )
@@ -388,7 +388,7 @@ def _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong
   return "\n".join(lines)
 
 
-def _torch_leaves(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Mapping[str, Any]):
+def _torch_leaves(spec: key_tables.Layout, params: Mapping[str, Any], stats: Mapping[str, Any]):
   """Yields (torch key, collection, path, leaf) for our variables in module order: a module's
   parameters, then for a BatchNorm its running_mean/var and its num_batches_tracked (collection,
   path and leaf None)."""
@@ -408,12 +408,12 @@ def _torch_leaves(spec: layouts_lib.Layout, params: Mapping[str, Any], stats: Ma
 
 
 def _shapes_as(
-  spec: layouts_lib.Layout,
+  spec: key_tables.Layout,
   params: Mapping[str, Any],
   stats: Mapping[str, Any],
   flax_name: str,
   torch_prefix: str,
-) -> layouts_lib.Extras:
+) -> key_tables.Extras:
   """The torch keys and shapes of our module `flax_name`, renamed to `torch_prefix`, as unused
   extras (upstream's dm4 has dm1's shapes, predictor4 predictor1's)."""
   extras = {}
@@ -423,10 +423,10 @@ def _shapes_as(
   for key, collection, path, leaf in _torch_leaves(spec, sub_params, sub_stats):
     new_key = f"{torch_prefix}.{key[len(old_prefix) :]}"
     if leaf is None:
-      extras[new_key] = layouts_lib.ExtraKey((), layouts_lib.UNUSED, np.int64)
+      extras[new_key] = key_tables.ExtraKey((), key_tables.UNUSED, np.int64)
     else:
-      extras[new_key] = layouts_lib.ExtraKey(
-        _torch_shape(collection, path, leaf.shape), layouts_lib.UNUSED
+      extras[new_key] = key_tables.ExtraKey(
+        _torch_shape(collection, path, leaf.shape), key_tables.UNUSED
       )
   return extras
 
@@ -434,7 +434,7 @@ def _shapes_as(
 def check_structure(variables: Mapping[str, Any], layout: str) -> None:
   """Raises PortingError unless `variables` have exactly the canonical structure of `layout`
   (paths and shapes; constructor arguments such as num_classes are read off the variables)."""
-  spec = layouts_lib.get_layout(layout)
+  spec = key_tables.get_layout(layout)
   target = _target_name(spec, variables)
   ours = _collections(variables, target)
   try:
@@ -474,7 +474,7 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
   checked against the layout's canonical structure, so the result loads into the upstream module
   with `load_state_dict(strict=True)`.
   """
-  spec = layouts_lib.get_layout(layout)
+  spec = key_tables.get_layout(layout)
   check_structure(variables, layout)
   target = _target_name(spec, variables)
   params = variables["params"][target] if target else variables["params"]
@@ -496,7 +496,7 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
     if key in state:
       raise PortingError(f"layout {layout!r}: extra key {key} collides with a model key")
     state[key] = extra.placeholder(key)
-    (sobel if extra.kind in layouts_lib.SOBEL_KERNELS else placeholders).append(key)
+    (sobel if extra.kind in key_tables.SOBEL_KERNELS else placeholders).append(key)
   report = ExportReport(
     layout=spec.name,
     written=len(state),

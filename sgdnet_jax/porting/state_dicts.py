@@ -13,9 +13,11 @@ import os
 import pickle
 import zipfile
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
+
+from sgdnet_jax import errors
 
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
@@ -24,10 +26,10 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 PARALLEL_PREFIX = "module."
 
 StateDict = dict[str, np.ndarray]
-Source = Union[str, os.PathLike, Mapping[str, Any]]
+Source = str | os.PathLike | Mapping[str, Any]
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(errors.UserError, ValueError):
   """A file or mapping that is not a readable state dict; the message names it."""
 
 

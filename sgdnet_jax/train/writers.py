@@ -29,7 +29,8 @@ class MetricsWriter:
     self._clu = metric_writers.create_default_writer(
       workdir, just_logging=not self.is_main, asynchronous=False
     )
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.is_main else None
+    # Held open for the whole run (closed in `close`), so no context manager here.
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.is_main else None  # noqa: SIM115
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     self._clu.write_scalars(step, scalars)

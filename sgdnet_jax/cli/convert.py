@@ -1,26 +1,20 @@
-"""`convert` (PyTorch checkpoint -> variables directory) and `export-torch` (the reverse).
+"""`convert`: a PyTorch checkpoint -> a variables directory.
 
   python -m sgdnet_jax.main convert --torch cto_fold0.pth --layout cto \
       --config configs/isic2018.py:variant=cto,num_classes=2 --out runs/cto_fold0_torch
-  python -m sgdnet_jax.main export-torch --workdir runs/cto_fold0_torch --layout cto \
-      --out cto_fold0_roundtrip.safetensors
 
-`convert` writes a variables directory (`sgdnet_jax.variables_io`) with the resolved config; train
-starts from it with `--config.init_from=DIR`, evaluate/predict load it. Layouts that fill part of
-the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the model's
+Writes a variables directory (`sgdnet_jax.variables_io`) with the resolved config; train starts
+from it with `--config.init_from=DIR`, evaluate/predict load it. Layouts that fill part of the
+network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the model's
 random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
 """
 
-import argparse
-import sys
-
 import jax
 import jax.numpy as jnp
 
-from sgdnet_jax import config_utils, models, variables_io
-from sgdnet_jax.porting import layouts as layouts_lib
-from sgdnet_jax.porting import port, state_dicts
+from sgdnet_jax import cli, config_utils, models, variables_io
+from sgdnet_jax.porting import key_tables, port
 
 
 def _initial_variables(module, image_size: int, seed: int, concrete: bool):
@@ -29,12 +23,10 @@ def _initial_variables(module, image_size: int, seed: int, concrete: bool):
   return jax.jit(init)(images) if concrete else jax.eval_shape(init, images)
 
 
-def convert_main(argv) -> int:
-  parser = argparse.ArgumentParser(
-    prog="sgdnet_jax.main convert", description="PyTorch checkpoint -> variables directory."
-  )
+def main(argv) -> int:
+  parser = cli.parser("convert", "PyTorch checkpoint -> variables directory.", config=False)
   parser.add_argument("--torch", required=True, help=".pth/.pt/.bin/.ckpt, .safetensors or .npz")
-  parser.add_argument("--layout", required=True, choices=sorted(layouts_lib.LAYOUTS))
+  parser.add_argument("--layout", required=True, choices=sorted(key_tables.LAYOUTS))
   parser.add_argument("--config", required=True, help="configs/<experiment>.py[:key=value,...]")
   parser.add_argument("--out", required=True, help="new variables directory")
   parser.add_argument(
@@ -45,7 +37,7 @@ def convert_main(argv) -> int:
   )
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  layout = layouts_lib.get_layout(args.layout)
+  layout = key_tables.get_layout(args.layout)
   if layout.name == "sgdc":
     parser.error(
       "layout 'sgdc' fills a standalone SGDC module; use "
@@ -67,33 +59,8 @@ def convert_main(argv) -> int:
       f"layout {layout.name!r} fills the model's {layout.subtree!r}, which variant "
       f"{config.model.variant!r} does not have"
     )
-  try:
-    result = port.load_torch(args.torch, layout.name, template)
-  except (port.PortingError, state_dicts.CheckpointFileError, FileNotFoundError) as error:
-    print(f"convert: {error}", file=sys.stderr)
-    return 1
+  result = port.load_torch(args.torch, layout.name, template)
   variables_io.save_variables(args.out, result.variables, config.to_dict())
-  print(result.report.summary())
-  print(f"wrote {args.out}")
-  return 0
-
-
-def export_main(argv) -> int:
-  parser = argparse.ArgumentParser(
-    prog="sgdnet_jax.main export-torch",
-    description="variables -> PyTorch state dict (upstream layout).",
-  )
-  parser.add_argument("--workdir", required=True, help="a variables directory (e.g. convert --out)")
-  parser.add_argument("--layout", required=True, choices=sorted(layouts_lib.LAYOUTS))
-  parser.add_argument("--out", required=True, help="new .pth/.pt, .safetensors or .npz file")
-  args = parser.parse_args(argv)
-  variables = variables_io.load_variables(args.workdir)
-  try:
-    result = port.export_torch(variables, args.layout)
-    state_dicts.write_state_dict(result.state_dict, args.out)
-  except (port.PortingError, state_dicts.CheckpointFileError, FileExistsError) as error:
-    print(f"export-torch: {error}", file=sys.stderr)
-    return 1
   print(result.report.summary())
   print(f"wrote {args.out}")
   return 0

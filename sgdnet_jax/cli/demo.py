@@ -1,0 +1,18 @@
+"""`demo [--config configs/demo.py] [--workdir runs/demo] [--config.x=y]`: the main job, end to end.
+
+Generates and prepares the embedded synthetic data, trains, evaluates and draws predictions.
+"""
+
+from sgdnet_jax import cli, config_utils
+
+
+def main(argv) -> int:
+  parser = cli.parser("demo", __doc__, config=False)
+  parser.add_argument("--config", default="configs/demo.py")
+  parser.add_argument("--workdir", default="runs/demo")
+  args, overrides = parser.parse_known_args(argv)
+  config = config_utils.load_config(args.config, overrides)
+  from sgdnet_jax import demo  # After argument errors, which should not wait for JAX.
+
+  demo.run_demo(config, args.workdir)
+  return 0

@@ -1,0 +1,45 @@
+"""`prepare`: check a downloaded dataset and write it once (see `sgdnet_jax.data.prepare`)."""
+
+from sgdnet_jax import cli
+from sgdnet_jax.data import prepare, synthetic
+
+
+def main(argv) -> int:
+  parser = cli.parser(
+    "prepare", "Check a downloaded dataset and write it once as a prepared dataset.", config=False
+  )
+  parser.add_argument("--dataset", required=True, choices=prepare.DATASETS)
+  parser.add_argument(
+    "--source", required=True, help="the unpacked download (for synthetic: where to generate it)"
+  )
+  parser.add_argument("--out", required=True, help="the prepared dataset folder to write")
+  parser.add_argument("--size", type=int, default=256, help="training size (square)")
+  parser.add_argument(
+    "--no-strict",
+    dest="strict",
+    action="store_false",
+    help="skip problematic cases (listed in report.json) instead of failing",
+  )
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  parser.add_argument("--split-seed", type=int, default=0, help="seed of the seeded protocols")
+  parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs)")
+  parser.add_argument("--num-cases", type=int, default=300, help="synthetic only: cases to make")
+  args = parser.parse_args(argv)
+  if args.dataset == "synthetic":
+    synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
+  report = prepare.prepare(
+    args.dataset,
+    args.source,
+    args.out,
+    size=args.size,
+    strict=args.strict,
+    overwrite=args.overwrite,
+    split_seed=args.split_seed,
+    workers=args.workers,
+  )
+  counts = ", ".join(f"{s} {c['prepared']}" for s, c in report["counts"].items())
+  print(
+    f"prepared {args.dataset} into {args.out}: {counts}; {len(report['skipped'])} skipped, "
+    f"{len(report['warnings'])} warning(s); protocols: {', '.join(report['protocols'])}"
+  )
+  return 0

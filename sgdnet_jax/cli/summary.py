@@ -1,0 +1,25 @@
+"""`summary`: parameter counts, BN statistics, constants, GMACs (see `sgdnet_jax.summary`)."""
+
+import json
+
+from sgdnet_jax import cli, config_utils
+
+
+def main(argv) -> int:
+  parser = cli.parser("summary", __doc__)
+  parser.add_argument(
+    "--image-size", type=int, default=None, help="default: config.data.image_size"
+  )
+  parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
+  parser.add_argument("--json", action="store_true", help="end with one JSON line")
+  args, overrides = parser.parse_known_args(argv)
+  config = config_utils.load_config(args.config, overrides)
+  from sgdnet_jax import summary  # After argument errors, which should not wait for JAX.
+
+  result = summary.summarize(
+    config, args.image_size or config.data.image_size, compile_flops=not args.no_compile
+  )
+  summary.print_table(result)
+  if args.json:
+    print(json.dumps(result))
+  return 0
