@@ -1,11 +1,12 @@
-# The README's two commands: `make demo` and `make test`. Each creates .venv when needed.
+# The README's two commands: `make demo` and `make test` (plus `make lint`, run by CI first).
+# Each creates .venv when needed.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test venv venv-test clean
+.PHONY: demo test lint format venv venv-test clean
 
 $(VENV)/.runtime-stamp: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,14 @@ demo: $(VENV)/.runtime-stamp
 
 test: $(VENV)/.test-stamp
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(VENV)/.test-stamp
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(VENV)/.test-stamp
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache runs

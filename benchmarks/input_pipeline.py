@@ -26,6 +26,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from configs import default
 from sgdnet_jax.data import (
   pipeline,  # pylint: disable=g-import-not-at-top,wrong-import-position
   synthetic,  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -116,7 +117,7 @@ def main() -> int:
   data_dir = args.data or str(
     synthetic.ensure_demo_dataset(REPO / "runs/demo_data", image_size=args.size, progress=True)
   )
-  config = pipeline.default_data_config()
+  config = default.get_config().data
   config.dir, config.image_size = data_dir, args.size
   config.read_threads, config.num_workers = args.read_threads, args.workers
   results = {

@@ -75,7 +75,7 @@ class JaxSide:
     from sgdnet_jax.train import loop, optimizer
     from sgdnet_jax.train import state as state_lib
 
-    config = config_common.training_config(config_common.model_config("sgdnet", 1))
+    config = config_common.experiment("sgdnet", 1)
     config.model.dtype = dtype
     model = models.build(config.model)
     tx, schedule = optimizer.make_optimizer(config.optimizer, STEPS_PER_EPOCH, EPOCHS)

@@ -1,10 +1,10 @@
-"""Helpers shared by the experiment configs: argument parsing and the model block."""
+"""Helpers shared by the experiment configs: argument parsing, the variant preset, tiny widths."""
 
 from typing import Any
 
-import ml_collections  # Re-exported for the config files.
+import ml_collections
 
-from sgdnet_jax import models
+from configs import default
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -45,51 +45,29 @@ def _convert(key: str, value: str, default: Any) -> Any:
   return value
 
 
+def experiment(variant: str, num_classes: int, data_dir: str = "") -> ml_collections.ConfigDict:
+  """The default config (`configs/default.py`) with the model preset `variant`."""
+  config = default.apply_variant(default.get_config(), variant)
+  config.model.num_classes = num_classes
+  config.data.dir = data_dir
+  return config
+
+
+def make_tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Narrows the model to the same structure at small widths, for CPU tests at 64x64 inputs."""
+  config.model.backbone_base_planes = 16
+  config.model.decoder_channels = 16
+  config.model.trans_patch_sizes = (8, 4, 2, 1)
+  config.model.sge.mid_channels = 32
+  config.model.sge.guide_channels = 8
+  return config
+
+
 def model_config(variant: str, num_classes: int) -> ml_collections.ConfigDict:
-  """The full-size model block for `variant` (see `sgdnet_jax.models.VARIANTS`)."""
-  return models.default_model_config(variant, num_classes)
+  """The full-size model block of `variant` (tests, benchmarks, notebooks)."""
+  return experiment(variant, num_classes).model
 
 
 def tiny_model_config(variant: str, num_classes: int) -> ml_collections.ConfigDict:
-  """A narrow network with the same structure, for CPU tests at 64x64 inputs."""
-  config = models.default_model_config(variant, num_classes)
-  config.backbone_base_planes = 16
-  config.decoder_channels = 16
-  config.trans_patch_sizes = (8, 4, 2, 1)
-  config.sge.mid_channels = 32
-  config.sge.guide_channels = 8
-  return config
-
-
-def training_config(
-  model: ml_collections.ConfigDict, data_dir: str = ""
-) -> ml_collections.ConfigDict:
-  """Everything but the model and data specifics: CTO's optimisation setup (SPEC §0.8)."""
-  from sgdnet_jax import evaluate
-  from sgdnet_jax.data import pipeline
-  from sgdnet_jax.train import losses, optimizer, state
-
-  config = ml_collections.ConfigDict()
-  config.model = model
-  config.data = pipeline.default_data_config()
-  config.data.dir = data_dir
-  config.seed = 0
-  config.prng_impl = "rbg"  # jax.random implementation; rbg compiles much faster than threefry
-  config.global_batch_size = 16
-  config.eval_batch_size = 16
-  config.epochs = 50
-  config.total_steps = 0  # 0: epochs x steps per epoch
-  config.log_every_steps = 10
-  config.eval_every_epochs = 1  # 0: no validation (and no best checkpoint)
-  config.checkpoint_every_steps = 0  # 0: at the end of every epoch
-  config.keep_checkpoints = 2
-  config.init_from = ""  # a `convert` output or another workdir (params + BN statistics)
-  config.distributed = "auto"  # see sgdnet_jax/distributed.py
-  config.compilation_cache_dir = (
-    "~/.cache/sgdnet_jax/xla"  # '' disables; $JAX_COMPILATION_CACHE_DIR wins
-  )
-  config.optimizer = optimizer.default_optimizer_config()
-  config.loss = losses.default_loss_config()
-  config.mesh = state.default_mesh_config()
-  config.metrics = evaluate.default_metrics_config()
-  return config
+  """The narrow model block of `variant` (`make_tiny`)."""
+  return make_tiny(experiment(variant, num_classes)).model

@@ -17,6 +17,6 @@ def get_config(arg=None):
   args = common.parse_arg(
     arg, variant="sgdnet", num_classes=1, data="data/conic", protocol="grouped_712"
   )
-  config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data)
   config.data.protocol = args.protocol
   return config

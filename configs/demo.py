@@ -16,9 +16,8 @@ def get_config(arg=None):
   args = common.parse_arg(
     arg, variant="sgdnet", num_classes=1, data=f"{DATA_ROOT}/prepared", epochs=6
   )
-  model = common.tiny_model_config(args.variant, args.num_classes)
-  model.sge.guide_channels = 16
-  config = common.training_config(model, args.data)
+  config = common.make_tiny(common.experiment(args.variant, args.num_classes, args.data))
+  config.model.sge.guide_channels = 16
   config.data.image_size = 96
   config.data.protocol = "seeded_712"
   config.demo_cases = 300  # generated at 192 px, prepared at 96 px

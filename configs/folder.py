@@ -19,7 +19,7 @@ def get_config(arg=None):
       "configs/folder.py needs data=<prepared folder>, e.g. "
       "--config configs/folder.py:data=data/mine"
     )
-  config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data)
   config.data.protocol = "seeded_712"
   config.global_batch_size = 8
   config.eval_batch_size = 8

@@ -24,7 +24,7 @@ def get_config(arg=None):
   args = common.parse_arg(
     arg, variant="sgdnet", num_classes=1, data="data/isic2016", ph2="data/ph2"
   )
-  config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data)
   config.data.protocol = "holdout20"
   config.data.extra_eval.ph2 = ml_collections.ConfigDict(
     dict(dir=args.ph2, protocol="all", fold=0, split="test")

@@ -5,7 +5,7 @@
       --workdir runs/isic2018_sgdnet_f0
   python -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
 
-Arguments: variant (see `sgdnet_jax.models.VARIANTS`), num_classes (1 sigmoid, 2 softmax), fold
+Arguments: variant (see `configs/default.py` VARIANTS), num_classes (1 sigmoid, 2 softmax), fold
 (0-4), data (the prepared dataset folder). Report the mean over the 5 folds' test scores.
 """
 
@@ -14,7 +14,7 @@ from configs import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="sgdnet", num_classes=1, fold=0, data="data/isic2018")
-  config = common.training_config(common.model_config(args.variant, args.num_classes), args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data)
   config.data.protocol = "medi_seg_5fold"
   config.data.fold = args.fold
   return config

@@ -1,19 +1,23 @@
-"""`evaluate`: the paper's metrics on a split, with their conventions stated.
+"""The paper's metrics on a split, with their conventions stated; also the validation score.
 
   python -m sgdnet_jax.main evaluate --config configs/<exp>.py[:args] --workdir W \
-      [--split test] [--resolution {train,native}]
+      [--split test] [--resolution {train,native}] [--out DIR]
 
-Writes `W/eval/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
-n_used / n_total / n_excluded per metric) and `W/eval/<split>_cases.csv` (per-case values). The
-model is the workdir's best checkpoint by validation Dice (else its latest). At `native`
-resolution the foreground probability is resized bilinearly to each case's original size and
-compared with the original mask.
+Writes `<out>/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
+n_used / n_total / n_excluded per metric) and `<out>/<split>_cases.csv` (per-case values);
+`<out>` defaults to `W/eval`. The model is the workdir's best checkpoint by validation Dice (else
+its latest). At `native` resolution the foreground probability is resized bilinearly to each
+case's original size and compared with the original mask.
+
+Validation during training runs the same collection (`collect_split`) with overlap metrics only,
+computed inside the jitted step, so validation Dice and evaluation Dice are one implementation.
 """
 
 import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,33 +26,48 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import distributed, metrics, models, variables_io
+from sgdnet_jax import distributed, errors, metrics, models, variables_io
 from sgdnet_jax.data import pipeline
-from sgdnet_jax.train import losses
 from sgdnet_jax.train import state as state_lib
 
 RESOLUTIONS = ("train", "native")
+DISTANCES_ON = ("host", "device")
 
 
-def default_metrics_config() -> ml_collections.ConfigDict:
-  """Metric conventions (METRICS.md); the defaults are the project's."""
-  return ml_collections.ConfigDict(
-    dict(
-      dice="per_image_mean",
-      iou="per_image_mean",
-      overlap_empty="score",
-      hd95="pooled",
-      distance_empty="diagonal",
-    )
+def metric_options(config: ml_collections.ConfigDict, resolution: str) -> metrics.MetricOptions:
+  """The conventions of `config.metrics` at the evaluation resolution."""
+  size = config.data.image_size
+  return metrics.MetricOptions(
+    dice=config.metrics.dice,
+    iou=config.metrics.iou,
+    overlap_empty=config.metrics.overlap_empty,
+    hd95=config.metrics.hd95,
+    distance_empty=config.metrics.distance_empty,
+    resolution=f"{size}x{size}" if resolution == "train" else "original",
   )
 
 
-def make_probability_fn(model, mesh):
-  """Jitted eval forward: (variables, images) -> foreground probability (B, H, W)."""
-  return jax.jit(
-    lambda v, x: losses.foreground_probability(model.apply(v, x, train=False)["o1"]),
-    out_shardings=state_lib.batch_sharding(mesh),
-  )
+def make_eval_step(
+  model, mesh, *, device_metrics: bool, distances: bool, one_empty: str, probability: bool = True
+):
+  """Jitted (variables, images, masks) -> per-image outputs, batch-sharded.
+
+  `device_metrics`: the per-image metric record is computed in the step (exact EDT distances
+  when `distances`); otherwise the host scores the foreground `probability` (B, H, W), which is
+  also returned when `probability` (the host needs it for panoptic counts and pictures).
+  """
+
+  def step(variables, images, masks):
+    foreground = models.foreground_probability(model.apply(variables, images, train=False)["o1"])
+    outputs = {"probability": foreground} if probability or not device_metrics else {}
+    if device_metrics:
+      pred, gt = foreground > 0.5, masks > 0
+      outputs.update(
+        metrics.per_image_metrics_jax(pred, gt, one_empty=one_empty, distances=distances)
+      )
+    return outputs
+
+  return jax.jit(step, out_shardings=state_lib.batch_sharding(mesh))
 
 
 def host_local(array: jax.Array, mesh) -> np.ndarray:
@@ -68,51 +87,72 @@ def resize_probability(probability: np.ndarray, height: int, width: int) -> np.n
   return np.asarray(image.resize((width, height), Image.BILINEAR))
 
 
-def _case_records(probability, batch, dataset, resolution, one_empty) -> dict[str, np.ndarray]:
-  """Per-image metric fields for the valid cases of one host batch."""
-  valid = np.asarray(batch["valid"], bool)
+def _host_record(probability, batch, dataset, resolution, one_empty) -> dict[str, np.ndarray]:
+  """Per-image metric fields of one host batch, scored on the host (padding rows included)."""
   pred = probability > 0.5
   if resolution == "train":
-    record = metrics.per_image_metrics(
-      pred[valid], np.asarray(batch["mask"])[valid] > 0, one_empty=one_empty
-    )
-  else:
-    rows = []
-    for p, case_id in zip(probability[valid], np.asarray(batch["case_id"])[valid]):
+    return metrics.per_image_metrics(pred, np.asarray(batch["mask"]) > 0, one_empty=one_empty)
+  rows = []
+  for p, case_id, valid in zip(probability, np.asarray(batch["case_id"]), batch["valid"]):
+    if valid:
       gt = dataset.native_mask(str(case_id))
       native = resize_probability(p, *gt.shape) > 0.5
-      rows.append(metrics.per_image_metrics(native[None], gt[None], one_empty=one_empty))
-    record = {key: np.concatenate([row[key] for row in rows]) for key in rows[0]} if rows else {}
-  if "instances" in batch:
-    panoptic = [
-      metrics.panoptic_counts(inst, p)
-      for inst, p in zip(np.asarray(batch["instances"])[valid], pred[valid])
-    ]
-    for key in ("pq_tp", "pq_fp", "pq_fn", "pq_iou_sum"):
-      record[key] = np.asarray([counts[key] for counts in panoptic])
-  record["index"] = np.asarray(batch["index"])[valid]
-  return record
+    else:  # padding: an empty pair, dropped by PerImageValues
+      native = gt = np.zeros((1, 1), bool)
+    rows.append(metrics.per_image_metrics(native[None], gt[None], one_empty=one_empty))
+  return {key: np.concatenate([row[key] for row in rows]) for key in rows[0]}
 
 
-def _gather(records) -> dict[str, np.ndarray]:
-  """Concatenates host records, across processes too, ordered by position in the split."""
-  local = {key: np.concatenate([r[key] for r in records]) for key in records[0]}
-  if jax.process_count() > 1:
-    # Hosts hold different numbers of valid cases: pad to a common length, then drop padding.
-    length = int(np.max(multihost_utils.process_allgather(np.asarray(len(local["index"])))))
-    padded = {
-      k: np.concatenate([v.astype(np.float64), np.full(length - len(v), np.nan)])
-      for k, v in local.items()
+def _panoptic_record(pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
+  """PQ counts of the valid rows of a host batch (zeros for padding)."""
+  keys = ("pq_tp", "pq_fp", "pq_fn", "pq_iou_sum")
+  rows = [
+    metrics.panoptic_counts(instances, p) if valid else dict.fromkeys(keys, 0)
+    for instances, p, valid in zip(np.asarray(batch["instances"]), pred, batch["valid"])
+  ]
+  return {key: np.asarray([row[key] for row in rows]) for key in keys}
+
+
+def collect_split(
+  step: Callable,
+  variables,
+  config: ml_collections.ConfigDict,
+  split: str,
+  mesh,
+  *,
+  resolution: str = "train",
+  device_metrics: bool,
+  one_empty: str = "diagonal",
+) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Per-image records of every case of `split` on every process, in split order; case ids."""
+  dataset, case_ids = pipeline.resolve_split(config.data, split)
+  collected = metrics.PerImageValues.empty()
+  for batch in pipeline.make_eval_iterator(config.data, split, config.eval_batch_size):
+    device_batch = state_lib.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
+    outputs = {
+      key: host_local(value, mesh)
+      for key, value in step(variables, device_batch["image"], device_batch["mask"]).items()
     }
-    padded["index"][len(local["index"]) :] = -1
-    gathered = {
-      k: np.asarray(multihost_utils.process_allgather(v)).reshape(-1) for k, v in padded.items()
-    }
-    keep = gathered["index"] >= 0
-    local = {k: v[keep] for k, v in gathered.items()}
-    local["index"] = local["index"].astype(np.int64)
-  order = np.argsort(local["index"])
-  return {key: value[order] for key, value in local.items()}
+    if device_metrics:
+      record = {k: v for k, v in outputs.items() if k != "probability"}
+    else:
+      record = _host_record(outputs["probability"], batch, dataset, resolution, one_empty)
+    if "instances" in batch:
+      record.update(_panoptic_record(outputs["probability"] > 0.5, batch))
+    record["index"] = np.asarray(batch["index"])
+    collected = collected.merge(
+      metrics.PerImageValues.from_model_output(mask=np.asarray(batch["valid"], bool), **record)
+    )
+  record = collected.compute()
+  order = np.argsort(record["index"])
+  return {key: value[order] for key, value in record.items()}, case_ids
+
+
+def split_name(config: ml_collections.ConfigDict, split: str) -> str:
+  """`train`/`val`/`test` through the config's split names; other names (extra_eval) as given."""
+  if split in ("train", "val", "test"):
+    return config.data[f"{split}_split"]
+  return split
 
 
 def evaluate(
@@ -121,66 +161,64 @@ def evaluate(
   split: str = "test",
   resolution: str = "train",
   variables: dict[str, Any] | None = None,
+  out_dir: str | None = None,
 ) -> dict[str, Any]:
   """Evaluates the workdir's model on `split`; writes and returns the results record."""
   if resolution not in RESOLUTIONS:
-    raise ValueError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    raise errors.ConfigError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+  distances_on = config.metrics.distances_on
+  if distances_on not in DISTANCES_ON:
+    raise errors.ConfigError(
+      f"config.metrics.distances_on={distances_on!r}: expected one of {DISTANCES_ON}"
+    )
+  if distances_on == "device" and resolution == "native":
+    raise errors.ConfigError(
+      "config.metrics.distances_on='device' needs --resolution train (native sizes differ per "
+      "case); use distances_on='host' for native resolution"
+    )
   distributed.initialize(config.distributed)
-  split_name = (
-    getattr(config.data, f"{split}_split", split) if split in ("train", "val", "test") else split
-  )
+  name = split_name(config, split)
   mesh = state_lib.make_mesh(config.mesh)
   model = models.build(config.model)
   variables = variables if variables is not None else variables_io.load_variables(workdir)
   variables = jax.device_put(variables, state_lib.replicated(mesh))
-  probability_fn = distributed.CompiledOnAllProcesses(
-    make_probability_fn(model, mesh), "eval_forward"
-  )
-  dataset, case_ids = pipeline.resolve_split(config.data, split_name)
-  options = metrics.MetricOptions(
-    dice=config.metrics.dice,
-    iou=config.metrics.iou,
-    overlap_empty=config.metrics.overlap_empty,
-    hd95=config.metrics.hd95,
-    distance_empty=config.metrics.distance_empty,
-    resolution=(
-      f"{config.data.image_size}x{config.data.image_size}" if resolution == "train" else "original"
-    ),
-  )
+  options = metric_options(config, resolution)
   one_empty = "diagonal" if options.distance_empty == "diagonal" else "nan"
-
-  records = []
-  for batch in pipeline.make_eval_iterator(config.data, split_name, config.eval_batch_size):
-    device_images = state_lib.global_batch({"image": batch["image"]}, mesh)["image"]
-    probability = host_local(probability_fn(variables, device_images), mesh)
-    records.append(_case_records(probability, batch, dataset, resolution, one_empty))
-  record = _gather(records)
-  report = metrics.summarize({k: v for k, v in record.items() if k != "index"}, options)
+  device_metrics = distances_on == "device"
+  step = distributed.CompiledOnAllProcesses(
+    make_eval_step(model, mesh, device_metrics=device_metrics, distances=True, one_empty=one_empty),
+    "eval_step",
+  )
+  record, case_ids = collect_split(
+    step, variables, config, name, mesh, resolution=resolution,
+    device_metrics=device_metrics, one_empty=one_empty,
+  )  # fmt: skip
+  results = metrics.compute_results({k: v for k, v in record.items() if k != "index"}, options)
 
   result: dict[str, Any] = {
-    "split": split_name,
-    "resolution": report.resolution,
+    "split": name,
+    "resolution": results.resolution,
     "n_total": len(record["index"]),
   }
-  result.update(report.values)
+  result.update(results.values)
   result["conventions"] = {
     name: {"definition": c.definition, "empty_policy": c.empty_policy}
-    for name, c in report.conventions.items()
+    for name, c in results.conventions.items()
   }
   result["cases"] = {
     name: {"n_used": c.n_used, "n_total": c.n_total, "n_excluded": c.n_excluded}
-    for name, c in report.cases.items()
+    for name, c in results.cases.items()
   }
-  result["n_used"] = {name: c.n_used for name, c in report.cases.items()}
+  result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
+    out_dir = out_dir or os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     suffix = "" if resolution == "train" else "_native"
     _write_atomic(os.path.join(out_dir, f"{split}{suffix}.json"), json.dumps(result, indent=2))
     fields = [k for k in record if k != "index"]
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["case_id"] + fields)
+    writer.writerow(["case_id", *fields])
     writer.writerows(
       [case_ids[int(i)]] + [record[k][n] for k in fields] for n, i in enumerate(record["index"])
     )

@@ -21,7 +21,6 @@ from PIL import Image
 
 from sgdnet_jax import models, variables_io
 from sgdnet_jax.data import augment, images, pipeline
-from sgdnet_jax.train import losses
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 PANEL_SIZE = 256
@@ -134,7 +133,7 @@ def predict(
   def forward(images_nhwc):
     outputs = model.apply(variables, images_nhwc, train=False)
     edge = outputs["edge"][..., 0] if "edge" in outputs else jnp.zeros(images_nhwc.shape[:3])
-    return losses.foreground_probability(outputs["o1"]), edge
+    return models.foreground_probability(outputs["o1"]), edge
 
   batch_size = config.eval_batch_size
   batches = (

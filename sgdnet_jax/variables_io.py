@@ -15,6 +15,9 @@ import orbax.checkpoint as ocp
 
 VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
+# A training workdir's checkpoint folders (written by `train.checkpointing`).
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
 
 
 def save_variables(directory: str, variables: dict[str, Any], config_dict: dict | None = None):
@@ -46,10 +49,8 @@ def load_variables(directory: str) -> dict[str, Any]:
   if os.path.isdir(target):
     restored = dict(ocp.StandardCheckpointer().restore(target))
   else:
-    from sgdnet_jax.train import checkpointing  # Only workdirs need the training package.
-
     try:
-      restored = checkpointing.restore_workdir_variables(directory)
+      restored = restore_workdir_variables(directory)
     except FileNotFoundError:
       raise FileNotFoundError(
         f"{directory}: neither a '{VARIABLES_SUBDIR}/' checkpoint (the --out directory of "
@@ -65,3 +66,25 @@ def load_config_dict(directory: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def restore_workdir_variables(workdir: str, which: str = "best") -> dict[str, Any]:
+  """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
+  workdir = os.path.abspath(workdir)
+  best_dir, latest_dir = os.path.join(workdir, BEST_DIR), os.path.join(workdir, LATEST_DIR)
+  if which == "best" and os.path.isdir(best_dir):
+    with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        restored = manager.restore(
+          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
+        )
+        return dict(restored["variables"])
+  if os.path.isdir(latest_dir):
+    with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:
+      step = manager.latest_step()
+      if step is not None:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        state = restored["state"]
+        return {"params": state["params"], "batch_stats": state["batch_stats"]}
+  raise FileNotFoundError(f"{workdir}: no checkpoint found in {BEST_DIR}/ or {LATEST_DIR}/")

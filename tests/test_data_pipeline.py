@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from configs import default
 from sgdnet_jax.data import augment, pipeline, prepare
 from sgdnet_jax.data import dataset as dataset_lib
 from tests import replicas
@@ -18,7 +19,7 @@ def data_config(tmp_path_factory):
   prepare.prepare("folder", source, root / "prepared", size=SIZE, progress=False)
   ph2 = replicas.write_ph2(root / "ph2_source", ids=(2, 3, 4, 5, 6))
   prepare.prepare("ph2", ph2, root / "ph2", size=SIZE, progress=False)
-  config = pipeline.default_data_config()
+  config = default.get_config().data
   config.dir = str(root / "prepared")
   config.image_size = SIZE
   config.read_threads = 2
@@ -143,7 +144,7 @@ def test_extra_eval_reads_another_prepared_dataset(data_config):
 def test_conic_eval_batches_carry_instances(tmp_path):
   source = replicas.write_conic(tmp_path / "source", num_patches=12, size=SIZE)
   prepare.prepare("conic", source, tmp_path / "out", size=SIZE, progress=False)
-  config = pipeline.default_data_config()
+  config = default.get_config().data
   config.dir, config.image_size, config.protocol = str(tmp_path / "out"), SIZE, "all"
   batch = next(pipeline.make_eval_iterator(config, "test", 12, 0, 1))
   labels = np.load(source / "labels.npy")
@@ -182,8 +183,8 @@ def _coded_example(size=SIZE):
 def test_augmentations_are_off_by_default_and_move_image_and_mask_together():
   example = _coded_example()
   rng = np.random.default_rng(0)
-  assert not augment.Augment(augment.default_augment_config()).active
-  config = augment.default_augment_config()
+  assert not augment.Augment(default.get_config().data.augment).active
+  config = default.get_config().data.augment
   config.hflip = config.vflip = config.rot90 = True
   flip = augment.Augment(config)
   for _ in range(8):
@@ -212,7 +213,7 @@ def test_shift_scale_rotate_identity_shift_and_quarter_turn():
 
 
 def test_full_augmentation_keeps_binary_masks_and_is_deterministic():
-  config = augment.default_augment_config()
+  config = default.get_config().data.augment
   config.shift_scale_rotate, config.ssr_prob, config.color_jitter = True, 1.0, True
   aug = augment.Augment(config)
   example = _coded_example()

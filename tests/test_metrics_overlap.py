@@ -114,49 +114,10 @@ def test_aggregate_rejects_undefined_combinations():
   assert math.isnan(result.value) and result.n_used == 0
 
 
-def test_confusion_sums_jit_mask_merge_and_device_reduce():
-  valid = jnp.array([True, True, False, True])
-  step = jax.jit(lambda p, g, m: metrics.ConfusionSums.from_model_output(pred=p, gt=g, mask=m))
-  first = step(jnp.asarray(PRED), jnp.asarray(GT), valid)
-  second = step(jnp.asarray(PRED), jnp.asarray(GT), jnp.ones(4, bool))
-  merged = metrics.ConfusionSums.empty().merge(first).merge(second)
-  expected = {k: 2 * sum(v) - v[2] for k, v in EXPECTED_COUNTS.items()}
-  assert merged.counts() == {**expected, "images": 7}
-  assert merged.compute()["dice"] == pytest.approx(2 * 6 / (2 * 6 + 6 + 6))
-  # Per-device metrics stacked on a leading axis reduce to the same totals.
-  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), first, second)
-  assert stacked.reduce().counts() == merged.counts()
-
-
-def test_confusion_sums_stay_exact_beyond_int32():
-  many = metrics.ConfusionSums(
-    high=jnp.array([1 << 10, 0, 0, 0], jnp.int32),
-    low=jnp.array([(1 << 20) - 1, 0, 0, 0], jnp.int32),
-    images=jnp.array(1, jnp.int32),
-  )
-  total = metrics.ConfusionSums.empty()
-  for _ in range(5):
-    total = total.merge(many)
-  assert total.counts()["tp"] == 5 * ((1 << 30) + (1 << 20) - 1)  # > 2**32
-
-
-def test_confusion_sums_in_a_clu_collection():
+def test_per_image_values_in_a_clu_collection_give_the_global_dice():
 
   @flax.struct.dataclass
   class EvalMetrics(clu_metrics.Collection):
-    confusion: metrics.ConfusionSums
-
-  update = jax.jit(lambda p, g: EvalMetrics.single_from_model_output(pred=p, gt=g))
-  collection = update(jnp.asarray(PRED), jnp.asarray(GT))
-  collection = collection.merge(update(jnp.asarray(PRED), jnp.asarray(GT)))
-  assert collection.compute()["confusion"]["iou"] == pytest.approx(3 / 9)
-
-
-def test_host_collection_with_both_metric_objects():
-
-  @flax.struct.dataclass
-  class EvalMetrics(clu_metrics.Collection):
-    confusion: metrics.ConfusionSums
     per_image: metrics.PerImageValues
 
   collection = EvalMetrics.empty()
@@ -167,9 +128,11 @@ def test_host_collection_with_both_metric_objects():
     )
   result = collection.compute()
   assert result["per_image"]["fp"].tolist() == [0, 2, 0, 0, 2, 0, 1]
-  summary = metrics.summarize(result["per_image"], metrics.MetricOptions(dice="global"))
-  assert summary.values["dice"] == pytest.approx(result["confusion"]["dice"], rel=1e-12)
-  assert summary.cases["dice"].n_total == 7
+  results = metrics.compute_results(result["per_image"], metrics.MetricOptions(dice="global"))
+  expected = {k: 2 * sum(v) - v[3] for k, v in EXPECTED_COUNTS.items()}
+  global_dice = 2 * expected["tp"] / (2 * expected["tp"] + expected["fp"] + expected["fn"])
+  assert results.values["dice"] == pytest.approx(global_dice, rel=1e-12)
+  assert results.cases["dice"].n_total == 7
 
 
 def test_metrics_package_imports_no_torch_models_or_data():
@@ -200,16 +163,17 @@ def test_per_image_values_drop_padding_and_merge_batches():
   assert "pred" not in values
   np.testing.assert_array_equal(values["tp"], [2, 1, 2, 1, 0, 0])
   np.testing.assert_allclose(values["hd95_pooled"][:2], values["hd95_pooled"][2:4], rtol=1e-6)
-  assert metrics.collect([{**record, "mask": np.array([True, False, True, True])}])[
-    "fp"
-  ].tolist() == [0, 0, 1]
+  masked = metrics.PerImageValues.from_model_output(
+    mask=np.array([True, False, True, True]), **record
+  )
+  assert masked.compute()["fp"].tolist() == [0, 0, 1]
   with pytest.raises(ValueError, match="none of"):
     metrics.PerImageValues.from_model_output(pred=PRED)
 
 
 def test_summarize_report_conventions_counts_and_json():
   record = metrics.per_image_metrics(PRED, GT)
-  report = metrics.summarize(record)
+  report = metrics.compute_results(record)
   assert report.values["dice"] == pytest.approx((4 / 6 + 2 / 5 + 1 + 0) / 4)
   assert report.cases["dice"] == metrics.CaseCounts(4, 4, 0)
   # Distances: image 2 (both empty) excluded, image 3 (one empty) scored with the diagonal.
@@ -231,7 +195,7 @@ def test_summarize_report_conventions_counts_and_json():
     resolution="original",
   )
   nan_record = metrics.per_image_metrics(PRED, GT, one_empty="nan")
-  skipped = metrics.summarize(nan_record, options)
+  skipped = metrics.compute_results(nan_record, options)
   assert skipped.cases["dice"] == metrics.CaseCounts(2, 4, 2)
   assert skipped.cases["hd95"] == metrics.CaseCounts(2, 4, 2)
   assert "MONAI" in skipped.conventions["hd95"].definition
@@ -241,6 +205,6 @@ def test_summarize_report_conventions_counts_and_json():
 def test_summarize_refuses_a_record_computed_under_another_policy():
   record = metrics.per_image_metrics(PRED, GT, one_empty="nan")
   with pytest.raises(ValueError, match="one_empty='nan'"):
-    metrics.summarize(record, metrics.MetricOptions(distance_empty="diagonal"))
+    metrics.compute_results(record, metrics.MetricOptions(distance_empty="diagonal"))
   with pytest.raises(ValueError, match="hd95='mean'"):
     metrics.MetricOptions(hd95="mean")

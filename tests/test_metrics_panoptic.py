@@ -127,7 +127,7 @@ def test_mpq_plus_matches_reference():
   assert record["class_tp"].shape == (len(GT), num_classes)
   expected = reference_mpq_plus(GT, PRED, gt_classes, pred_classes, num_classes)
   assert panoptic.mpq_plus(record) == pytest.approx(expected, rel=1e-12)
-  report = metrics.summarize(record)
+  report = metrics.compute_results(record)
   assert set(report.values) == {"pq", "pq_dataset", "mpq_plus"}
   assert report.values["mpq_plus"] == pytest.approx(expected, rel=1e-12)
   assert report.cases["pq"] == metrics.CaseCounts(5, 5, 0)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
+from configs import common, default
 from sgdnet_jax import models, summary
 from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
 
@@ -65,7 +65,7 @@ def test_paper_convention_gmacs(variant, paper, tolerance):
   assert abs(gmacs - paper) / paper < tolerance, (variant, gmacs, module_config.variant)
 
 
-@pytest.mark.parametrize("variant", sorted(models.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(default.VARIANTS))
 @pytest.mark.parametrize("num_classes", [1, 2])
 def test_every_variant_output_shapes(variant, num_classes):
   module = models.build(common.tiny_model_config(variant, num_classes))
@@ -86,7 +86,7 @@ def test_every_variant_output_shapes(variant, num_classes):
     out = out[0] if train else out
     for key in ("o1", "o2", "o3"):
       assert out[key].shape == (2, 64, 64, num_classes) and out[key].dtype == jnp.float32
-    has_edge = models.VARIANTS[variant].get("edge_branch", "sge") != "none"
+    has_edge = default.VARIANTS[variant].get("edge_branch", "sge") != "none"
     assert ("edge" in out) == has_edge
     if has_edge:
       assert out["edge"].shape == (2, 64, 64, 1)
@@ -204,7 +204,7 @@ def test_sobel_kernels_are_constants_and_gradients_stay_finite_on_flat_maps():
 
   grads = jax.grad(loss, (0, 1, 2))(variables["params"], x4, x1)  # Flat input: magnitude exactly 0.
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-  gate_grad = jax.grad(lambda s: jnp.sum(sge.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(
+  gate_grad = jax.grad(lambda s: jnp.sum(layers.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(
     jnp.ones((1, 5, 5, 3))
   )
   assert bool(jnp.all(jnp.isfinite(gate_grad)))

@@ -133,8 +133,8 @@ class _CtoEdgeBranch(nn.Module):
 
   @nn.compact
   def __call__(self, x4, x1):
-    s1 = sge.cto_sobel_gate(x1, False, 1)
-    s4 = sge.cto_sobel_gate(x4, False, 4)
+    s1 = cto.sobel_gate(x1, False, 1)
+    s4 = cto.sobel_gate(x4, False, 4)
     return cto.EdgeAttentionModule(64, name="eam")(s4, s1, False)
 
 

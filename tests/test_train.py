@@ -15,6 +15,7 @@ import optax
 import pytest
 import torch
 
+from configs import default
 from sgdnet_jax import config_utils, evaluate, variables_io
 from sgdnet_jax.train import checkpointing, loop, losses, optimizer
 from tests import train_helpers
@@ -27,7 +28,7 @@ def test_loss_matches_a_hand_computed_value():
   logits[0, 1:3, 1:3, 0] = 3.0
   logits[0, 0, 0, 0] = 1.0  # one false positive
   outputs = {k: jnp.asarray(logits) for k in ("o1", "o2", "o3")}
-  config = losses.default_loss_config()
+  config = default.get_config().loss
   config.edge_weight = 0.0
   loss, parts = losses.total_loss(outputs, jnp.asarray(mask), config)
   p = 1 / (1 + np.exp(-logits[0, ..., 0]))
@@ -58,7 +59,7 @@ def test_edge_term_uses_the_outer_disk2_ring():
     "o3": jnp.zeros((2, 20, 20, 1)),
     "edge": edge,
   }
-  _, parts = losses.total_loss(outputs, jnp.asarray(mask), losses.default_loss_config())
+  _, parts = losses.total_loss(outputs, jnp.asarray(mask), default.get_config().loss)
   expected = np.mean([1 - (2 * 0.9 * r.sum() + 1) / (0.9 * r.sum() + r.sum() + 1) for r in ring])
   assert float(parts["loss_edge"]) == pytest.approx(expected, rel=1e-5)
 
@@ -76,7 +77,7 @@ def test_structure_loss_weights_each_sample_by_its_own_map():
 
 
 def test_optimizer_matches_torch_adam_with_clip_and_coupled_weight_decay():
-  config = optimizer.default_optimizer_config()
+  config = default.get_config().optimizer
   config.lr = 1e-2
   tx, schedule = optimizer.make_optimizer(config, steps_per_epoch=2, epochs=4)
   rng = np.random.default_rng(2)

@@ -12,11 +12,12 @@ def main(argv) -> int:
   parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
   parser.add_argument("--split", default="test", help="train, val, test or a data.extra_eval name")
   parser.add_argument("--resolution", default="train", choices=RESOLUTIONS)
+  parser.add_argument("--out", default=None, help="results folder (default: <workdir>/eval)")
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import evaluate  # After argument errors, which should not wait for JAX.
 
-  result = evaluate.evaluate(config, args.workdir, args.split, args.resolution)
+  result = evaluate.evaluate(config, args.workdir, args.split, args.resolution, out_dir=args.out)
   numbers = {k: v for k, v in result.items() if isinstance(v, float)}
   print(json.dumps({"split": result["split"], "n_total": result["n_total"], **numbers}))
   return 0

@@ -16,25 +16,6 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
-def default_augment_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(
-    {
-      "hflip": False,
-      "vflip": False,
-      "rot90": False,  # uniform over 0, 90, 180, 270 degrees
-      "shift_scale_rotate": False,
-      "ssr_prob": 0.5,
-      "shift_limit": 0.1,  # fraction of the image size
-      "scale_limit": 0.1,  # scale in [1 - limit, 1 + limit]
-      "rotate_limit": 45.0,  # degrees
-      "color_jitter": False,
-      "brightness": 0.2,  # factor in [1 - b, 1 + b]
-      "contrast": 0.2,
-      "saturation": 0.2,
-    }
-  )
-
-
 def normalize(image: np.ndarray) -> np.ndarray:
   """RGB in [0, 255] (any dtype) -> float32 standardised with the ImageNet mean and std."""
   return (np.asarray(image, np.float32) - IMAGENET_MEAN) / IMAGENET_STD

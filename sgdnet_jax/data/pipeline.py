@@ -25,26 +25,6 @@ from sgdnet_jax.data import augment
 from sgdnet_jax.data import dataset as dataset_lib
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """The `data` block of an experiment config (documented in sgdnet_jax/data/__init__.py)."""
-  config = ml_collections.ConfigDict()
-  config.dir = ""  # prepared dataset folder (output of `prepare`)
-  config.protocol = ""  # split protocol in <dir>/splits ('' = the dataset's default)
-  config.fold = 0
-  config.train_split = "train"
-  config.val_split = "val"
-  config.test_split = "test"
-  config.image_size = 256  # must equal the prepared size
-  config.augment = augment.default_augment_config()
-  config.num_workers = 0  # grain worker processes; 0 = threads in this process
-  config.read_threads = 4  # threads building batches, per process
-  config.prefetch = 8  # batches built ahead, per process
-  # Further evaluation sets from other prepared datasets, e.g.
-  #   config.extra_eval.ph2 = ConfigDict(dict(dir=..., protocol="all", fold=0, split="test"))
-  config.extra_eval = ml_collections.ConfigDict()
-  return config
-
-
 def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count

@@ -53,7 +53,7 @@ def per_image_metrics(
   one_empty: str = "diagonal",
   distances: bool = True,
 ) -> dict[str, np.ndarray]:
-  """Per-image record of a batch on the host: the input of `PerImageValues` and `summarize`.
+  """Per-image record of a batch on the host: the input of `PerImageValues` and `compute_results`.
 
   Args:
     pred: boolean masks (B, H, W).

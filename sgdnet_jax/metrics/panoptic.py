@@ -89,7 +89,7 @@ def panoptic_counts(
   pred_classes: Any = None,
   num_classes: int = CONIC_NUM_CLASSES,
 ) -> dict[str, np.ndarray]:
-  """Per-patch panoptic record of a batch (B, H, W): the input of `summarize`.
+  """Per-patch panoptic record of a batch (B, H, W): the input of `compute_results`.
 
   Args:
     gt_instances: integer instance maps (B, H, W), 0 = background.

@@ -1,4 +1,4 @@
-"""CTO's modules (Lin et al.): patch transformer, dual-attention head, EAM edge branch, DM decoder.
+"""CTO's modules (Lin et al.): patch transformer, dual-attention head, Sobel gate, EAM, DM decoder.
 
 Names follow the upstream `CTO_net.py` state_dict (SPEC §1.3-§1.7).
 """
@@ -224,3 +224,15 @@ class DecoderModule(nn.Module):
       r = nn.relu(layers.ConvBN(c, 3, padding=1, dtype=self.dtype, name=name)(r, train))
     ra = layers.ConvBN(1, 3, padding=1, dtype=self.dtype, name="ra2_conv4")(r, train)
     return ra + up + re
+
+
+def sobel_gate(x, train: bool, index: int):
+  """CTO's `run_sobel` with `get_sobel(C, 1)`: channel-sum Sobel, BN(1) per direction, gate.
+
+  Call inside the network's compact method: the two BN(1) layers (`sobel_xN.1`, `sobel_yN.1`) are
+  its only parameters and belong to the caller's scope, as upstream; the kernels are constants.
+  """
+  gx, gy = layers.sobel_of_channel_sum(x)
+  gx = layers.BatchNorm(name=f"sobel_x{index}_1")(gx, train)
+  gy = layers.BatchNorm(name=f"sobel_y{index}_1")(gy, train)
+  return layers.sobel_gate(x, gx, gy)

@@ -380,3 +380,9 @@ def sobel_of_channel_sum(x: Array) -> tuple[Array, Array]:
     summed, kernels, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
   return g[..., :1], g[..., 1:]
+
+
+def sobel_gate(x: jax.Array, gx: jax.Array, gy: jax.Array) -> jax.Array:
+  """`sigmoid(sqrt(gx^2 + gy^2)) * x` with a finite gradient where the magnitude is 0."""
+  magnitude = safe_sqrt(jnp.square(gx) + jnp.square(gy))
+  return (jax.nn.sigmoid(magnitude) * x.astype(jnp.float32)).astype(x.dtype)

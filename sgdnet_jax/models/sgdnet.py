@@ -141,8 +141,8 @@ class SGDNet(nn.Module):
       edge_logits, guidance = out["edge_logits"], out["guidance"]
       aux["guidance"] = guidance
     elif self.edge_branch == "eam":
-      s1 = sge.cto_sobel_gate(x1, train, 1)
-      s4 = sge.cto_sobel_gate(x4, train, 4)
+      s1 = cto.sobel_gate(x1, train, 1)
+      s4 = cto.sobel_gate(x4, train, 4)
       edge_logits = cto.EdgeAttentionModule(self.decoder_channels, dtype, name="eam")(s4, s1, train)
 
     trans = layers.resize_bilinear(trans, x4.shape[1:3])

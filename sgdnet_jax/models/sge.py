@@ -1,4 +1,4 @@
-"""Structure Guidance Extractor (official `SGE.py`, SPEC §2.1) and CTO's Sobel gate.
+"""Structure Guidance Extractor (official `SGE.py`, SPEC §2.1).
 
 The upstream dense Sobel convolutions (C -> C, the same 3x3 kernel for every channel pair) equal a
 Sobel of the channel sum; we compute that, with constant kernels and a safe square root.
@@ -11,12 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from sgdnet_jax.models import layers
-
-
-def sobel_gate(x: jax.Array, gx: jax.Array, gy: jax.Array) -> jax.Array:
-  """`sigmoid(sqrt(gx^2 + gy^2)) * x` with a finite gradient where the magnitude is 0."""
-  magnitude = layers.safe_sqrt(jnp.square(gx) + jnp.square(gy))
-  return (jax.nn.sigmoid(magnitude) * x.astype(jnp.float32)).astype(x.dtype)
 
 
 class BottleneckRefiner(nn.Module):
@@ -63,10 +57,10 @@ class StructureGuidanceExtractor(nn.Module):
     s1 = proj("s1_proj", x1)
     # Each stream is Sobel-modulated and refined at its own resolution (s4 before upsampling).
     s4 = BottleneckRefiner(self.reduction, self.dtype, name="refine4")(
-      sobel_gate(s4, *layers.sobel_of_channel_sum(s4)), train
+      layers.sobel_gate(s4, *layers.sobel_of_channel_sum(s4)), train
     )
     s1 = BottleneckRefiner(self.reduction, self.dtype, name="refine1")(
-      sobel_gate(s1, *layers.sobel_of_channel_sum(s1)), train
+      layers.sobel_gate(s1, *layers.sobel_of_channel_sum(s1)), train
     )
     s4 = layers.resize_bilinear(s4, s1.shape[1:3])
     fused = layers.ConvBN(
@@ -77,15 +71,3 @@ class StructureGuidanceExtractor(nn.Module):
       self.guide_channels, 1, use_bias=False, dtype=self.dtype, name="out_guidance"
     )(fused)
     return {"edge_logits": edge, "guidance": guidance}
-
-
-def cto_sobel_gate(x, train: bool, index: int):
-  """CTO's `run_sobel` with `get_sobel(C, 1)`: channel-sum Sobel, BN(1) per direction, gate.
-
-  Call inside the network's compact method: the two BN(1) layers (`sobel_xN.1`, `sobel_yN.1`) are
-  its only parameters and belong to the caller's scope, as upstream; the kernels are constants.
-  """
-  gx, gy = layers.sobel_of_channel_sum(x)
-  gx = layers.BatchNorm(name=f"sobel_x{index}_1")(gx, train)
-  gy = layers.BatchNorm(name=f"sobel_y{index}_1")(gy, train)
-  return sobel_gate(x, gx, gy)

@@ -179,11 +179,18 @@ def _res2net_structure(params: Params):
   return _abstract(res2net.Res2Net(depth=50), (1, 64, 64, 3), train=False)
 
 
+# The upstream networks as SGDNet fields; everything else is the modules' (upstream) defaults.
+UPSTREAM_NETWORKS = {"sgdnet": {}, "cto": {"edge_branch": "eam", "skip_fusion": "edge_gate"}}
+
+
 def _network_structure(variant: str) -> Callable[[Params], Any]:
   def structure(params: Params):
-    config = models.default_model_config(variant, _out_channels(params, "predictor1"))
-    config.trans_patch_sizes = (8, 4, 2, 1)  # shapes do not depend on them; a small input
-    return _abstract(models.build(config), (1, 64, 64, 3), train=False)
+    module = models.SGDNet(
+      num_classes=_out_channels(params, "predictor1"),
+      trans_patch_sizes=(8, 4, 2, 1),  # shapes do not depend on them; a small input
+      **UPSTREAM_NETWORKS[variant],
+    )
+    return _abstract(module, (1, 64, 64, 3), train=False)
 
   return structure
 

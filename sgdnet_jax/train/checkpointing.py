@@ -12,8 +12,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
+from sgdnet_jax.variables_io import BEST_DIR, LATEST_DIR
 
 
 class WorkdirCheckpoints:
@@ -70,25 +69,3 @@ class WorkdirCheckpoints:
   def close(self):
     self.latest.close()
     self.best.close()
-
-
-def restore_workdir_variables(workdir: str, which: str = "best") -> dict[str, Any]:
-  """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
-  workdir = os.path.abspath(workdir)
-  best_dir, latest_dir = os.path.join(workdir, BEST_DIR), os.path.join(workdir, LATEST_DIR)
-  if which == "best" and os.path.isdir(best_dir):
-    with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
-      step = manager.latest_step()
-      if step is not None:
-        restored = manager.restore(
-          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
-        )
-        return dict(restored["variables"])
-  if os.path.isdir(latest_dir):
-    with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:
-      step = manager.latest_step()
-      if step is not None:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        state = restored["state"]
-        return {"params": state["params"], "batch_stats": state["batch_stats"]}
-  raise FileNotFoundError(f"{workdir}: no checkpoint found in {BEST_DIR}/ or {LATEST_DIR}/")

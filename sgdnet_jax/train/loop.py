@@ -7,6 +7,7 @@ checkpoints; starting again in the same workdir resumes where the last checkpoin
 continues the identical loss sequence.
 """
 
+import dataclasses
 import logging
 import math
 import os
@@ -15,11 +16,18 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sgdnet_jax import compilation_cache, config_utils, distributed, models, variables_io
+from sgdnet_jax import (
+  compilation_cache,
+  config_utils,
+  distributed,
+  evaluate,
+  metrics,
+  models,
+  variables_io,
+)
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import checkpointing, losses, optimizer, writers
 from sgdnet_jax.train import state as state_lib
@@ -27,6 +35,26 @@ from sgdnet_jax.train import state as state_lib
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when the training loss stops being finite; the last checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class BestCheckpoint:
+  """The best validation Dice so far and its step (-1: none yet); saved with every checkpoint."""
+
+  dice: float = -1.0
+  step: int = -1
+
+  @classmethod
+  def from_json(cls, record: dict[str, Any]) -> "BestCheckpoint":
+    return cls(dice=float(record["best_dice"]), step=int(record["best_step"]))
+
+  def to_json(self) -> dict[str, Any]:
+    return {"best_dice": self.dice, "best_step": self.step}
+
+
+def due(step: int, every: int, total: int) -> bool:
+  """True every `every` steps (never when `every` <= 0) and at the last step (as `itstime`)."""
+  return step == total or (every > 0 and step % every == 0)
 
 
 def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
@@ -64,36 +92,14 @@ def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
   )
 
 
-def make_dice_step(model, mesh, shardings):
-  """Per-batch sums for the validation score: per-image foreground Dice (both empty = 1)."""
-
-  def dice_step(variables, batch):
-    pred = (
-      losses.foreground_probability(model.apply(variables, batch["image"], train=False)["o1"]) > 0.5
-    )
-    gt = batch["mask"] > 0
-    tp = jnp.sum(pred & gt, axis=(1, 2))
-    denominator = jnp.sum(pred, axis=(1, 2)) + jnp.sum(gt, axis=(1, 2))
-    dice = jnp.where(denominator > 0, 2.0 * tp / jnp.maximum(denominator, 1), 1.0)
-    valid = batch["valid"].astype(jnp.float32)
-    return jnp.sum(dice * valid), jnp.sum(valid)
-
-  variable_shardings = {"params": shardings.params, "batch_stats": shardings.batch_stats}
-  return jax.jit(
-    dice_step,
-    in_shardings=(variable_shardings, state_lib.batch_sharding(mesh)),
-    out_shardings=state_lib.replicated(mesh),
+def validation_dice(step_fn, variables, config: ml_collections.ConfigDict, mesh) -> float:
+  """Dice on the validation split under `config.metrics` (the same collection as `evaluate`)."""
+  record, _ = evaluate.collect_split(
+    step_fn, variables, config, config.data.val_split, mesh, device_metrics=True
   )
-
-
-def validation_dice(dice_step, variables, data_config, split: str, batch_size: int, mesh) -> float:
-  total = count = 0.0
-  for batch in pipeline.make_eval_iterator(data_config, split, batch_size):
-    device_batch = state_lib.global_batch({k: batch[k] for k in ("image", "mask", "valid")}, mesh)
-    batch_total, batch_count = dice_step(variables, device_batch)
-    total += float(batch_total)
-    count += float(batch_count)
-  return total / max(count, 1.0)
+  options = evaluate.metric_options(config, "train")
+  record = {k: v for k, v in record.items() if k != "index"}
+  return metrics.compute_results(record, options).values["dice"]
 
 
 def _load_initial_variables(path: str, state, shardings):
@@ -121,6 +127,19 @@ def _load_initial_variables(path: str, state, shardings):
   return state.replace(params=params, batch_stats=batch_stats)
 
 
+def _check_finite(pending, checkpoints, workdir: str):
+  """Raises NonFiniteLossError at the first (step, metrics) whose loss or weights are not finite."""
+  for step, scalars in pending:
+    loss, param_norm = float(scalars["loss"]), float(scalars["param_norm"])
+    if not (math.isfinite(loss) and math.isfinite(param_norm)):
+      parts = {k: float(v) for k, v in scalars.items()}
+      raise NonFiniteLossError(
+        f"training loss {loss} (parameter norm {param_norm}) at step {step} is not finite; "
+        f"stopping. The last checkpoint (step {checkpoints.latest_step()}) in {workdir} is "
+        f"intact. Parts: {parts}"
+      )
+
+
 class _Preemption:
   """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
 
@@ -138,7 +157,7 @@ class _Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns a summary."""
+  """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome."""
   distributed.initialize(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
@@ -148,26 +167,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_utils.save_config(config, os.path.join(workdir, "config.json"))
 
   mesh = state_lib.make_mesh(config.mesh)
-  global_batch = config.global_batch_size
-  steps_per_epoch = max(
-    1, math.ceil(pipeline.split_size(config.data, config.data.train_split) / global_batch)
-  )
+  train_size = pipeline.split_size(config.data, config.data.train_split)
+  steps_per_epoch = max(1, math.ceil(train_size / config.global_batch_size))
   total_steps = config.total_steps or config.epochs * steps_per_epoch
   model = models.build(config.model)
   tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, config.epochs)
   image_shape = (1, config.data.image_size, config.data.image_size, 3)
+  rng = jax.random.PRNGKey(config.seed)
   state, shardings = state_lib.create_state(
-    model, tx, image_shape, jax.random.PRNGKey(config.seed), mesh, config.mesh.fsdp_min_size
+    model, tx, image_shape, rng, mesh, config.mesh.fsdp_min_size
   )
   checkpoints = checkpointing.WorkdirCheckpoints(workdir, config.keep_checkpoints)
-  train_iter = pipeline.make_train_iterator(config.data, global_batch, config.seed)
-  meta = {"best_dice": -1.0, "best_step": -1}
+  train_iter = pipeline.make_train_iterator(config.data, config.global_batch_size, config.seed)
+  best = BestCheckpoint()
   if checkpoints.latest_step() is not None:
     abstract = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
-    state, data_state, meta = checkpoints.restore(abstract)
+    state, data_state, best_record = checkpoints.restore(abstract)
     train_iter.set_state(data_state)
+    best = BestCheckpoint.from_json(best_record)
     logging.info("resumed from step %d", int(state.step))
   elif config.init_from:
     state = _load_initial_variables(config.init_from, state, shardings)
@@ -175,91 +194,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = distributed.CompiledOnAllProcesses(
     make_train_step(model, tx, schedule, config.loss, mesh, shardings), "train_step"
   )
-  dice_step = distributed.CompiledOnAllProcesses(
-    make_dice_step(model, mesh, shardings), "dice_step"
+  eval_step = distributed.CompiledOnAllProcesses(
+    evaluate.make_eval_step(
+      model, mesh, device_metrics=True, distances=False, one_empty="nan", probability=False
+    ),
+    "validation_step",
   )
+  validate_every = config.eval_every_epochs * steps_per_epoch
+  checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
+  is_main = jax.process_index() == 0
   writer = writers.MetricsWriter(workdir)
   preemption = _Preemption()
   step = int(state.step)
-  pending = (
-    None  # (step, metrics) of the previous step, checked one step late to keep dispatch async.
-  )
+  pending = []  # (step, metrics) not yet checked: reading them waits for the device.
   window_start, window_steps = time.time(), 0
   last_log: dict[str, Any] = {}
-
-  def save(step):
-    checkpoints.save(step, state, train_iter.get_state(), meta)
-
-  def check(pending):
-    step_done, metrics = pending
-    loss, param_norm = float(metrics["loss"]), float(metrics["param_norm"])
-    if not (math.isfinite(loss) and math.isfinite(param_norm)):
-      raise NonFiniteLossError(
-        f"training loss {loss} (parameter norm {param_norm}) at step {step_done} is not "
-        f"finite; stopping. The last checkpoint "
-        f"(step {checkpoints.latest_step()}) in {workdir} is intact. Parts: "
-        f"{ {k: float(v) for k, v in metrics.items()} }"
-      )
-
   try:
     while step < total_steps:
       batch = state_lib.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        check(pending)
+      state, scalars = train_step(state, batch)
       step += 1
-      pending = (step, metrics)
       window_steps += 1
-      if step % config.log_every_steps == 0 or step == total_steps:
-        check(pending)
+      pending.append((step, scalars))
+      log_now = due(step, config.log_every_steps, total_steps)
+      validate_now = config.eval_every_epochs > 0 and due(step, validate_every, total_steps)
+      save_now = due(step, checkpoint_every, total_steps) or preemption.requested
+      # The previous step's metrics are ready by now; this step's are read only when something
+      # below uses the state, so that dispatch stays one step ahead otherwise.
+      syncing = log_now or validate_now or save_now
+      _check_finite(pending if syncing else pending[:-1], checkpoints, workdir)
+      pending = [] if syncing else pending[-1:]
+
+      if log_now:
         elapsed = time.time() - window_start
-        rate = window_steps * global_batch / max(elapsed, 1e-9)
-        last_log = {k: float(v) for k, v in metrics.items()}
-        writer.write_scalars(
-          step, {**last_log, "images_per_sec": rate, "epoch": step / steps_per_epoch}
-        )
-        eta = (total_steps - step) * global_batch / max(rate, 1e-9)
-        if jax.process_index() == 0:
+        rate = window_steps * config.global_batch_size / max(elapsed, 1e-9)
+        last_log = {k: float(v) for k, v in scalars.items()}
+        scalars = {**last_log, "images_per_sec": rate, "epoch": step / steps_per_epoch}
+        writer.write_scalars(step, scalars)
+        if is_main:
+          eta = (total_steps - step) * config.global_batch_size / max(rate, 1e-9)
           print(
             f"step {step}/{total_steps}  loss {last_log['loss']:.4f}  {rate:.1f} img/s  "
             f"ETA {eta / 60:.1f} min",
             flush=True,
           )
         window_start, window_steps = time.time(), 0
-      epoch_end = step % steps_per_epoch == 0
-      epoch = step // steps_per_epoch
-      evaluating = config.eval_every_epochs > 0 and (
-        (epoch_end and epoch % config.eval_every_epochs == 0) or step == total_steps
-      )
-      if evaluating:
-        check(pending)
-        dice = validation_dice(
-          dice_step,
-          state.variables(),
-          config.data,
-          config.data.val_split,
-          config.eval_batch_size,
-          mesh,
-        )
+      if validate_now:
+        dice = validation_dice(eval_step, state.variables(), config, mesh)
         writer.write_scalars(step, {"val_dice": dice, "epoch": step / steps_per_epoch})
-        if jax.process_index() == 0:
-          print(
-            f"step {step}: validation Dice {dice:.4f} (best {max(dice, meta['best_dice']):.4f})",
-            flush=True,
-          )
-        if dice > meta["best_dice"]:
-          meta = {"best_dice": dice, "best_step": step}
+        if dice > best.dice:
+          best = BestCheckpoint(dice, step)
           checkpoints.save_best(step, state.variables())
-      checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
-      if step % checkpoint_every == 0 or step == total_steps:
-        check(pending)
-        save(step)
+        if is_main:
+          print(f"step {step}: validation Dice {dice:.4f} (best {best.dice:.4f})", flush=True)
+      if save_now:
+        checkpoints.save(step, state, train_iter.get_state(), best.to_json())
       if preemption.requested:
-        check(pending)
-        save(step)
         break
-    if pending is not None:
-      check(pending)
+    _check_finite(pending, checkpoints, workdir)
   finally:
     checkpoints.wait()
     checkpoints.close()
@@ -268,8 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return {
     "step": step,
     "total_steps": total_steps,
-    "best_dice": meta["best_dice"],
-    "best_step": meta["best_step"],
+    "best_dice": best.dice,
+    "best_step": best.step,
     "last": last_log,
     "preempted": preemption.requested,
   }

@@ -11,21 +11,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sgdnet_jax import models
+
 SEG_LOSSES = ("bce_dice", "structure")
 # disk(2) as skimage builds it: the 13-pixel diamond-like footprint of radius 2.
 DISK2 = np.array(
   [[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], bool
 )
-
-
-def default_loss_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(
-    dict(
-      seg="bce_dice",  # or 'structure' (CTO's weighted IoU + weighted CE)
-      dice_smooth=1.0,
-      edge_weight=3.0,  # lambda; 0 disables the edge term
-    )
-  )
 
 
 def boundary_target(mask: jax.Array) -> jax.Array:
@@ -53,13 +45,6 @@ def soft_dice_loss(prob: jax.Array, target: jax.Array, smooth: float) -> jax.Arr
   )
 
 
-def foreground_probability(logits: jax.Array) -> jax.Array:
-  """(B, H, W) foreground probability from 1-channel (sigmoid) or 2-channel (softmax) logits."""
-  if logits.shape[-1] == 1:
-    return jax.nn.sigmoid(logits[..., 0])
-  return jax.nn.softmax(logits, axis=-1)[..., 1]
-
-
 def pixel_cross_entropy(logits: jax.Array, target: jax.Array) -> jax.Array:
   """Per-pixel BCE (1 channel) or CE (2 channels) against a 0/1 target, shape (B, H, W)."""
   if logits.shape[-1] == 1:
@@ -72,7 +57,7 @@ def pixel_cross_entropy(logits: jax.Array, target: jax.Array) -> jax.Array:
 def bce_dice_loss(logits: jax.Array, target: jax.Array, smooth: float) -> jax.Array:
   """Per-sample BCE (mean over pixels) + soft Dice on the foreground probability, (B,)."""
   bce = jnp.mean(pixel_cross_entropy(logits, target), axis=(1, 2))
-  return bce + soft_dice_loss(foreground_probability(logits), target, smooth)
+  return bce + soft_dice_loss(models.foreground_probability(logits), target, smooth)
 
 
 def structure_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
@@ -91,7 +76,7 @@ def structure_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
   )[..., 0] / (31.0 * 31.0)
   weight = 1.0 + 5.0 * jnp.abs(pooled - target)
   wce = jnp.mean(pixel_cross_entropy(logits, target) * weight, axis=(1, 2))
-  fg = foreground_probability(logits)
+  fg = models.foreground_probability(logits)
   ious = []
   for prob, truth in ((fg, target), (1.0 - fg, 1.0 - target)):
     tp = jnp.sum(prob * truth * weight, axis=(1, 2))

@@ -12,12 +12,6 @@ import ml_collections
 import optax
 
 
-def default_optimizer_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(
-    dict(lr=1e-4, poly_power=0.9, grad_clip=0.5, weight_decay=1e-5, b1=0.9, b2=0.99, eps=1e-8)
-  )
-
-
 def poly_epoch_schedule(
   config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:

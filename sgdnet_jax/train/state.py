@@ -31,11 +31,6 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def default_mesh_config() -> ml_collections.ConfigDict:
-  # data = -1 takes every device left after fsdp.
-  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
-
-
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   fsdp = mesh_config.fsdp

@@ -1,8 +1,8 @@
 """Results records: values with the convention and case counts behind each number.
 
-`summarize(record, options)` turns a per-image record (from
+`compute_results(record, options)` turns a per-image record (from
 `per_image_metrics[_jax]` and/or `panoptic_counts`, merged over the test set with
-`PerImageValues` or `collect`) into a `MetricsReport`:
+`PerImageValues`) into a `MetricResults`:
 
 * `values`: metric name -> float;
 * `conventions`: metric name -> `MetricConvention(definition, empty_policy)`;
@@ -93,7 +93,7 @@ class CaseCounts:
 
 
 @dataclasses.dataclass(frozen=True)
-class MetricsReport:
+class MetricResults:
   """Metric values plus, for each, its convention and the images it used."""
 
   values: Mapping[str, float]
@@ -101,15 +101,15 @@ class MetricsReport:
   cases: Mapping[str, CaseCounts]
   resolution: str
 
-  def merged(self, other: "MetricsReport") -> "MetricsReport":
-    """Both reports' metrics in one (e.g. segmentation + panoptic); names must not clash."""
+  def merged(self, other: "MetricResults") -> "MetricResults":
+    """Both results in one (e.g. segmentation + panoptic); names must not clash."""
     clash = set(self.values) & set(other.values)
     if clash or self.resolution != other.resolution:
       raise ValueError(
-        f"MetricsReport.merged: clashing names {sorted(clash)} or resolutions"
+        f"MetricResults.merged: clashing names {sorted(clash)} or resolutions"
         f" {self.resolution!r} / {other.resolution!r}"
       )
-    return MetricsReport(
+    return MetricResults(
       {**self.values, **other.values},
       {**self.conventions, **other.conventions},
       {**self.cases, **other.cases},
@@ -149,7 +149,7 @@ def _has(record: Mapping[str, Any], keys: Sequence[str]) -> bool:
   present = [k in record for k in keys]
   if any(present) and not all(present):
     raise ValueError(
-      f"summarize: record has only part of {keys}: missing"
+      f"compute_results: record has only part of {keys}: missing"
       f" {[k for k, p in zip(keys, present) if not p]}"
     )
   return all(present)
@@ -164,7 +164,7 @@ def _check_distance_policy(record: Mapping[str, Any], name: str, policy: str) ->
   if wrong.any():
     other = "nan" if policy == "diagonal" else "diagonal"
     raise ValueError(
-      f"summarize: {int(wrong.sum())} images with exactly one empty mask have {name}"
+      f"compute_results: {int(wrong.sum())} images with exactly one empty mask have {name}"
       f" computed with one_empty={other!r}, but options.distance_empty={policy!r}"
     )
 
@@ -173,8 +173,10 @@ def _unit(spacing: Any) -> str:
   return "in pixels" if spacing is None else f"in units of spacing {spacing}"
 
 
-def summarize(record: Mapping[str, Any], options: MetricOptions = MetricOptions()) -> MetricsReport:
-  """Aggregates a per-image record of the whole test set into a `MetricsReport`."""
+def compute_results(
+  record: Mapping[str, Any], options: MetricOptions = MetricOptions()
+) -> MetricResults:
+  """Aggregates a per-image record of the whole test set into a `MetricResults`."""
   values, conventions, cases = {}, {}, {}
 
   def add(name: str, value: float, n_used: int, n_total: int, definition: str, empty: str):
@@ -257,5 +259,5 @@ def summarize(record: Mapping[str, Any], options: MetricOptions = MetricOptions(
       )
 
   if not values:
-    raise ValueError(f"summarize: the record has no known fields (got {sorted(record)})")
-  return MetricsReport(values, conventions, cases, options.resolution)
+    raise ValueError(f"compute_results: the record has no known fields (got {sorted(record)})")
+  return MetricResults(values, conventions, cases, options.resolution)
