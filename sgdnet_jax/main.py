@@ -19,6 +19,7 @@ COMMANDS = (
   "export-torch",
   "predict",
   "prepare",
+  "report",
   "summary",
   "train",
 )

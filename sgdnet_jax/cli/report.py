@@ -1,0 +1,32 @@
+"""`report`: statistics, tables and pictures of an ablation sweep (see `sgdnet_jax.study.report`).
+
+  python -m sgdnet_jax.main report --root R [--baseline cto] [--split test] \
+      [--metrics dice,iou,hd95,assd] [--seed 0]
+
+Reads every `R/<variant>/fold<k>[/seed<s>]/eval/<split>.json` and `<split>_cases.csv`; writes
+R/report.md, .csv, .json, .tex, R/report_<metric>.png and R/curves.png.
+"""
+
+from sgdnet_jax import cli
+from sgdnet_jax.study import report
+
+
+def main(argv) -> int:
+  parser = cli.parser("report", __doc__, config=False)
+  parser.add_argument("--root", required=True, help="the sweep root R")
+  parser.add_argument("--baseline", default="cto", help="the variant every other is compared with")
+  parser.add_argument("--split", default="test", help="the evaluated split (eval/<split>.json)")
+  parser.add_argument(
+    "--metrics", default=",".join(report.DEFAULT_METRICS), help="comma-separated metric names"
+  )
+  parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
+  args = parser.parse_args(argv)
+  metrics = [m for m in args.metrics.split(",") if m]
+  runs = report.load_runs(args.root, args.split, metrics)
+  result = report.summarize(runs, args.baseline, args.seed)
+  paths = report.write_tables(args.root, result)
+  from sgdnet_jax.study import plots  # matplotlib only once the tables are written.
+
+  paths += plots.write_plots(args.root, runs, result)
+  print(f"report of {len(runs)} runs: {', '.join(paths)}")
+  return 0

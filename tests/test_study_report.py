@@ -1,0 +1,309 @@
+"""The sweep report (`sgdnet_jax.study`, `report` command) on hand-made eval folders.
+
+Every number is recomputed here directly with numpy / scipy from the per-case values the test
+wrote; the Markdown of a fixed sweep is compared with tests/data/report_expected.md.
+"""
+
+import csv
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from sgdnet_jax import errors, main, metrics
+from sgdnet_jax.study import report
+
+VARIANTS = ("cto", "sgdnet", "sge_add")
+FOLDS = (0, 1, 2)
+CASES_PER_FOLD = 8
+METRICS = ("dice", "iou", "hd95", "assd")
+EXPECTED_MARKDOWN = pathlib.Path(__file__).parent / "data" / "report_expected.md"
+# Hand-written conventions, so that the expected Markdown does not follow edits of the metric
+# definitions; `test_hd95_column_follows_the_real_convention` uses the real ones.
+CONVENTIONS = {
+  "dice": {"definition": "Dice per image, mean", "empty_policy": "both empty -> 1"},
+  "iou": {"definition": "IoU per image, mean", "empty_policy": "both empty -> 1"},
+  "hd95": {
+    "definition": next(iter(report.HD95_COLUMNS)) + " distances",
+    "empty_policy": "both empty -> excluded",
+  },
+  "assd": {"definition": "mean pooled distance", "empty_policy": "both empty -> excluded"},
+}
+# Cases excluded by the distance empty policy: (variant, fold, case index).
+NAN_HD95 = {("cto", 0, 5), ("sgdnet", 1, 2)}
+
+
+def sweep_values() -> dict[tuple[str, int], dict[str, np.ndarray]]:
+  """Seeded per-case values: (variant, fold) -> column -> (CASES_PER_FOLD,) values."""
+  rng = np.random.default_rng(1234)
+  shift = {"cto": 0.0, "sgdnet": 0.04, "sge_add": 0.01}
+  values = {}
+  for fold in FOLDS:
+    dice = rng.uniform(0.6, 0.9, CASES_PER_FOLD)
+    hd95 = rng.uniform(5.0, 40.0, CASES_PER_FOLD)
+    for variant in VARIANTS:
+      noise = rng.normal(0.0, 0.03, (3, CASES_PER_FOLD))
+      own_dice = np.clip(dice + shift[variant] + noise[0], 0.0, 1.0).round(4)
+      own_hd95 = np.maximum(hd95 * (1 - 3 * shift[variant]) + 5 * noise[1], 0.0).round(3)
+      for v, f, i in NAN_HD95:
+        if (v, f) == (variant, fold):
+          own_hd95[i] = np.nan
+      values[variant, fold] = {
+        "dice": own_dice,
+        "iou": (own_dice / (2 - own_dice)).round(4),
+        "hd95_pooled": own_hd95,
+        "hd95_max_directed": (3 * own_hd95 + 1).round(3),  # Wrong column: would change numbers.
+        "assd": (own_hd95 / 4 + noise[2]).round(3),
+      }
+  return values
+
+
+def case_ids(fold: int) -> list[str]:
+  return [f"isic_{fold}{i:02d}" for i in range(CASES_PER_FOLD)]
+
+
+def write_run(
+  workdir: pathlib.Path,
+  variant: str,
+  fold: int,
+  columns: dict[str, np.ndarray],
+  ids: list[str],
+  conventions: dict = CONVENTIONS,
+  hd95_column: str = "hd95_pooled",
+) -> None:
+  """A run workdir as `train` + `evaluate` leave it: config.json, metrics.jsonl, eval/."""
+  (workdir / "eval").mkdir(parents=True)
+  config = {"model": {"variant": variant}, "data": {"fold": fold, "protocol": "medi_seg_5fold"}}
+  (workdir / "config.json").write_text(json.dumps(config))
+  (workdir / "metrics.jsonl").write_text(
+    "".join(
+      json.dumps({"step": step, "loss": 1.0 / step, **({"val_dice": 0.5} if step % 2 else {})})
+      + "\n"
+      for step in range(1, 6)
+    )
+  )
+  per_metric = {m: columns[hd95_column if m == "hd95" else m] for m in METRICS}
+  result = {"split": "test_fold", "resolution": "256x256", "n_total": len(ids)}
+  result.update({m: float(np.nanmean(v)) for m, v in per_metric.items()})
+  result["conventions"] = conventions
+  result["cases"] = {
+    m: {
+      "n_used": int(np.sum(~np.isnan(v))),
+      "n_total": len(ids),
+      "n_excluded": int(np.sum(np.isnan(v))),
+    }
+    for m, v in per_metric.items()
+  }
+  (workdir / "eval" / "test.json").write_text(json.dumps(result, indent=2))
+  with open(workdir / "eval" / "test_cases.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["case_id", "tp", *columns])
+    writer.writerows(
+      [i, 100, *(repr(float(c[n])) for c in columns.values())] for n, i in enumerate(ids)
+    )
+
+
+def make_sweep(root: pathlib.Path, skip: tuple = ()) -> dict:
+  values = sweep_values()
+  for (variant, fold), columns in values.items():
+    if (variant, fold) not in skip:
+      write_run(root / variant / f"fold{fold}", variant, fold, columns, case_ids(fold))
+  return values
+
+
+def close(expected, values) -> pytest.approx:
+  """`expected` up to float64 rounding in a mean or std of `values` (summation order, alignment)."""
+  values = np.asarray(values)
+  tolerance = values.size * np.finfo(np.float64).eps * np.nanmax(np.abs(values))
+  return pytest.approx(expected, rel=0, abs=tolerance)
+
+
+def holm_by_hand(p_values: list[float]) -> list[float]:
+  """Holm: sorted ascending, running max of (m - k) p_(k), capped at 1."""
+  p = np.asarray(p_values)
+  order = np.argsort(p)
+  adjusted_sorted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+  adjusted = np.empty_like(p)
+  adjusted[order] = adjusted_sorted
+  return adjusted.tolist()
+
+
+def test_every_number_matches_numpy_and_scipy(tmp_path):
+  values = make_sweep(tmp_path)
+  result = report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto", seed=3)
+  assert [row["variant"] for row in result["tables"]["dice"]] == list(VARIANTS)
+  column = {"dice": "dice", "iou": "iou", "hd95": "hd95_pooled", "assd": "assd"}
+  for metric in METRICS:
+    rows = {row["variant"]: row for row in result["tables"][metric]}
+    pooled = {v: np.concatenate([values[v, f][column[metric]] for f in FOLDS]) for v in VARIANTS}
+    p_values = []
+    for variant in VARIANTS:
+      row = rows[variant]
+      fold_means = [np.nanmean(values[variant, f][column[metric]]) for f in FOLDS]
+      assert [row["folds"][str(f)] for f in FOLDS] == fold_means
+      assert row["mean"] == close(np.mean(fold_means), fold_means)
+      assert row["std"] == close(np.std(fold_means, ddof=1), fold_means)
+      assert row["case_mean"] == close(np.nanmean(pooled[variant]), pooled[variant])
+      assert (row["n_cases"], row["n_total"]) == (
+        np.sum(~np.isnan(pooled[variant])),
+        len(FOLDS) * CASES_PER_FOLD,
+      )
+      if variant == "cto":
+        assert row["comparison"] is None
+        continue
+      difference = pooled[variant] - pooled["cto"]
+      kept = difference[~np.isnan(difference)]
+      comparison = row["comparison"]
+      assert comparison["n_dropped"] == np.sum(np.isnan(difference))
+      assert comparison["n_pairs"] == kept.size
+      assert comparison["mean_difference"] == close(kept.mean(), kept)
+      draws = np.random.default_rng(3).integers(0, kept.size, size=(10_000, kept.size))
+      low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
+      assert (comparison["ci_low"], comparison["ci_high"]) == close((low, high), kept)
+      assert comparison["p_wilcoxon"] == stats.wilcoxon(kept).pvalue
+      p_values.append(comparison["p_wilcoxon"])
+    adjusted = [rows[v]["comparison"]["p_holm"] for v in VARIANTS[1:]]
+    assert adjusted == pytest.approx(holm_by_hand(p_values), rel=1e-15)
+  # The excluded HD95 cases are dropped from the comparisons and counted.
+  hd95 = {row["variant"]: row for row in result["tables"]["hd95"]}
+  assert hd95["sgdnet"]["comparison"]["n_dropped"] == 2
+  assert hd95["sge_add"]["comparison"]["n_dropped"] == 1
+  assert hd95["sgdnet"]["n_cases"] == len(FOLDS) * CASES_PER_FOLD - 1
+
+
+def test_bootstrap_is_reproducible_for_a_seed_and_changes_with_it():
+  differences = np.random.default_rng(0).normal(0.02, 0.05, 300)
+  draws = np.random.default_rng(5).integers(0, 300, size=(10_000, 300))
+  expected = tuple(np.percentile(differences[draws].mean(axis=1), [2.5, 97.5]))
+  assert report.bootstrap_ci(differences, seed=5) == close(expected, differences)
+  assert report.bootstrap_ci(differences, seed=5) == close(
+    report.bootstrap_ci(differences, seed=5), differences
+  )
+  assert report.bootstrap_ci(differences, seed=6) != close(expected, differences)
+
+
+def test_holm_on_a_worked_example():
+  # m = 4, sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 0.04).
+  adjusted = report.holm([0.01, 0.04, 0.03, 0.005, math.nan])
+  assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02], rel=1e-15)
+  assert math.isnan(adjusted[4])
+
+
+def test_markdown_of_a_fixed_sweep_matches_the_expected_file(tmp_path):
+  make_sweep(tmp_path, skip=(("sge_add", 2),))
+  result = report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto")
+  assert report.format_markdown(result) == EXPECTED_MARKDOWN.read_text()
+
+
+def test_missing_fold_marks_the_row_incomplete(tmp_path):
+  values = make_sweep(tmp_path, skip=(("sge_add", 2),))
+  result = report.summarize(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
+  row = result["tables"]["dice"][2]
+  assert (row["variant"], row["missing_folds"]) == ("sge_add", [2])
+  fold_means = [np.mean(values["sge_add", f]["dice"]) for f in (0, 1)]
+  assert row["mean"] == close(np.mean(fold_means), fold_means)
+  assert row["comparison"]["folds"] == [0, 1]
+  assert row["comparison"]["n_pairs"] == 2 * CASES_PER_FOLD
+  assert "| sge_add |" in report.format_markdown(result)
+  assert "incomplete: missing fold 2 |" in report.format_markdown(result)
+  assert "incomplete" not in report.format_markdown(result).split("| sgdnet |")[1].split("\n")[0]
+
+
+def test_different_case_sets_for_a_fold_name_both_runs(tmp_path):
+  values = make_sweep(tmp_path, skip=(("sgdnet", 1),))
+  ids = case_ids(1)
+  ids[3] = "isic_other"
+  write_run(tmp_path / "sgdnet" / "fold1", "sgdnet", 1, values["sgdnet", 1], ids)
+  runs = report.load_runs(str(tmp_path), "test", METRICS)
+  with pytest.raises(errors.UserError, match="different cases") as raised:
+    report.summarize(runs, "cto")
+  assert str(tmp_path / "sgdnet" / "fold1") in str(raised.value)
+  assert str(tmp_path / "cto" / "fold1") in str(raised.value)
+
+
+def test_missing_baseline_names_the_available_variants(tmp_path):
+  make_sweep(tmp_path)
+  runs = report.load_runs(str(tmp_path), "test", ("dice",))
+  with pytest.raises(errors.UserError, match="one of: cto, sgdnet, sge_add"):
+    report.summarize(runs, "baseline")
+
+
+def test_different_conventions_name_the_runs(tmp_path):
+  values = make_sweep(tmp_path, skip=(("sgdnet", 0),))
+  other = {**CONVENTIONS, "dice": {"definition": "global Dice", "empty_policy": "none"}}
+  write_run(tmp_path / "sgdnet" / "fold0", "sgdnet", 0, values["sgdnet", 0], case_ids(0), other)
+  with pytest.raises(errors.UserError, match="the dice convention") as raised:
+    report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto")
+  assert str(tmp_path / "sgdnet" / "fold0") in str(raised.value)
+
+
+@pytest.mark.parametrize("convention", ["pooled", "max_directed"])
+def test_hd95_column_follows_the_real_convention(tmp_path, convention):
+  distances = {key: np.array([1.0, 2.0]) for key in metrics.surface.DISTANCE_KEYS}
+  options = metrics.MetricOptions(hd95=convention)
+  real = metrics.summarize(distances, options).conventions["hd95"]
+  conventions = {
+    **CONVENTIONS,
+    "hd95": {"definition": real.definition, "empty_policy": real.empty_policy},
+  }
+  values = sweep_values()
+  column = f"hd95_{convention}"
+  for variant in ("cto", "sgdnet"):
+    write_run(
+      tmp_path / variant / "fold0", variant, 0, values[variant, 0], case_ids(0), conventions, column
+    )
+  (run, _) = report.load_runs(str(tmp_path), "test", ("hd95",))
+  assert run.conventions["hd95"]["column"] == column
+  np.testing.assert_array_equal(run.cases["hd95"], values["cto", 0][column])
+
+
+def test_seeds_of_a_fold_are_averaged(tmp_path):
+  values = sweep_values()
+  for seed, scale in ((0, 1.0), (1, 0.9)):
+    columns = {k: v * scale for k, v in values["sgdnet", 0].items()}
+    write_run(tmp_path / "sgdnet" / "fold0" / f"seed{seed}", "sgdnet", 0, columns, case_ids(0))
+  write_run(tmp_path / "cto" / "fold0", "cto", 0, values["cto", 0], case_ids(0))
+  result = report.summarize(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
+  row = result["tables"]["dice"][1]
+  dice = values["sgdnet", 0]["dice"]
+  assert row["seeds_per_fold"] == {"0": 2}
+  assert row["folds"]["0"] == close(np.mean([dice.mean(), (dice * 0.9).mean()]), dice)
+  expected = np.mean([dice, dice * 0.9], axis=0) - values["cto", 0]["dice"]
+  assert row["comparison"]["mean_difference"] == close(expected.mean(), expected)
+
+
+def test_cli_writes_every_output_and_the_pictures_open(tmp_path, capsys):
+  make_sweep(tmp_path)
+  assert main.main(["report", "--root", str(tmp_path), "--baseline", "cto"]) == 0
+  assert "report of 9 runs" in capsys.readouterr().out
+  for name in ("report.md", "report.csv", "report.tex"):
+    assert (tmp_path / name).stat().st_size > 0
+  written = json.loads((tmp_path / "report.json").read_text())
+  assert written["metrics"] == list(METRICS) and written["std_ddof"] == 1
+  with open(tmp_path / "report.csv") as f:
+    assert len(list(csv.DictReader(f))) == len(METRICS) * len(VARIANTS)
+  for name in [f"report_{m}.png" for m in METRICS] + ["curves.png"]:
+    with Image.open(tmp_path / name) as image:
+      image.verify()
+      assert image.format == "PNG" and min(image.size) > 100
+
+
+@pytest.mark.parametrize(
+  "argv, words",
+  [
+    (["--baseline", "nope"], "one of: cto"),
+    (["--metrics", "dice,pq"], "no metric pq"),
+    (["--split", "val"], "eval/val.json"),
+  ],
+)
+def test_cli_user_error_prints_one_line_and_exits_2(tmp_path, capsys, argv, words):
+  make_sweep(tmp_path, skip=(("sge_add", 0),))
+  assert main.main(["report", "--root", str(tmp_path), *argv]) == 2
+  error = capsys.readouterr().err
+  assert error.startswith("error: ") and error.count("\n") == 1 and words in error
+  assert not os.path.exists(tmp_path / "report.md")
