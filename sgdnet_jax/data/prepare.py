@@ -427,7 +427,7 @@ def check_output(source: os.PathLike, out: os.PathLike, *, overwrite: bool) -> N
 def _prepare_into(
   dataset: str,
   source: pathlib.Path,
-  staging: pathlib.Path,
+  folder: pathlib.Path,
   size: int,
   strict: bool,
   split_seed: int,
@@ -436,7 +436,7 @@ def _prepare_into(
 ) -> dict:
   listing = layouts.read_layout(LAYOUT_OF[dataset], source)
   if not listing.cases:
-    folders = " and ".join(str(source / folder) for folder in listing.folders.values())
+    folders = " and ".join(str(source / name) for name in listing.folders.values())
     raise PreparationError(
       f"prepare {dataset}: no image/mask pairs in {folders or source}; expected the images and "
       f"their masks there (DATA.md); {len(listing.ignored)} other file(s) were ignored"
@@ -446,17 +446,17 @@ def _prepare_into(
   builder = PreparedSegmentation(
     listing=listing,
     config=dataset,
-    data_dir=staging / "tfds",
+    data_dir=folder / "tfds",
     image_size=size,
     workers=workers,
     progress=progress,
     file_format="array_record",
   )
   builder.download_and_prepare(
-    download_dir=staging / "downloads",
+    download_dir=folder / "downloads",
     download_config=tfds.download.DownloadConfig(manual_dir=source),
   )
-  shutil.rmtree(staging / "downloads", ignore_errors=True)
+  shutil.rmtree(folder / "downloads", ignore_errors=True)
   if builder.problems and strict:
     raise PreparationError(
       f"prepare {dataset}: {len(builder.problems)} problem(s) in {source} (paths relative to "
@@ -480,7 +480,7 @@ def _prepare_into(
   counts = _counts(builder, dataset)
   warnings = builder.listing.warnings + _count_warnings(counts, dataset)
   protocols = splits.build_protocols(dataset, cases, split_seed)
-  splits.write_protocols(staging / "splits", protocols)
+  splits.write_protocols(folder / "splits", protocols)
   report = {
     "dataset": dataset,
     "source": str(source),
@@ -488,7 +488,7 @@ def _prepare_into(
     "strict": strict,
     "split_seed": split_seed,
     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "records": pathlib.Path(builder.data_dir).relative_to(staging).as_posix(),
+    "records": pathlib.Path(builder.data_dir).relative_to(folder).as_posix(),
     "folders": builder.listing.folders,
     "counts": counts,
     "warnings": warnings,
@@ -502,8 +502,8 @@ def _prepare_into(
   manifest = source / synthetic.MANIFEST
   if dataset == "synthetic" and manifest.is_file():  # tells ensure_demo_dataset it is current
     report["synthetic"] = json.loads(manifest.read_text())
-  (staging / "cases.json").write_text(json.dumps(cases, indent=0) + "\n")
-  (staging / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+  (folder / "cases.json").write_text(json.dumps(cases, indent=0) + "\n")
+  (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
   for warning in warnings:
     print(f"WARNING: {warning}", file=sys.stderr)
   return report
