@@ -1,18 +1,26 @@
 """`prepare` on tiny replicas: records, report, integrity errors, strictness, atomicity, CLI."""
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from sgdnet_jax import main as cli
 from sgdnet_jax.data import dataset as dataset_lib
-from sgdnet_jax.data import prepare
+from sgdnet_jax.data import images as images_lib
+from sgdnet_jax.data import prepare, staging
 from tests import replicas
 
 SIZE = 32
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _prepare(dataset, source, out, **kwargs):
@@ -273,3 +281,191 @@ def test_a_case_in_two_subsets_is_a_duplicate(tmp_path):
     "case id also in another subset",
   ):
     _prepare("isic2018", source, tmp_path / "out")
+
+
+def _tree(root: pathlib.Path) -> list:
+  """Every path under root with its size (files) or -1 (folders): a listing to compare."""
+  return sorted(
+    (p.relative_to(root).as_posix(), p.stat().st_size if p.is_file() else -1)
+    for p in root.rglob("*")
+  )
+
+
+def _cli_prepare(source, out, *extra) -> list:
+  return [
+    "prepare",
+    "--dataset",
+    "folder",
+    "--source",
+    str(source),
+    "--out",
+    str(out),
+    "--size",
+    str(SIZE),
+    "--workers",
+    "1",
+    *extra,
+  ]
+
+
+def _one_line_error(capsys) -> str:
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  lines = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+@pytest.mark.parametrize(
+  "out_of",
+  ["the source", "a parent of the source", "a link to the source", "unrelated", "inside"],
+)
+def test_overwrite_refuses_what_is_not_a_prepared_dataset_and_touches_nothing(
+  tmp_path, capsys, out_of
+):
+  source = replicas.write_folder(tmp_path / "data/raw", num_cases=2)
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes/thesis.txt").write_text("years of work\n")
+  (tmp_path / "link").symlink_to(source)
+  out = {
+    "the source": source,
+    "a parent of the source": tmp_path / "data",
+    "a link to the source": tmp_path / "link",
+    "unrelated": tmp_path / "notes",
+    "inside": source / "prepared",
+  }[out_of]
+  before = _tree(tmp_path)
+  assert cli.main(_cli_prepare(source, out, "--overwrite")) == 2
+  message = _one_line_error(capsys)
+  assert str(out.resolve()) in message and "nothing was" in message
+  assert _tree(tmp_path) == before
+
+
+def test_output_inside_the_source_is_refused_without_overwrite(tmp_path, capsys):
+  source = replicas.write_folder(tmp_path / "raw", num_cases=2)
+  before = _tree(tmp_path)
+  assert cli.main(_cli_prepare(source, source / "prepared")) == 2
+  assert "inside the source" in _one_line_error(capsys)
+  assert _tree(tmp_path) == before
+
+
+def test_overwrite_replaces_a_prepared_dataset(tmp_path, capsys):
+  source = replicas.write_folder(tmp_path / "raw", num_cases=2)
+  assert cli.main(_cli_prepare(source, tmp_path / "out")) == 0
+  assert cli.main(_cli_prepare(source, tmp_path / "out", "--overwrite", "--size", "16")) == 0
+  assert json.loads((tmp_path / "out/report.json").read_text())["image_size"] == 16
+  assert _leftovers(tmp_path) == []
+
+
+def _write_many_cases(source: pathlib.Path, count: int) -> None:
+  """`count` links to one 512x512 PNG pair: slow enough to prepare, instant to write."""
+  (source / "images").mkdir(parents=True)
+  (source / "masks").mkdir()
+  image = np.linspace(0, 255, 512 * 512 * 3).reshape(512, 512, 3).astype(np.uint8)
+  yy, xx = np.mgrid[:512, :512]
+  Image.fromarray(image).save(source / "one.png")
+  Image.fromarray(((yy - 256) ** 2 + (xx - 256) ** 2 < 100**2).astype(np.uint8) * 255).save(
+    source / "one_mask.png"
+  )
+  for index in range(count):
+    os.link(source / "one.png", source / f"images/case_{index:05d}.png")
+    os.link(source / "one_mask.png", source / f"masks/case_{index:05d}.png")
+
+
+@pytest.mark.parametrize("stage", ["prepare", "synthetic generator"])
+def test_sigterm_removes_the_staging_folder(tmp_path, stage):
+  if stage == "prepare":
+    _write_many_cases(tmp_path / "source", 4000)
+    dataset, staging_name, extra = "folder", ".out.tmp-", []
+  else:
+    dataset, staging_name, extra = "synthetic", ".source.tmp-", ["--num-cases", "5000"]
+  args = [sys.executable, "-m", "sgdnet_jax.main"]
+  args += _cli_prepare(tmp_path / "source", tmp_path / "out", *extra)
+  args[args.index("folder")] = dataset
+  process = subprocess.Popen(
+    args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  deadline = time.monotonic() + 120
+  while not any(staging_name in p.name for p in tmp_path.iterdir()):
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline, "no staging folder appeared"
+    time.sleep(0.01)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=60)
+  assert process.returncode == -signal.SIGTERM, err
+  assert "Traceback" not in err and "interrupted by SIGTERM" in err
+  assert _leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_a_16_bit_image_keeps_its_contrast(tmp_path):
+  source = replicas.write_folder(tmp_path / "source", num_cases=3)
+  shape = lambda case: np.asarray(Image.open(source / f"masks/{case}_mask.png")).shape
+  ramp = lambda shape: np.linspace(1000, 3000, shape[0] * shape[1]).reshape(shape)
+  gray = ramp(shape("case_00")).astype(np.uint16)
+  (source / "images/case_00.jpg").unlink()
+  Image.fromarray(gray).save(source / "images/case_00.png")  # PIL mode I;16
+  colour = np.stack([ramp(shape("case_01")) / d for d in (1, 2, 4)], axis=-1).astype(np.uint16)
+  (source / "images/case_01.jpg").unlink()
+  tifffile.imwrite(source / "images/case_01.tif", colour, photometric="rgb")
+  mask = (np.asarray(Image.open(source / "masks/case_02_mask.png")) > 0).astype(np.uint16) * 1000
+  Image.fromarray(mask).save(source / "masks/case_02_mask.png")  # 16-bit values 0 and 1000
+  report = _prepare("folder", source, tmp_path / "out")
+  data = dataset_lib.PreparedDataset(tmp_path / "out")
+  image = data.record(data.case("case_00"))["image"]
+  assert image.min() <= 2 and image.max() >= 253, (image.min(), image.max())
+  np.testing.assert_array_equal(image[..., 0], image[..., 2])
+  expected = np.round((gray.astype(np.float64) - 1000) * 255 / 2000).astype(np.uint8)
+  np.testing.assert_array_equal(
+    image, images_lib.resize_image(Image.fromarray(expected).convert("RGB"), SIZE)
+  )
+  colour_image = data.record(data.case("case_01"))["image"]  # channels stretched together
+  assert colour_image.max() >= 250 and colour_image.min() <= 5
+  red, green, blue = colour_image.reshape(-1, 3).mean(axis=0)
+  assert red > green > blue
+  assert sorted(report["notes"]) == [
+    "16-bit colour image scaled from its own range (of its high bytes) to 0..255",
+    "high-bit-depth image (PIL mode I;16) scaled from its own range to 0..255",
+  ]
+  foreground = np.asarray(Image.open(source / "masks/case_02_mask.png")) > 0
+  np.testing.assert_array_equal(data.native_mask("case_02"), foreground)
+
+
+def test_a_16_bit_colour_mask_is_refused_by_name(tmp_path):
+  source = replicas.write_folder(tmp_path / "source", num_cases=2)
+  mask = np.asarray(Image.open(source / "masks/case_00_mask.png")).astype(np.uint16)
+  (source / "masks/case_00_mask.png").unlink()
+  tifffile.imwrite(source / "masks/case_00_mask.tif", np.stack([mask] * 3, -1), photometric="rgb")
+  with pytest.raises(prepare.PreparationError, match="case_00_mask.tif: 16-bit colour mask"):
+    _prepare("folder", source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("layout", ["empty images/ and masks/", "empty source"])
+def test_a_dataset_without_cases_is_a_one_line_error(tmp_path, capsys, layout):
+  source = tmp_path / "source"
+  source.mkdir()
+  if layout == "empty images/ and masks/":
+    (source / "images").mkdir()
+    (source / "masks").mkdir()
+    expected = f"no image/mask pairs in {source}/images and {source}/masks"
+  else:
+    expected = f"{source}: no folder named 'images' or 'masks'"
+  assert cli.main(_cli_prepare(source, tmp_path / "out")) == 2
+  assert expected in _one_line_error(capsys)
+  assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_signal_during_a_deferred_step_acts_after_it(tmp_path):
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    with (
+      pytest.raises(staging.Interrupted, match="result was already in place"),
+      staging.Staging(tmp_path / ".out.tmp-1") as stage,
+      stage.deferred(),
+    ):
+      os.kill(os.getpid(), signal.SIGTERM)
+      stage.path.rename(tmp_path / "out")  # still runs: the swap is never cut in half
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert received == [signal.SIGTERM]  # delivered once more, to the previous handler
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -338,6 +338,27 @@ def test_a_pickle_that_needs_code_execution_is_refused_without_running_it(tmp_pa
     porting.read_state_dict(str(saved))
 
 
+class _ShellCommand:
+  """Unpickling this runs a (harmless) shell command through os.system."""
+
+  def __reduce__(self):
+    return (os.system, ("true",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dumps"])
+def test_the_refusal_names_the_blocked_global_and_gives_no_unsafe_advice(tmp_path, writer):
+  path = tmp_path / "evil.pth"
+  if writer == "torch.save":
+    torch.save({"weight": _ShellCommand()}, str(path))
+  else:
+    path.write_bytes(pickle.dumps({"weight": _ShellCommand()}, protocol=2))
+  with pytest.raises(porting.CheckpointFileError) as error:
+    porting.read_state_dict(str(path))
+  message = str(error.value)
+  assert f"{os.name}.system" in message and "not loaded" in message
+  assert "weights_only" not in message and "\n" not in message
+
+
 def test_a_mapping_without_tensors_is_not_a_state_dict(tmp_path):
   path = str(tmp_path / "meta.pth")
   torch.save({"epoch": 3, "lr": 0.1}, path)

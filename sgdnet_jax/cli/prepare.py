@@ -25,6 +25,7 @@ def main(argv) -> int:
   parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs)")
   parser.add_argument("--num-cases", type=int, default=300, help="synthetic only: cases to make")
   args = parser.parse_args(argv)
+  prepare.check_output(args.source, args.out, overwrite=args.overwrite)  # before generating
   if args.dataset == "synthetic":
     synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
   report = prepare.prepare(

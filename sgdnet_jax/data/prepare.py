@@ -19,7 +19,12 @@ Output folder (written under a temporary name beside it, renamed into place only
                   CoNIC instances (S,S) int32 and classes (S,S) uint8
 
 Strict mode (the default) fails, after checking everything, with one message naming every
-offending file; `--no-strict` skips those cases and lists them in report.json.
+offending file; `--no-strict` skips those cases and lists them in report.json. A source without
+any image/mask pair is an error naming the folders it looked in.
+
+`--out` is never the source, inside it or around it; `--overwrite` replaces only a prepared
+dataset (report.json, cases.json and tfds/ present). Anything else is refused before anything is
+touched. SIGTERM or SIGINT remove the staging folder (`staging`) and leave `--out` as it was.
 """
 
 import collections
@@ -39,17 +44,23 @@ import tqdm
 from PIL import Image
 
 from sgdnet_jax import errors
-from sgdnet_jax.data import images, layouts, splits, synthetic
+from sgdnet_jax.data import images, layouts, splits, staging, synthetic
 
 # Dataset name -> the layout it is read with.
 LAYOUT_OF = {name: name for name in layouts.READERS} | {"synthetic": "folder"}
 DATASETS = tuple(LAYOUT_OF)
 SUBSET_ORDER = (layouts.TRAIN, layouts.VALIDATION, layouts.TEST, layouts.FULL)
 BUILDER_VERSION = "1.0.0"
+# What every prepared dataset holds; `--overwrite` replaces only a folder that has all of them.
+PREPARED_MARKERS = ("report.json", "cases.json", "tfds/")
 
 
 class PreparationError(errors.UserError, RuntimeError):
   """The source cannot be prepared; the message says why and names the files."""
+
+
+class OutputRefusedError(errors.UserError, ValueError):
+  """`--out` cannot be written without risking other data; nothing was touched."""
 
 
 @dataclasses.dataclass
@@ -81,6 +92,8 @@ def _load_file_case(root: pathlib.Path, case: layouts.Case, size: int) -> _CaseR
   try:
     mask, note = images.load_mask(root / case.mask)
     result.notes += [note] if note else []
+  except images.UnsupportedMaskError as e:
+    result.problems.append(layouts.Problem("unreadable_mask", case.case_id, (case.mask,), str(e)))
   except images.DECODE_ERRORS as e:
     result.problems.append(
       layouts.Problem(
@@ -168,9 +181,9 @@ def _ordered_parallel_map(fn: Callable, items: Sequence, workers: int) -> Iterat
 class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
   """Binary segmentation cases of one dataset, resized to a square training size.
 
-  The TFDS config is the dataset name; `manual_dir` is the unpacked download, read by
-  `layouts`. After `download_and_prepare`, `listing`, `results` (per subset, in record order),
-  `problems` and `notes` describe what was done.
+  The TFDS config is the dataset name; `listing` is what `layouts` found in the unpacked
+  download. After `download_and_prepare`, `results` (per subset, in record order), `problems`
+  and `notes` describe what was done.
   """
 
   VERSION = tfds.core.Version(BUILDER_VERSION)
@@ -183,11 +196,19 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
     "unpack it and pass that folder as manual_dir (DATA.md)."
   )
 
-  def __init__(self, *, image_size: int, workers: int = 1, progress: bool = True, **kwargs):
+  def __init__(
+    self,
+    *,
+    listing: layouts.Listing,
+    image_size: int,
+    workers: int = 1,
+    progress: bool = True,
+    **kwargs,
+  ):
     self.image_size = image_size
     self.workers = workers
     self.progress = progress
-    self.listing: layouts.Listing | None = None
+    self.listing = listing
     self.results: dict[str, list[_CaseResult]] = {}
     self.problems: list[layouts.Problem] = []
     self.notes: dict[str, list[str]] = collections.defaultdict(list)
@@ -225,8 +246,8 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
     pass
 
   def _split_generators(self, dl_manager):
-    root = pathlib.Path(dl_manager.manual_dir)
-    self.listing = layouts.read_layout(LAYOUT_OF[self.builder_config.name], root)
+    del dl_manager  # the listing was read before; tfds would refuse an empty manual_dir
+    root = self.listing.root
     self.problems += self.listing.problems
     id_counts = collections.Counter(c.case_id for c in self.listing.cases)
     by_subset = collections.defaultdict(list)
@@ -242,6 +263,10 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
         )
       else:
         by_subset[case.subset].append(case)
+    if not by_subset:
+      raise PreparationError(
+        "no usable case (every case is a duplicate); problems:\n" + _problem_lines(self.problems)
+      )
     bar = tqdm.tqdm(
       total=len(self.listing.cases),
       desc=f"prepare {self.builder_config.name}",
@@ -323,61 +348,115 @@ def prepare(
   """Prepares `dataset` from the download at `source` into `out`; returns the report.
 
   Raises layouts.LayoutError if `source` does not hold the layout, PreparationError on integrity
-  problems in strict mode (or an empty result), FileExistsError if `out` exists and not
-  `overwrite`. On any failure `out` is left as it was.
+  problems in strict mode (or no case at all), FileExistsError / OutputRefusedError as
+  `check_output` says. On any failure, SIGTERM or SIGINT included, `out` is left as it was and
+  the staging folder beside it is removed.
   """
   if dataset not in LAYOUT_OF:
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
   if size < 8:
     raise ValueError(f"size {size}: expected a training size of at least 8 pixels")
+  check_output(source, out, overwrite=overwrite)
   source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
   out.parent.mkdir(parents=True, exist_ok=True)
-  staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  try:
+  with staging.Staging(out.parent / f".{out.name}.tmp-{os.getpid()}") as stage:
     report = _prepare_into(
-      dataset, source, staging, size, strict, split_seed, workers or os.cpu_count() or 1, progress
+      dataset,
+      source,
+      stage.path,
+      size,
+      strict,
+      split_seed,
+      workers or os.cpu_count() or 1,
+      progress,
     )
-    if out.exists():
-      retired = out.parent / f".{out.name}.old-{os.getpid()}"
-      out.rename(retired)
-      staging.rename(out)
-      shutil.rmtree(retired)
-    else:
-      staging.rename(out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    with stage.deferred():  # never half-swapped: a signal here acts once `out` is complete
+      if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(retired)
+        stage.path.rename(out)
+        shutil.rmtree(retired)
+      else:
+        stage.path.rename(out)
   return report
+
+
+def is_prepared(folder: pathlib.Path) -> bool:
+  """Whether `folder` holds what `prepare` writes (PREPARED_MARKERS)."""
+  return all(
+    (folder / name).is_dir() if name.endswith("/") else (folder / name).is_file()
+    for name in PREPARED_MARKERS
+  )
+
+
+def check_output(source: os.PathLike, out: os.PathLike, *, overwrite: bool) -> None:
+  """Refuses an `out` that preparing `source` into could destroy or mix with other data.
+
+  `out` may not be the source, lie inside it or contain it (symlinks resolved), whatever
+  `overwrite` says; an existing `out` is replaced only with `overwrite` and only if it is a
+  prepared dataset. Raises FileExistsError or OutputRefusedError; touches nothing.
+  """
+  source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
+  relation = (
+    "is the source"
+    if out == source
+    else "contains the source"
+    if out in source.parents
+    else "lies inside the source"
+    if source in out.parents
+    else ""
+  )
+  if relation:
+    raise OutputRefusedError(
+      f"--out {out} {relation} {source}; nothing was written or removed; choose an --out "
+      "outside the source, e.g. a sibling folder"
+    )
+  if not out.exists():
+    return
+  if not overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  if not is_prepared(out):
+    missing = [name for name in PREPARED_MARKERS if not (out / name.rstrip("/")).exists()]
+    raise OutputRefusedError(
+      f"--out {out} exists and is not a prepared dataset (no {', '.join(missing)}); "
+      "--overwrite replaces only a prepared dataset, so nothing was removed; choose another "
+      "--out, or remove this folder yourself if it is really not needed"
+    )
 
 
 def _prepare_into(
   dataset: str,
   source: pathlib.Path,
-  staging: pathlib.Path,
+  folder: pathlib.Path,
   size: int,
   strict: bool,
   split_seed: int,
   workers: int,
   progress: bool,
 ) -> dict:
-  if not source.is_dir():
-    raise layouts.LayoutError(f"{source}: not a folder (expected the unpacked {dataset} download)")
+  listing = layouts.read_layout(LAYOUT_OF[dataset], source)
+  if not listing.cases:
+    folders = " and ".join(str(source / name) for name in listing.folders.values())
+    raise PreparationError(
+      f"prepare {dataset}: no image/mask pairs in {folders or source}; expected the images and "
+      f"their masks there (DATA.md); {len(listing.ignored)} other file(s) were ignored"
+      + "".join(f"; {p.message()}" for p in listing.problems[:5])
+    )
   tfds.display_progress_bar(False)
   builder = PreparedSegmentation(
+    listing=listing,
     config=dataset,
-    data_dir=staging / "tfds",
+    data_dir=folder / "tfds",
     image_size=size,
     workers=workers,
     progress=progress,
     file_format="array_record",
   )
   builder.download_and_prepare(
-    download_dir=staging / "downloads",
+    download_dir=folder / "downloads",
     download_config=tfds.download.DownloadConfig(manual_dir=source),
   )
-  shutil.rmtree(staging / "downloads", ignore_errors=True)
+  shutil.rmtree(folder / "downloads", ignore_errors=True)
   if builder.problems and strict:
     raise PreparationError(
       f"prepare {dataset}: {len(builder.problems)} problem(s) in {source} (paths relative to "
@@ -401,7 +480,7 @@ def _prepare_into(
   counts = _counts(builder, dataset)
   warnings = builder.listing.warnings + _count_warnings(counts, dataset)
   protocols = splits.build_protocols(dataset, cases, split_seed)
-  splits.write_protocols(staging / "splits", protocols)
+  splits.write_protocols(folder / "splits", protocols)
   report = {
     "dataset": dataset,
     "source": str(source),
@@ -409,7 +488,7 @@ def _prepare_into(
     "strict": strict,
     "split_seed": split_seed,
     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "records": pathlib.Path(builder.data_dir).relative_to(staging).as_posix(),
+    "records": pathlib.Path(builder.data_dir).relative_to(folder).as_posix(),
     "folders": builder.listing.folders,
     "counts": counts,
     "warnings": warnings,
@@ -423,8 +502,8 @@ def _prepare_into(
   manifest = source / synthetic.MANIFEST
   if dataset == "synthetic" and manifest.is_file():  # tells ensure_demo_dataset it is current
     report["synthetic"] = json.loads(manifest.read_text())
-  (staging / "cases.json").write_text(json.dumps(cases, indent=0) + "\n")
-  (staging / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+  (folder / "cases.json").write_text(json.dumps(cases, indent=0) + "\n")
+  (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
   for warning in warnings:
     print(f"WARNING: {warning}", file=sys.stderr)
   return report

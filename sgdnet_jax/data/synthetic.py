@@ -18,6 +18,8 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sgdnet_jax.data import staging
+
 GENERATOR_VERSION = 1
 MANIFEST = "synthetic.json"
 
@@ -100,8 +102,8 @@ def generate_folder_dataset(
   """Writes the demo dataset in the `folder` layout under `root`; idempotent.
 
   A `synthetic.json` manifest records the parameters; when it matches, nothing is rewritten.
-  The cases are written under a temporary name and renamed into place. Deterministic: case i
-  depends only on (seed, i).
+  The cases are written under a temporary name (removed if SIGTERM or SIGINT stop the work) and
+  renamed into place. Deterministic: case i depends only on (seed, i).
   """
   root = pathlib.Path(root)
   manifest = {
@@ -117,21 +119,18 @@ def generate_folder_dataset(
     raise FileExistsError(
       f"{root} holds other files; expected an empty folder or a synthetic dataset (with {MANIFEST})"
     )
-  staging = root.parent / f".{root.name}.tmp-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  try:
-    (staging / "images").mkdir(parents=True)
-    (staging / "masks").mkdir()
+  with staging.Staging(root.parent / f".{root.name}.tmp-{os.getpid()}") as stage:
+    (stage.path / "images").mkdir()
+    (stage.path / "masks").mkdir()
     for index in range(num_cases):
       image, mask = render_case(np.random.default_rng([seed, index]), image_size, image_size)
       name = f"synth_{index:04d}"
-      Image.fromarray(image).save(staging / "images" / f"{name}.jpg", quality=92)
+      Image.fromarray(image).save(stage.path / "images" / f"{name}.jpg", quality=92)
       Image.fromarray(mask.astype(np.uint8) * 255).save(
-        staging / "masks" / f"{name}_segmentation.png"
+        stage.path / "masks" / f"{name}_segmentation.png"
       )
-    (staging / MANIFEST).write_text(json.dumps(manifest) + "\n")
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    (stage.path / MANIFEST).write_text(json.dumps(manifest) + "\n")
+    with stage.deferred():
+      shutil.rmtree(root, ignore_errors=True)
+      stage.path.rename(root)
   return root

@@ -11,6 +11,7 @@ unwrapped, and a DataParallel `module.` prefix on every key is removed.
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -66,31 +67,54 @@ def _read_torch(path: str) -> Any:
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
-    reason = _unpickler_reason(str(error))
-    if "Unsupported global" in reason:
+    blocked = _blocked_globals(str(error))
+    if blocked:
       raise CheckpointFileError(
-        f"{path}: loading this pickle would execute code ({reason}), and we never unpickle "
-        f"code. Save the weights alone, e.g. torch.save(model.state_dict(), path), or as "
-        f".safetensors"
+        f"{path}: refused, the file was not loaded: unpickling it would call "
+        f"{', '.join(blocked)}, which would execute code, and we never unpickle code. Save the "
+        f"weights alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
       ) from None
     raise CheckpointFileError(
-      f"{path}: not a PyTorch checkpoint that loads without executing code ({reason})"
+      f"{path}: not a PyTorch checkpoint that loads without executing code "
+      f"({_unpickler_reason(str(error))}); the file was not loaded"
     ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
     raise CheckpointFileError(
       f"{path}: not a PyTorch checkpoint written by torch.save "
-      f"({type(error).__name__}: {str(error)[:200]})"
+      f"({type(error).__name__}: {_first_line(str(error))})"
     ) from None
 
 
+# torch's weights-only unpickler names what it refused as `GLOBAL module.name` ("Unsupported
+# global: GLOBAL builtins.open was not an allowed global", "unsupported GLOBAL posix.system
+# whose module posix is blocked"); the rest of its text advises weights_only=False.
+_GLOBAL_PATTERN = re.compile(r"GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
+
+
+def _blocked_globals(message: str) -> list[str]:
+  """The globals torch's weights-only unpickler refused, in order, without repeats."""
+  return list(dict.fromkeys(_GLOBAL_PATTERN.findall(message)))
+
+
 def _unpickler_reason(message: str) -> str:
-  """The informative part of torch's weights-only unpickling error."""
+  """torch's reason for refusing a pickle, without its advice to load unsafely."""
   flat = " ".join(message.split())
   marker = "WeightsUnpickler error:"
   if marker in flat:
-    flat = flat.split(marker, 1)[1].split(" Check the documentation", 1)[0]
-    flat = flat.split(" was not an allowed global", 1)[0]
-  return flat.strip()[:200]
+    reason = flat.split(marker, 1)[1].split(" Please use", 1)[0].split(" Check the doc", 1)[0]
+  else:
+    lines = [line.strip() for line in message.splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(("Weights only", "Check"))]
+    reason = reasons[0] if reasons else ""
+  if not reason.strip() or "weights_only" in reason:
+    return "torch refused to unpickle it"
+  return reason.strip()[:200]
+
+
+def _first_line(message: str) -> str:
+  """The first non-empty line of an error message, at most 200 characters."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return (lines[0] if lines else "no message")[:200]
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
