@@ -1,8 +1,8 @@
 """Reading and writing PyTorch state dicts as {key: numpy array}, without running pickled code.
 
 Formats, by extension:
-  .pth .pt .bin .ckpt  torch.save files, read with `torch.load(weights_only=True)`; torch is
-                       imported lazily, here only (training and inference never import it);
+  .pth .pt .bin .ckpt  torch.save files (zip or legacy), read without torch by `torch_files`,
+                       which unpickles tensors only;
   .safetensors         the safetensors package (no torch needed);
   .npz                 numpy archives of plain arrays.
 Checkpoints wrapped as {'state_dict': ...} (or {'model_state_dict': ...}, {'model': ...}) are
@@ -10,7 +10,6 @@ unwrapped, and a DataParallel `module.` prefix on every key is removed.
 """
 
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sgdnet_jax import errors
+from sgdnet_jax.porting import torch_files
 
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
@@ -57,40 +57,18 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _read_torch(path: str) -> Any:
   try:
-    import torch  # pylint: disable=g-import-not-at-top  (only .pth reading needs torch)
-  except ImportError:
+    return torch_files.load(path)
+  except torch_files.UnsafePickleError as error:
     raise CheckpointFileError(
-      f"{path}: reading a torch.save file needs PyTorch (pip install torch; the CPU build is "
-      f"enough); or convert the file to .safetensors elsewhere"
-    ) from None
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as error:
-    reason = _unpickler_reason(str(error))
-    if "Unsupported global" in reason:
-      raise CheckpointFileError(
-        f"{path}: loading this pickle would execute code ({reason}), and we never unpickle "
-        f"code. Save the weights alone, e.g. torch.save(model.state_dict(), path), or as "
-        f".safetensors"
-      ) from None
-    raise CheckpointFileError(
-      f"{path}: not a PyTorch checkpoint that loads without executing code ({reason})"
+      f"{path}: loading this pickle would execute code ({error}), and we never unpickle "
+      f"code. Save the weights alone, e.g. torch.save(model.state_dict(), path), or as "
+      f".safetensors"
     ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
     raise CheckpointFileError(
       f"{path}: not a PyTorch checkpoint written by torch.save "
       f"({type(error).__name__}: {str(error)[:200]})"
     ) from None
-
-
-def _unpickler_reason(message: str) -> str:
-  """The informative part of torch's weights-only unpickling error."""
-  flat = " ".join(message.split())
-  marker = "WeightsUnpickler error:"
-  if marker in flat:
-    flat = flat.split(marker, 1)[1].split(" Check the documentation", 1)[0]
-    flat = flat.split(" was not an allowed global", 1)[0]
-  return flat.strip()[:200]
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
