@@ -14,7 +14,7 @@ Preparation (once per dataset; no TensorFlow needed, now or later):
   splits/*.json, tfds/ ArrayRecord files) is described in `prepare`. Protocols per dataset
   (`splits.DEFAULT_PROTOCOL` marks the default):
     isic2018: medi_seg_5fold (folds 0-4), shuffled_5fold, official (when validation and test
-              are present);  isic2016: holdout20 (test = ISIC 2016 test);  ph2: all (test only);
+              are present);  isic2016: all900, holdout20 (test = ISIC 2016 test);  ph2: all;
     conic: grouped_712, random_712, all;  folder / synthetic: seeded_712, all.
 
 Demo data (no download): `synthetic.ensure_demo_dataset(root, num_cases=300, image_size=256,
@@ -27,7 +27,8 @@ Training and evaluation (`pipeline`):
     protocol      split protocol name ('' = the dataset's default)
     fold          fold of a k-fold protocol (0 otherwise)
     train_split / val_split / test_split   split names in the protocol ('train', 'val', 'test')
-    image_size    must equal the prepared size (checked)
+    image_size    0: the size data.dir was prepared at (pipeline.image_size); else must
+                  equal it (checked)
     augment       hflip, vflip, rot90, shift_scale_rotate (ssr_prob, shift_limit, scale_limit,
                   rotate_limit), color_jitter (brightness, contrast, saturation); all off
     num_workers   grain worker processes (0: threads in-process, best on few cores)
