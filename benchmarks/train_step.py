@@ -78,7 +78,9 @@ class JaxSide:
     config = config_common.experiment("sgdnet", 1)
     config.model.dtype = dtype
     model = models.build(config.model)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, STEPS_PER_EPOCH, EPOCHS)
+    tx, schedule = optimizer.make_optimizer(
+      config.optimizer, STEPS_PER_EPOCH, STEPS_PER_EPOCH * EPOCHS
+    )
     mesh = state_lib.make_mesh(config.mesh)
     self.state, shardings = state_lib.create_state(
       model, tx, (1, size, size, 3), jax.random.PRNGKey(0), mesh, config.mesh.fsdp_min_size

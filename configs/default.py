@@ -39,7 +39,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1  # validation Dice every this many epochs (0: none, no best ckpt)
   config.checkpoint_every_steps = 0  # checkpoint period in steps (0: at the end of every epoch)
   config.keep_checkpoints = 2  # latest checkpoints kept in <workdir>/checkpoints
-  config.init_from = ""  # params + BN statistics from a `convert` output or another workdir
+  # Params + BN statistics from a `convert` output or another workdir; wins over
+  # model.pretrained, and a checkpoint in the workdir (resume) wins over both.
+  config.init_from = ""
   config.distributed = "auto"  # multi-host start: auto (where JAX finds a cluster) | on | off
   # XLA compilation cache ('' off; the environment's $JAX_COMPILATION_CACHE_DIR wins).
   config.compilation_cache_dir = "~/.cache/sgdnet_jax/xla"
@@ -48,6 +50,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   model.variant = "sgdnet"  # the name of the preset applied (VARIANTS above); a record only
   model.num_classes = 1  # 1: one sigmoid logit per pixel; 2: softmax over background/foreground
   model.backbone_depth = 50  # Res2Net v1b depth: 50 or 101
+  # ImageNet-pretrained encoder (as the paper and CTO): a name (res2net50_v1b_26w_4s,
+  # res2net101_v1b_26w_4s: downloaded once into $SGDNET_JAX_CACHE), a local .pth/.safetensors/.npz
+  # (res2net50_v1b or timm res2net50d layout), an http(s) URL, or 'none' (random initialisation).
+  model.pretrained = "res2net50_v1b_26w_4s"
   model.backbone_base_planes = 64  # Res2Net width (64 is the standard 26w x 4s network)
   model.decoder_channels = 64  # channels of the reduce convs, DM decoders and the EAM
   model.trans_patch_sizes = (32, 16, 8, 4)  # patch sizes of CTO's four transformer branches
@@ -83,7 +89,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   data.train_split = "train"  # the protocol's split trained on
   data.val_split = "val"  # the protocol's split validated on (best checkpoint)
   data.test_split = "test"  # the protocol's split `evaluate --split test` scores
-  data.image_size = 256  # training size (square); must equal the prepared size
+  data.image_size = 0  # training size (square); 0: the size data.dir was prepared at
   data.num_workers = 0  # grain worker processes (0: threads in this process, best on few cores)
   data.read_threads = 4  # threads building batches, per process
   data.prefetch = 8  # batches built ahead, per process

@@ -18,6 +18,7 @@ def get_config(arg=None):
   )
   config = common.make_tiny(common.experiment(args.variant, args.num_classes, args.data))
   config.model.sge.guide_channels = 16
+  config.model.pretrained = "none"  # the demo needs no download
   config.data.image_size = 96
   config.data.protocol = "seeded_712"
   config.demo_cases = 300  # generated at 192 px, prepared at 96 px

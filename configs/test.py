@@ -9,6 +9,7 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="sgdnet", num_classes=1, data="")
   config = common.make_tiny(common.experiment(args.variant, args.num_classes, args.data))
+  config.model.pretrained = "none"
   config.data.image_size = 64
   config.global_batch_size = 4
   config.eval_batch_size = 4

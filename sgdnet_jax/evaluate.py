@@ -177,6 +177,7 @@ def evaluate(
       "case); use distances_on='host' for native resolution"
     )
   distributed.initialize(config.distributed)
+  config.data.image_size = pipeline.image_size(config.data)
   name = split_name(config, split)
   mesh = state_lib.make_mesh(config.mesh)
   model = models.build(config.model)

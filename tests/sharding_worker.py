@@ -30,7 +30,7 @@ def run(config, mesh_shape, devices, batch):
   config.mesh.data, config.mesh.fsdp = mesh_shape
   mesh = state_lib.make_mesh(config.mesh, devices)
   model = models.build(config.model)
-  tx, schedule = optimizer.make_optimizer(config.optimizer, 10, 2)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, 10, 20)
   state, shardings = state_lib.create_state(
     model, tx, (1, 32, 32, 3), jax.random.PRNGKey(0), mesh, min_size=256
   )

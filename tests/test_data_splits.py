@@ -50,15 +50,20 @@ def test_shuffled_folds_are_seeded_permutations_with_the_same_arithmetic():
   assert [len(first["folds"][0][s]) for s in ("train", "val", "test")] == [1661, 415, 518]
 
 
-def test_isic2016_holdout_is_the_last_20_percent_in_sorted_order():
+def test_isic2016_all900_trains_on_every_image_and_holdout20_validates_on_the_last_20():
   train = [f"ISIC_{i:07d}" for i in range(900)]
   test = [f"ISIC_{i:07d}" for i in range(1000, 1379)]
   shuffled = random.Random(0).sample(train, len(train))
   cases = [{"case_id": c, "subset": "train", "mask": "", "group": ""} for c in shuffled] + [
     {"case_id": c, "subset": "test", "mask": "", "group": ""} for c in test
   ]
-  fold = splits.build_protocols("isic2016", cases, seed=0)["holdout20"]["folds"][0]
+  protocols = splits.build_protocols("isic2016", cases, seed=0)
+  fold = protocols["holdout20"]["folds"][0]
   assert fold["train"] == train[:720] and fold["val"] == train[720:] and fold["test"] == test
+  # The paper's protocol (the default): all 900 train, nothing validates.
+  fold = protocols["all900"]["folds"][0]
+  assert fold["train"] == train and fold["val"] == [] and fold["test"] == test
+  assert splits.DEFAULT_PROTOCOL["isic2016"] == "all900"
 
 
 def test_ungrouped_712_counts_for_conic():

@@ -120,7 +120,7 @@ def test_naming_rule_rejects_a_leading_index():
 
 
 def test_leaf_names_follow_the_rule():
-  variables, _ = porting.load_torch(table_state_dict("keys_cto.tsv"), "cto", template("cto"))
+  variables = porting.load_torch(table_state_dict("keys_cto.tsv"), "cto", template("cto"))
   params, stats = variables["params"], variables["batch_stats"]
   assert params["resnet"]["layer1_0"]["convs_1"]["kernel"].shape == (3, 3, 26, 26)
   assert params["head"]["conv_p1_1"]["scale"].shape == (576,)
@@ -138,7 +138,8 @@ def test_layout_round_trips_its_upstream_key_table(layout):
   table = LAYOUT_TABLES[layout]
   rows = reference_tables.read_table(table)
   original = table_state_dict(table)
-  variables, report = porting.load_torch(original, layout, template(layout))
+  variables = porting.load_torch(original, layout, template(layout))
+  report = variables.report
   exported, export_report = porting.export_torch(variables, layout)
 
   assert set(exported) == {row[0] for row in rows} and len(exported) == len(rows)
@@ -162,21 +163,22 @@ def test_layout_round_trips_its_upstream_key_table(layout):
 
 
 def test_layout_summaries_name_what_was_ignored():
-  _, report = porting.load_torch(
+  report = porting.load_torch(
     table_state_dict("keys_res2net50_v1b.tsv"), "res2net50_v1b", template("res2net50_v1b")
-  )
+  ).report
   assert report.ignored == ("fc.weight", "fc.bias")
   assert report.loaded + report.counters == 522 and report.counters == 87  # 87 BatchNorms
   assert "ignored keys of modules upstream never calls: 2 (fc)" in report.summary()
-  _, report = porting.load_torch(table_state_dict("keys_sge.tsv"), "sge", template("sge"))
+  report = porting.load_torch(table_state_dict("keys_sge.tsv"), "sge", template("sge")).report
   assert report.sobel_constants == ("sobel_x.weight", "sobel_y.weight") and report.ignored == ()
 
 
 def test_partial_layout_fills_only_its_module_of_a_network():
   network = _materialise(_network("sgdnet", backbone_base_planes=64, decoder_channels=16))
   state = table_state_dict("keys_res2net50_v1b.tsv")
-  variables, report = porting.load_torch(state, "res2net50_v1b", network)
-  backbone, _ = porting.load_torch(state, "res2net50_v1b", template("res2net50_v1b"))
+  variables = porting.load_torch(state, "res2net50_v1b", network)
+  report = variables.report
+  backbone = porting.load_torch(state, "res2net50_v1b", template("res2net50_v1b"))
   assert report.kept == tuple(name for name in network["params"] if name != "resnet")
   assert "kept as in the template" in report.summary()
   for collection in ("params", "batch_stats"):
@@ -196,7 +198,8 @@ def test_partial_layout_fills_only_its_module_of_a_network():
 
 def test_naming_rule_alone_converts_any_module_strictly():
   state = table_state_dict("keys_sgdc.tsv")
-  variables, report = porting.convert_state_dict(state, template("sgdc"))
+  variables = porting.convert_state_dict(state, template("sgdc"))
+  report = variables.report
   np.testing.assert_array_equal(
     variables["params"]["mlp_2"]["kernel"], state["mlp.2.weight"].transpose(2, 3, 1, 0)
   )
@@ -281,7 +284,7 @@ def test_formats_wrappers_and_prefixes_read_the_same(tmp_path, sgdc_state, name)
   assert all(
     np.array_equal(state[k], v) and state[k].dtype == v.dtype for k, v in sgdc_state.items()
   )
-  variables, report = porting.load_torch(path, "sgdc", template("sgdc"))
+  report = porting.load_torch(path, "sgdc", template("sgdc")).report
   assert report.source == path and report.loaded == 16
   with pytest.raises(FileExistsError):
     porting.write_state_dict(sgdc_state, path)
@@ -375,7 +378,7 @@ def test_safetensors_porting_never_imports_torch(tmp_path, sgdc_state):
     "from sgdnet_jax.models import sgdc\n"
     "x, g = jnp.zeros((1, 8, 8, 256)), jnp.zeros((1, 8, 8, 16))\n"
     "t = jax.eval_shape(lambda: sgdc.SGDC().init(jax.random.PRNGKey(0), x, g, train=False))\n"
-    f"v, _ = porting.load_torch({path!r}, 'sgdc', t)\n"
+    f"v = porting.load_torch({path!r}, 'sgdc', t)\n"
     "porting.export_torch(v, 'sgdc')\n"
     "assert 'torch' not in sys.modules, 'torch was imported'\n"
   )
@@ -460,7 +463,7 @@ def test_convert_command_for_a_whole_network(tmp_path):
   assert export_cli.main(["--workdir", out, "--layout", "sgdnet", "--out", exported]) == 0
   back = porting.read_state_dict(exported)
   assert set(back) == set(state)
-  _, report = porting.load_torch(back, "sgdnet", template("sgdnet"))
+  report = porting.load_torch(back, "sgdnet", template("sgdnet")).report
   for key, value in state.items():
     if key not in report.ignored and not key.endswith("num_batches_tracked"):
       assert np.array_equal(back[key], value), key

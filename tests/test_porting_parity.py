@@ -222,7 +222,8 @@ def _run_case(variant: str, torch_class, seed: int):
   model = models.build(config)
   x = _nhwc(images)
   template = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  variables, report = porting.load_torch(reference.state_dict(), variant, template)
+  variables = porting.load_torch(reference.state_dict(), variant, template)
+  report = variables.report
   apply = jax.jit(
     lambda v, x: model.apply(
       v, x, train=False, capture_intermediates=_capture, mutable=["intermediates"]

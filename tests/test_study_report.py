@@ -135,7 +135,7 @@ def holm_by_hand(p_values: list[float]) -> list[float]:
 
 def test_every_number_matches_numpy_and_scipy(tmp_path):
   values = make_sweep(tmp_path)
-  result = report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto", seed=3)
+  result = report.compare(report.load_runs(str(tmp_path), "test", METRICS), "cto", seed=3)
   assert [row["variant"] for row in result["tables"]["dice"]] == list(VARIANTS)
   column = {"dice": "dice", "iou": "iou", "hd95": "hd95_pooled", "assd": "assd"}
   for metric in METRICS:
@@ -196,13 +196,13 @@ def test_holm_on_a_worked_example():
 
 def test_markdown_of_a_fixed_sweep_matches_the_expected_file(tmp_path):
   make_sweep(tmp_path, skip=(("sge_add", 2),))
-  result = report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto")
+  result = report.compare(report.load_runs(str(tmp_path), "test", METRICS), "cto")
   assert report.format_markdown(result) == EXPECTED_MARKDOWN.read_text()
 
 
 def test_missing_fold_marks_the_row_incomplete(tmp_path):
   values = make_sweep(tmp_path, skip=(("sge_add", 2),))
-  result = report.summarize(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
+  result = report.compare(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
   row = result["tables"]["dice"][2]
   assert (row["variant"], row["missing_folds"]) == ("sge_add", [2])
   fold_means = [np.mean(values["sge_add", f]["dice"]) for f in (0, 1)]
@@ -221,7 +221,7 @@ def test_different_case_sets_for_a_fold_name_both_runs(tmp_path):
   write_run(tmp_path / "sgdnet" / "fold1", "sgdnet", 1, values["sgdnet", 1], ids)
   runs = report.load_runs(str(tmp_path), "test", METRICS)
   with pytest.raises(errors.UserError, match="different cases") as raised:
-    report.summarize(runs, "cto")
+    report.compare(runs, "cto")
   assert str(tmp_path / "sgdnet" / "fold1") in str(raised.value)
   assert str(tmp_path / "cto" / "fold1") in str(raised.value)
 
@@ -230,7 +230,7 @@ def test_missing_baseline_names_the_available_variants(tmp_path):
   make_sweep(tmp_path)
   runs = report.load_runs(str(tmp_path), "test", ("dice",))
   with pytest.raises(errors.UserError, match="one of: cto, sgdnet, sge_add"):
-    report.summarize(runs, "baseline")
+    report.compare(runs, "baseline")
 
 
 def test_different_conventions_name_the_runs(tmp_path):
@@ -238,7 +238,7 @@ def test_different_conventions_name_the_runs(tmp_path):
   other = {**CONVENTIONS, "dice": {"definition": "global Dice", "empty_policy": "none"}}
   write_run(tmp_path / "sgdnet" / "fold0", "sgdnet", 0, values["sgdnet", 0], case_ids(0), other)
   with pytest.raises(errors.UserError, match="the dice convention") as raised:
-    report.summarize(report.load_runs(str(tmp_path), "test", METRICS), "cto")
+    report.compare(report.load_runs(str(tmp_path), "test", METRICS), "cto")
   assert str(tmp_path / "sgdnet" / "fold0") in str(raised.value)
 
 
@@ -246,7 +246,7 @@ def test_different_conventions_name_the_runs(tmp_path):
 def test_hd95_column_follows_the_real_convention(tmp_path, convention):
   distances = {key: np.array([1.0, 2.0]) for key in metrics.surface.DISTANCE_KEYS}
   options = metrics.MetricOptions(hd95=convention)
-  real = metrics.summarize(distances, options).conventions["hd95"]
+  real = metrics.compute_results(distances, options).conventions["hd95"]
   conventions = {
     **CONVENTIONS,
     "hd95": {"definition": real.definition, "empty_policy": real.empty_policy},
@@ -268,7 +268,7 @@ def test_seeds_of_a_fold_are_averaged(tmp_path):
     columns = {k: v * scale for k, v in values["sgdnet", 0].items()}
     write_run(tmp_path / "sgdnet" / "fold0" / f"seed{seed}", "sgdnet", 0, columns, case_ids(0))
   write_run(tmp_path / "cto" / "fold0", "cto", 0, values["cto", 0], case_ids(0))
-  result = report.summarize(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
+  result = report.compare(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
   row = result["tables"]["dice"][1]
   dice = values["sgdnet", 0]["dice"]
   assert row["seeds_per_fold"] == {"0": 2}

@@ -38,7 +38,8 @@ def test_config_overrides_and_errors():
 
 def test_every_experiment_config_loads_with_its_protocol():
   ph2 = config_utils.load_config("configs/isic2016_ph2.py:variant=baseline,ph2=/d/ph2")
-  assert ph2.data.protocol == "holdout20" and ph2.data.dir == "data/isic2016"
+  assert ph2.data.protocol == "all900" and ph2.data.dir == "data/isic2016"
+  assert ph2.eval_every_epochs == 0  # no validation split: the last epoch is evaluated
   assert ph2.data.extra_eval.ph2.dir == "/d/ph2" and ph2.data.extra_eval.ph2.protocol == "all"
   assert ph2.model.variant == "baseline" and ph2.model.skip_fusion == "none"
   conic = config_utils.load_config("configs/conic.py:protocol=random_712")

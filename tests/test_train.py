@@ -79,7 +79,7 @@ def test_structure_loss_weights_each_sample_by_its_own_map():
 def test_optimizer_matches_torch_adam_with_clip_and_coupled_weight_decay():
   config = default.get_config().optimizer
   config.lr = 1e-2
-  tx, schedule = optimizer.make_optimizer(config, steps_per_epoch=2, epochs=4)
+  tx, schedule = optimizer.make_optimizer(config, steps_per_epoch=2, total_steps=8)
   rng = np.random.default_rng(2)
   w0 = rng.normal(size=(5, 3)).astype(np.float32)
   grads = [rng.normal(scale=2.0, size=(5, 3)).astype(np.float32) for _ in range(5)]

@@ -52,7 +52,7 @@ def main(argv) -> int:
   module = models.build(config.model)
   seed = args.seed if args.seed is not None else int(config.get("seed", 0))
   template = _initial_variables(
-    module, config.data.image_size, seed, concrete=layout.subtree is not None
+    module, config.data.image_size or 256, seed, concrete=layout.subtree is not None
   )
   if layout.subtree is not None and layout.subtree not in template["params"]:
     parser.error(

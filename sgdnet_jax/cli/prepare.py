@@ -13,7 +13,13 @@ def main(argv) -> int:
     "--source", required=True, help="the unpacked download (for synthetic: where to generate it)"
   )
   parser.add_argument("--out", required=True, help="the prepared dataset folder to write")
-  parser.add_argument("--size", type=int, default=256, help="training size (square)")
+  parser.add_argument(
+    "--size",
+    type=int,
+    default=None,
+    help="training size (square); default 256, for folder the images' median shorter side "
+    "rounded down to a multiple of 32, at most 256",
+  )
   parser.add_argument(
     "--no-strict",
     dest="strict",
@@ -28,11 +34,15 @@ def main(argv) -> int:
   prepare.check_output(args.source, args.out, overwrite=args.overwrite)  # before generating
   if args.dataset == "synthetic":
     synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
+  size = args.size
+  if size is None:
+    size, reason = prepare.default_size(args.dataset, args.source)
+    print(f"--size {size}: {reason}")
   report = prepare.prepare(
     args.dataset,
     args.source,
     args.out,
-    size=args.size,
+    size=size,
     strict=args.strict,
     overwrite=args.overwrite,
     split_seed=args.split_seed,

@@ -23,7 +23,7 @@ def main(argv) -> int:
   args = parser.parse_args(argv)
   metrics = [m for m in args.metrics.split(",") if m]
   runs = report.load_runs(args.root, args.split, metrics)
-  result = report.summarize(runs, args.baseline, args.seed)
+  result = report.compare(runs, args.baseline, args.seed)
   paths = report.write_tables(args.root, result)
   from sgdnet_jax.study import plots  # matplotlib only once the tables are written.
 

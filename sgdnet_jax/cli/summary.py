@@ -8,7 +8,7 @@ from sgdnet_jax import cli, config_utils
 def main(argv) -> int:
   parser = cli.parser("summary", __doc__)
   parser.add_argument(
-    "--image-size", type=int, default=None, help="default: config.data.image_size"
+    "--image-size", type=int, default=None, help="default: config.data.image_size, else 256"
   )
   parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -17,7 +17,7 @@ def main(argv) -> int:
   from sgdnet_jax import summary  # After argument errors, which should not wait for JAX.
 
   result = summary.summarize(
-    config, args.image_size or config.data.image_size, compile_flops=not args.no_compile
+    config, args.image_size or config.data.image_size or 256, compile_flops=not args.no_compile
   )
   summary.print_table(result)
   if args.json:

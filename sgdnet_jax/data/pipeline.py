@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from sgdnet_jax import errors
 from sgdnet_jax.data import augment
 from sgdnet_jax.data import dataset as dataset_lib
 
@@ -42,15 +43,37 @@ def _per_host(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+def image_size(data_config: ml_collections.ConfigDict) -> int:
+  """The training size: `data.image_size`, or when it is 0 the size `data.dir` was prepared at.
+
+  One source of truth: `prepare --size` writes the size into the prepared dataset, and a config
+  that leaves `image_size` at 0 trains at it. An explicit size must equal it (`_open` checks).
+  """
+  if data_config.image_size:
+    return int(data_config.image_size)
+  if not data_config.dir:
+    raise errors.ConfigError(
+      "data.image_size is 0 (the prepared size) but data.dir is empty; give the prepared "
+      "dataset folder (--config.data.dir) or an explicit --config.data.image_size"
+    )
+  return dataset_lib.PreparedDataset(data_config.dir).image_size
+
+
 def _open(data_config: ml_collections.ConfigDict, directory: str) -> dataset_lib.PreparedDataset:
   if not directory:
     raise ValueError("data.dir is empty: expected a prepared dataset folder (see `prepare`)")
   dataset = dataset_lib.PreparedDataset(directory)
-  if dataset.image_size != data_config.image_size:
-    raise ValueError(
-      f"{directory} was prepared at {dataset.image_size}x{dataset.image_size} but "
-      f"data.image_size is {data_config.image_size}; prepare it again with "
-      f"--size {data_config.image_size} or change the config"
+  expected = image_size(data_config)
+  if dataset.image_size != expected:
+    given = (
+      f"data.image_size is {expected}"
+      if data_config.image_size
+      else (f"data.dir {data_config.dir} was prepared at {expected}")
+    )
+    raise errors.ConfigError(
+      f"{directory} was prepared at {dataset.image_size}x{dataset.image_size} but {given}; "
+      f"prepare it again with --size {expected}, or set --config.data.image_size=0 to train at "
+      f"the prepared size"
     )
   return dataset
 

@@ -53,6 +53,8 @@ SUBSET_ORDER = (layouts.TRAIN, layouts.VALIDATION, layouts.TEST, layouts.FULL)
 BUILDER_VERSION = "1.0.0"
 # What every prepared dataset holds; `--overwrite` replaces only a folder that has all of them.
 PREPARED_MARKERS = ("report.json", "cases.json", "tfds/")
+PAPER_SIZE = 256  # the paper's (and CTO's) training size
+SIZE_MULTIPLE = 32  # the encoder's total stride
 
 
 class PreparationError(errors.UserError, RuntimeError):
@@ -331,6 +333,34 @@ def _count_warnings(counts: dict[str, dict], dataset: str) -> list[str]:
         "download?)"
       )
   return warnings
+
+
+def default_size(dataset: str, source: os.PathLike) -> tuple[int, str]:
+  """The training size `prepare` uses when none is given, and why.
+
+  For `folder` (users' own images): the median shorter side of the images, rounded down to a
+  multiple of 32 (the encoder's stride) and capped at 256, so small tiles are not upsampled at a
+  quadratic cost; at least 32. The public datasets use the paper's 256. Only image headers are
+  read; unreadable images are left to the preparation to report.
+  """
+  if dataset != "folder":
+    return PAPER_SIZE, f"the paper's training size for {dataset}"
+  listing = layouts.read_layout("folder", source)
+  sides = []
+  for case in listing.cases:
+    try:
+      with Image.open(pathlib.Path(source) / case.image) as image:
+        sides.append(min(image.size))
+    except images.DECODE_ERRORS:
+      continue
+  if not sides:
+    return PAPER_SIZE, "no readable image to measure; the paper's training size"
+  median = int(np.median(sides))
+  size = min(PAPER_SIZE, max(SIZE_MULTIPLE, median // SIZE_MULTIPLE * SIZE_MULTIPLE))
+  return size, (
+    f"the median shorter side of the {len(sides)} images is {median} px, rounded down to a "
+    f"multiple of {SIZE_MULTIPLE} and capped at {PAPER_SIZE} (give --size to choose another)"
+  )
 
 
 def prepare(

@@ -24,7 +24,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 DEFAULT_PROTOCOL = {
   "isic2018": "medi_seg_5fold",
-  "isic2016": "holdout20",
+  "isic2016": "all900",  # the paper's: every training image trains (docs/fidelity.md)
   "ph2": "all",
   "conic": "grouped_712",
   "folder": "seeded_712",
@@ -149,6 +149,14 @@ def build_protocols(dataset: str, cases: Sequence[dict], seed: int) -> dict[str,
       "Training set sorted by name, last 20% validate; test = the "
       "ISIC 2016 test set (PH2 is evaluated from its own prepared dataset)",
       [holdout],
+    )
+    protocols["all900"] = _protocol(
+      "all900",
+      dataset,
+      "The paper's protocol: train on every training image (900 in the release), no "
+      "validation (train with eval_every_epochs=0; the last epoch's weights are evaluated); "
+      "test = the ISIC 2016 test set",
+      [{"train": sorted(ids("train")), "val": [], "test": ids("test")}],
     )
   elif dataset == "conic":
     protocols["grouped_712"] = _protocol(

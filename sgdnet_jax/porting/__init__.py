@@ -1,12 +1,13 @@
 """PyTorch weight porting, both ways, for the upstream layouts (SPEC §5).
 
-  result = load_torch("res2net50_v1b_26w_4s-3cf99910.pth", "res2net50_v1b", variables)
-  variables, report = result          # result[0] is {'params', 'batch_stats'}
+  variables = load_torch("res2net50_v1b_26w_4s-3cf99910.pth", "res2net50_v1b", template)
+  model.apply(variables, images)      # the result is {'params', 'batch_stats'} ...
+  print(variables.report.summary())   # ... with what was loaded, checked and ignored
   state_dict, export_report = export_torch(variables, "sgdnet")
   write_state_dict(state_dict, "sgdnet.safetensors")
 
 Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `key_tables.LAYOUTS`).
-torch is imported only to read or write .pth files, and only here.
+.pth files are read without torch (`torch_files`); torch is imported only to write them.
 """
 
 from sgdnet_jax.porting.key_tables import LAYOUTS

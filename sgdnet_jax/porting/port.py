@@ -70,11 +70,29 @@ class PortReport:
     return "\n".join(lines)
 
 
-class PortResult(NamedTuple):
-  """`load_torch`'s result; `result[0]` (or `.variables`) is {'params', 'batch_stats'}."""
+class PortResult(dict):
+  """`load_torch`'s result: the {'params', 'batch_stats'} variables, with the `report`.
 
-  variables: dict[str, Any]
-  report: PortReport
+  It is the variables mapping itself, so `module.apply(load_torch(...), x)` works, and JAX
+  treats it as that dict (`jax.device_put`, `jax.jit` arguments; transformed trees come back as
+  plain dicts). `.variables` is a plain-dict copy of the top level.
+  """
+
+  def __init__(self, variables: Mapping[str, Any], report: PortReport):
+    super().__init__(variables)
+    self.report = report
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return dict(self)
+
+
+jax.tree_util.register_pytree_with_keys(
+  PortResult,
+  lambda result: (tuple((jax.tree_util.DictKey(k), result[k]) for k in result), tuple(result)),
+  lambda keys, values: dict(zip(keys, values)),
+  flatten_func=lambda result: (tuple(result.values()), tuple(result)),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +235,7 @@ def load_torch(
       (`sge`) is filled and the rest is returned as it was in the template.
 
   Returns:
-    PortResult(variables, report); variables are numpy arrays in the template's dtypes.
+    PortResult: the variables (a dict; numpy arrays in the template's dtypes) with `.report`.
 
   Raises:
     PortingError: listing every unexpected, missing, mis-shaped key and every wrong Sobel kernel.

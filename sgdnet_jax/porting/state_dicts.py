@@ -1,8 +1,8 @@
 """Reading and writing PyTorch state dicts as {key: numpy array}, without running pickled code.
 
 Formats, by extension:
-  .pth .pt .bin .ckpt  torch.save files, read with `torch.load(weights_only=True)`; torch is
-                       imported lazily, here only (training and inference never import it);
+  .pth .pt .bin .ckpt  torch.save files (zip or legacy), read without torch by `torch_files`,
+                       which unpickles tensors only;
   .safetensors         the safetensors package (no torch needed);
   .npz                 numpy archives of plain arrays.
 Checkpoints wrapped as {'state_dict': ...} (or {'model_state_dict': ...}, {'model': ...}) are
@@ -10,8 +10,6 @@ unwrapped, and a DataParallel `module.` prefix on every key is removed.
 """
 
 import os
-import pickle
-import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sgdnet_jax import errors
+from sgdnet_jax.porting import torch_files
 
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_EXTENSIONS = (".safetensors",)
@@ -58,63 +57,18 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _read_torch(path: str) -> Any:
   try:
-    import torch  # pylint: disable=g-import-not-at-top  (only .pth reading needs torch)
-  except ImportError:
+    return torch_files.load(path)
+  except torch_files.UnsafePickleError as error:
     raise CheckpointFileError(
-      f"{path}: reading a torch.save file needs PyTorch (pip install torch; the CPU build is "
-      f"enough); or convert the file to .safetensors elsewhere"
-    ) from None
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as error:
-    blocked = _blocked_globals(str(error))
-    if blocked:
-      raise CheckpointFileError(
-        f"{path}: refused, the file was not loaded: unpickling it would call "
-        f"{', '.join(blocked)}, which would execute code, and we never unpickle code. Save the "
-        f"weights alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
-      ) from None
-    raise CheckpointFileError(
-      f"{path}: not a PyTorch checkpoint that loads without executing code "
-      f"({_unpickler_reason(str(error))}); the file was not loaded"
+      f"{path}: refused, the file was not loaded: unpickling it would call {error}, which is "
+      f"not part of a plain tensor state dict, and we never unpickle code. Save the weights "
+      f"alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
     ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
     raise CheckpointFileError(
       f"{path}: not a PyTorch checkpoint written by torch.save "
-      f"({type(error).__name__}: {_first_line(str(error))})"
+      f"({type(error).__name__}: {str(error)[:200]})"
     ) from None
-
-
-# torch's weights-only unpickler names what it refused as `GLOBAL module.name` ("Unsupported
-# global: GLOBAL builtins.open was not an allowed global", "unsupported GLOBAL posix.system
-# whose module posix is blocked"); the rest of its text advises weights_only=False.
-_GLOBAL_PATTERN = re.compile(r"GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
-
-
-def _blocked_globals(message: str) -> list[str]:
-  """The globals torch's weights-only unpickler refused, in order, without repeats."""
-  return list(dict.fromkeys(_GLOBAL_PATTERN.findall(message)))
-
-
-def _unpickler_reason(message: str) -> str:
-  """torch's reason for refusing a pickle, without its advice to load unsafely."""
-  flat = " ".join(message.split())
-  marker = "WeightsUnpickler error:"
-  if marker in flat:
-    reason = flat.split(marker, 1)[1].split(" Please use", 1)[0].split(" Check the doc", 1)[0]
-  else:
-    lines = [line.strip() for line in message.splitlines()]
-    reasons = [line for line in lines if line and not line.startswith(("Weights only", "Check"))]
-    reason = reasons[0] if reasons else ""
-  if not reason.strip() or "weights_only" in reason:
-    return "torch refused to unpickle it"
-  return reason.strip()[:200]
-
-
-def _first_line(message: str) -> str:
-  """The first non-empty line of an error message, at most 200 characters."""
-  lines = [line.strip() for line in message.splitlines() if line.strip()]
-  return (lines[0] if lines else "no message")[:200]
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """The report of an ablation sweep: per-variant statistics and paired comparisons with a baseline.
 
   runs = load_runs(root, "test", ("dice", "hd95"))
-  result = summarize(runs, baseline="cto", seed=0)
+  result = compare(runs, baseline="cto", seed=0)
   write_tables(root, result)  # R/report.md, .csv, .json, .tex
 
 Per variant and metric: the per-fold values (the metric as `evaluate` reported it in
@@ -323,7 +323,7 @@ def _consistent(runs: Sequence[Run], describe, what: str) -> Any:
   return describe(first)
 
 
-def summarize(
+def compare(
   runs: Sequence[Run],
   baseline: str = "cto",
   seed: int = 0,

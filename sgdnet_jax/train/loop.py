@@ -29,6 +29,7 @@ from sgdnet_jax import (
   variables_io,
 )
 from sgdnet_jax.data import pipeline
+from sgdnet_jax.porting import pretrained
 from sgdnet_jax.train import checkpointing, losses, optimizer, writers
 from sgdnet_jax.train import state as state_lib
 
@@ -163,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
   if jax.process_index() == 0:
     config_utils.save_config(config, os.path.join(workdir, "config.json"))
 
@@ -171,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   steps_per_epoch = max(1, math.ceil(train_size / config.global_batch_size))
   total_steps = config.total_steps or config.epochs * steps_per_epoch
   model = models.build(config.model)
-  tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, config.epochs)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
   image_shape = (1, config.data.image_size, config.data.image_size, 3)
   rng = jax.random.PRNGKey(config.seed)
   state, shardings = state_lib.create_state(
@@ -190,6 +192,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from step %d", int(state.step))
   elif config.init_from:
     state = _load_initial_variables(config.init_from, state, shardings)
+  else:
+    variables, loaded = pretrained.initialize_encoder(config.model.pretrained, state.variables())
+    state = state.replace(
+      params=jax.device_put(variables["params"], shardings.params),
+      batch_stats=jax.device_put(variables["batch_stats"], shardings.batch_stats),
+    )
+    if jax.process_index() == 0:
+      print(loaded, flush=True)
 
   train_step = distributed.CompiledOnAllProcesses(
     make_train_step(model, tx, schedule, config.loss, mesh, shardings), "train_step"
