@@ -38,11 +38,11 @@ def ensure_demo_dataset(
     root / "source", num_cases=num_cases, image_size=image_size
   )
   prepared = root / "prepared"
-  report_path = prepared / "report.json"
-  if report_path.is_file():
-    report = json.loads(report_path.read_text())
+  info_path = prepared / "dataset.json"
+  if info_path.is_file():
+    info = json.loads(info_path.read_text())
     manifest = json.loads((source / synthetic.MANIFEST).read_text())
-    if report.get("synthetic") == manifest and report["image_size"] == size:
+    if info.get("synthetic") == manifest and info["image_size"] == size:
       return prepared
   prepare.prepare("synthetic", source, prepared, size=size, overwrite=True, progress=progress)
   return prepared

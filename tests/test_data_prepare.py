@@ -1,4 +1,4 @@
-"""`prepare` on tiny replicas: records, report, integrity errors, strictness, atomicity, CLI."""
+"""`prepare` on tiny replicas: records, info, integrity errors, strictness, atomicity, CLI."""
 
 import json
 import os
@@ -42,8 +42,8 @@ def _leftovers(parent: pathlib.Path):
 )
 def test_file_layouts_prepare_records_and_native_masks(tmp_path, dataset, write, counts):
   source = write(tmp_path / "source", nested=True)
-  report = _prepare(dataset, source, tmp_path / "out")
-  assert {s: c["prepared"] for s, c in report["counts"].items() if c["prepared"]} == counts
+  info = _prepare(dataset, source, tmp_path / "out")
+  assert {s: c["prepared"] for s, c in info["counts"].items() if c["prepared"]} == counts
   data = dataset_lib.PreparedDataset(tmp_path / "out")
   assert len(data.cases) == sum(counts.values())
   for case in data.cases:
@@ -58,34 +58,33 @@ def test_file_layouts_prepare_records_and_native_masks(tmp_path, dataset, write,
       Image.fromarray(original.astype(np.uint8)).resize((SIZE, SIZE), Image.NEAREST)
     )
     np.testing.assert_array_equal(record["mask"], resized)
-  assert report["default_protocol"] in report["protocols"]
+  assert info["default_protocol"] in info["protocols"]
   assert _leftovers(tmp_path) == []
 
 
-def test_isic2018_report_lists_counts_warnings_and_ignored_files(tmp_path):
+def test_isic2018_description_lists_counts_warnings_and_ignored_files(tmp_path):
   source = replicas.write_isic2018(tmp_path / "source")
-  report = _prepare("isic2018", source, tmp_path / "out")
-  on_disk = json.loads((tmp_path / "out/report.json").read_text())
-  assert on_disk == report
-  assert report["counts"]["train"] == {"found": 4, "prepared": 4, "expected": 2594}
-  assert report["counts"]["test"] == {"found": 0, "prepared": 0, "expected": 1000}
+  info = _prepare("isic2018", source, tmp_path / "out")
+  on_disk = json.loads((tmp_path / "out/dataset.json").read_text())
+  assert on_disk == info
+  assert info["counts"]["train"] == {"found": 4, "prepared": 4, "expected": 2594}
+  assert info["counts"]["test"] == {"found": 0, "prepared": 0, "expected": 1000}
   assert any(
-    "train: found 4 image/mask pairs, the official release has 2594" in w
-    for w in report["warnings"]
+    "train: found 4 image/mask pairs, the official release has 2594" in w for w in info["warnings"]
   )
-  assert sorted(report["ignored_files"]) == [
+  assert sorted(info["ignored_files"]) == [
     "ISIC2018_Task1-2_Training_Input/ATTRIBUTION.txt",
     "ISIC2018_Task1-2_Training_Input/LICENSE.txt",
   ]
-  assert report["problems"] == [] and report["skipped"] == []
+  assert info["problems"] == [] and info["skipped"] == []
   assert (tmp_path / "out/splits/medi_seg_5fold.json").is_file()
 
 
 def test_conic_keeps_instances_and_classes(tmp_path):
   source = replicas.write_conic(tmp_path / "source", num_patches=12, size=SIZE)
-  report = _prepare("conic", source, tmp_path / "out")
-  assert report["counts"]["full"]["prepared"] == 12
-  assert report["notes"]["mask is empty (no foreground)"] == ["00000", "00004", "00008"]
+  info = _prepare("conic", source, tmp_path / "out")
+  assert info["counts"]["full"]["prepared"] == 12
+  assert info["notes"]["mask is empty (no foreground)"] == ["00000", "00004", "00008"]
   labels = np.load(source / "labels.npy")
   images = np.load(source / "images.npy")
   data = dataset_lib.PreparedDataset(tmp_path / "out")
@@ -174,14 +173,14 @@ def test_strict_mode_lists_every_problem_at_once(tmp_path):
   assert "ISIC_0000000.jpg" in str(error.value) and "ISIC_0000003.jpg" in str(error.value)
 
 
-def test_no_strict_skips_and_reports_the_cases(tmp_path):
+def test_no_strict_skips_and_lists_the_cases(tmp_path):
   source = replicas.write_isic2018(tmp_path / "source", num_train=4, num_val=0)
   _corrupt(source, "non-binary mask")
   (source / "ISIC2018_Task1_Training_GroundTruth/ISIC_0000003_segmentation.png").unlink()
-  report = _prepare("isic2018", source, tmp_path / "out", strict=False)
-  assert report["skipped"] == ["ISIC_0000001", "ISIC_0000003"]
-  assert sorted(p["kind"] for p in report["problems"]) == ["missing_mask", "non_binary_mask"]
-  assert report["counts"]["train"]["prepared"] == 2
+  info = _prepare("isic2018", source, tmp_path / "out", strict=False)
+  assert info["skipped"] == ["ISIC_0000001", "ISIC_0000003"]
+  assert sorted(p["kind"] for p in info["problems"]) == ["missing_mask", "non_binary_mask"]
+  assert info["counts"]["train"]["prepared"] == 2
   data = dataset_lib.PreparedDataset(tmp_path / "out")
   assert [c.case_id for c in data.cases] == ["ISIC_0000000", "ISIC_0000002"]
   fold = data.protocol("medi_seg_5fold")["folds"][0]
@@ -199,13 +198,13 @@ def test_no_strict_with_nothing_usable_fails(tmp_path):
 def test_failed_overwrite_keeps_the_previous_preparation(tmp_path):
   source = replicas.write_folder(tmp_path / "source", num_cases=3)
   _prepare("folder", source, tmp_path / "out")
-  before = (tmp_path / "out/report.json").read_text()
+  before = (tmp_path / "out/dataset.json").read_text()
   with pytest.raises(FileExistsError, match="--overwrite"):
     _prepare("folder", source, tmp_path / "out")
   (source / "images/case_01.jpg").write_bytes(b"junk")
   with pytest.raises(prepare.PreparationError):
     _prepare("folder", source, tmp_path / "out", overwrite=True)
-  assert (tmp_path / "out/report.json").read_text() == before
+  assert (tmp_path / "out/dataset.json").read_text() == before
   assert _leftovers(tmp_path) == []
 
 
@@ -215,8 +214,8 @@ def test_grayscale_and_rgba_images_are_converted_with_a_note(tmp_path):
   rgba = Image.open(source / "images/case_01.jpg").convert("RGBA")
   (source / "images/case_01.jpg").unlink()
   rgba.save(source / "images/case_01.png")
-  report = _prepare("folder", source, tmp_path / "out")
-  assert report["notes"] == {
+  info = _prepare("folder", source, tmp_path / "out")
+  assert info["notes"] == {
     "alpha channel dropped": ["case_01"],
     "grayscale expanded to RGB": ["case_00"],
   }
@@ -250,7 +249,7 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys):
     "IMD003.bmp" in err
   )
   assert cli.main(args + ["--overwrite", "--no-strict"]) == 0
-  assert json.loads((tmp_path / "out/report.json").read_text())["skipped"] == ["IMD003"]
+  assert json.loads((tmp_path / "out/dataset.json").read_text())["skipped"] == ["IMD003"]
   assert (
     cli.main(
       [
@@ -353,7 +352,7 @@ def test_overwrite_replaces_a_prepared_dataset(tmp_path, capsys):
   source = replicas.write_folder(tmp_path / "raw", num_cases=2)
   assert cli.main(_cli_prepare(source, tmp_path / "out")) == 0
   assert cli.main(_cli_prepare(source, tmp_path / "out", "--overwrite", "--size", "16")) == 0
-  assert json.loads((tmp_path / "out/report.json").read_text())["image_size"] == 16
+  assert json.loads((tmp_path / "out/dataset.json").read_text())["image_size"] == 16
   assert _leftovers(tmp_path) == []
 
 
@@ -409,7 +408,7 @@ def test_a_16_bit_image_keeps_its_contrast(tmp_path):
   tifffile.imwrite(source / "images/case_01.tif", colour, photometric="rgb")
   mask = (np.asarray(Image.open(source / "masks/case_02_mask.png")) > 0).astype(np.uint16) * 1000
   Image.fromarray(mask).save(source / "masks/case_02_mask.png")  # 16-bit values 0 and 1000
-  report = _prepare("folder", source, tmp_path / "out")
+  info = _prepare("folder", source, tmp_path / "out")
   data = dataset_lib.PreparedDataset(tmp_path / "out")
   image = data.record(data.case("case_00"))["image"]
   assert image.min() <= 2 and image.max() >= 253, (image.min(), image.max())
@@ -422,7 +421,7 @@ def test_a_16_bit_image_keeps_its_contrast(tmp_path):
   assert colour_image.max() >= 250 and colour_image.min() <= 5
   red, green, blue = colour_image.reshape(-1, 3).mean(axis=0)
   assert red > green > blue
-  assert sorted(report["notes"]) == [
+  assert sorted(info["notes"]) == [
     "16-bit colour image scaled from its own range (of its high bytes) to 0..255",
     "high-bit-depth image (PIL mode I;16) scaled from its own range to 0..255",
   ]

@@ -45,10 +45,10 @@ def test_generate_refuses_a_folder_with_other_files(tmp_path):
 def test_ensure_demo_dataset_prepares_once(tmp_path):
   prepared_dir = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32)
   data = dataset_lib.PreparedDataset(prepared_dir)
-  assert data.report["dataset"] == "synthetic" and data.image_size == 32
+  assert data.info["dataset"] == "synthetic" and data.image_size == 32
   assert [len(data.split("", 0, s)) for s in ("train", "val", "test")] == [7, 1, 2]
-  stamp = (prepared_dir / "report.json").stat().st_mtime_ns
+  stamp = (prepared_dir / "dataset.json").stat().st_mtime_ns
   assert demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32) == prepared_dir
-  assert (prepared_dir / "report.json").stat().st_mtime_ns == stamp
+  assert (prepared_dir / "dataset.json").stat().st_mtime_ns == stamp
   smaller = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32, prepared_size=16)
   assert dataset_lib.PreparedDataset(smaller).image_size == 16

@@ -139,13 +139,13 @@ def test_layout_round_trips_its_upstream_key_table(layout):
   rows = reference_tables.read_table(table)
   original = table_state_dict(table)
   variables = porting.load_torch(original, layout, template(layout))
-  report = variables.report
-  exported, export_report = porting.export_torch(variables, layout)
+  audit = variables.audit
+  exported, export_audit = porting.export_torch(variables, layout)
 
   assert set(exported) == {row[0] for row in rows} and len(exported) == len(rows)
   for key, shape, dtype, *_ in rows:
     assert str(tuple(exported[key].shape)) == shape and str(exported[key].dtype) == dtype, key
-  placeholders = set(export_report.placeholders)
+  placeholders = set(export_audit.placeholders)
   for key, value in original.items():
     if key.endswith("num_batches_tracked"):
       assert exported[key] == 0
@@ -154,38 +154,38 @@ def test_layout_round_trips_its_upstream_key_table(layout):
       assert np.all(exported[key] == fill), key
     else:  # held by our model, or a frozen Sobel constant
       assert np.array_equal(exported[key], value), key
-  assert export_report.held == report.loaded
-  assert set(export_report.sobel_constants) == set(report.sobel_constants)
-  assert set(export_report.placeholders) == set(report.ignored)
-  assert report.absent == ()
-  accounted = report.loaded + report.counters + len(report.sobel_constants) + len(report.ignored)
+  assert export_audit.held == audit.loaded
+  assert set(export_audit.sobel_constants) == set(audit.sobel_constants)
+  assert set(export_audit.placeholders) == set(audit.ignored)
+  assert audit.absent == ()
+  accounted = audit.loaded + audit.counters + len(audit.sobel_constants) + len(audit.ignored)
   assert accounted == len(rows)
 
 
 def test_layout_summaries_name_what_was_ignored():
-  report = porting.load_torch(
+  audit = porting.load_torch(
     table_state_dict("keys_res2net50_v1b.tsv"), "res2net50_v1b", template("res2net50_v1b")
-  ).report
-  assert report.ignored == ("fc.weight", "fc.bias")
-  assert report.loaded + report.counters == 522 and report.counters == 87  # 87 BatchNorms
-  assert "ignored keys of modules upstream never calls: 2 (fc)" in report.summary()
-  report = porting.load_torch(table_state_dict("keys_sge.tsv"), "sge", template("sge")).report
-  assert report.sobel_constants == ("sobel_x.weight", "sobel_y.weight") and report.ignored == ()
+  ).audit
+  assert audit.ignored == ("fc.weight", "fc.bias")
+  assert audit.loaded + audit.counters == 522 and audit.counters == 87  # 87 BatchNorms
+  assert "ignored keys of modules upstream never calls: 2 (fc)" in audit.describe()
+  audit = porting.load_torch(table_state_dict("keys_sge.tsv"), "sge", template("sge")).audit
+  assert audit.sobel_constants == ("sobel_x.weight", "sobel_y.weight") and audit.ignored == ()
 
 
 def test_partial_layout_fills_only_its_module_of_a_network():
   network = _materialise(_network("sgdnet", backbone_base_planes=64, decoder_channels=16))
   state = table_state_dict("keys_res2net50_v1b.tsv")
   variables = porting.load_torch(state, "res2net50_v1b", network)
-  report = variables.report
+  audit = variables.audit
   backbone = porting.load_torch(state, "res2net50_v1b", template("res2net50_v1b"))
-  assert report.kept == tuple(name for name in network["params"] if name != "resnet")
-  assert "kept as in the template" in report.summary()
+  assert audit.kept == tuple(name for name in network["params"] if name != "resnet")
+  assert "kept as in the template" in audit.describe()
   for collection in ("params", "batch_stats"):
     assert jax.tree.all(
       jax.tree.map(np.array_equal, variables[collection]["resnet"], backbone[collection])
     )
-    for name in report.kept:
+    for name in audit.kept:
       if name in network[collection]:
         assert jax.tree.all(
           jax.tree.map(np.array_equal, variables[collection][name], network[collection][name])
@@ -199,11 +199,11 @@ def test_partial_layout_fills_only_its_module_of_a_network():
 def test_naming_rule_alone_converts_any_module_strictly():
   state = table_state_dict("keys_sgdc.tsv")
   variables = porting.convert_state_dict(state, template("sgdc"))
-  report = variables.report
+  audit = variables.audit
   np.testing.assert_array_equal(
     variables["params"]["mlp_2"]["kernel"], state["mlp.2.weight"].transpose(2, 3, 1, 0)
   )
-  assert report.loaded == 16
+  assert audit.loaded == 16
   with pytest.raises(porting.PortingError, match="1 unexpected"):
     porting.convert_state_dict({**state, "extra.weight": np.zeros(3, np.float32)}, template("sgdc"))
 
@@ -284,8 +284,8 @@ def test_formats_wrappers_and_prefixes_read_the_same(tmp_path, sgdc_state, name)
   assert all(
     np.array_equal(state[k], v) and state[k].dtype == v.dtype for k, v in sgdc_state.items()
   )
-  report = porting.load_torch(path, "sgdc", template("sgdc")).report
-  assert report.source == path and report.loaded == 16
+  audit = porting.load_torch(path, "sgdc", template("sgdc")).audit
+  assert audit.source == path and audit.loaded == 16
   with pytest.raises(FileExistsError):
     porting.write_state_dict(sgdc_state, path)
 
@@ -463,9 +463,9 @@ def test_convert_command_for_a_whole_network(tmp_path):
   assert export_cli.main(["--workdir", out, "--layout", "sgdnet", "--out", exported]) == 0
   back = porting.read_state_dict(exported)
   assert set(back) == set(state)
-  report = porting.load_torch(back, "sgdnet", template("sgdnet")).report
+  audit = porting.load_torch(back, "sgdnet", template("sgdnet")).audit
   for key, value in state.items():
-    if key not in report.ignored and not key.endswith("num_batches_tracked"):
+    if key not in audit.ignored and not key.endswith("num_batches_tracked"):
       assert np.array_equal(back[key], value), key
 
 

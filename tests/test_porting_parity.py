@@ -223,7 +223,7 @@ def _run_case(variant: str, torch_class, seed: int):
   x = _nhwc(images)
   template = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
   variables = porting.load_torch(reference.state_dict(), variant, template)
-  report = variables.report
+  audit = variables.audit
   apply = jax.jit(
     lambda v, x: model.apply(
       v, x, train=False, capture_intermediates=_capture, mutable=["intermediates"]
@@ -278,7 +278,7 @@ def _run_case(variant: str, torch_class, seed: int):
     "images": images,
     "torch_outputs": torch_outputs,
     "variables": variables,
-    "report": report,
+    "audit": audit,
     "figures": figures,
   }
 
@@ -344,15 +344,15 @@ def _check_network(figures, blocks):
 def _check_round_trip(case, layout, torch_class):
   """torch -> flax -> torch is bit-exact on every key we hold, and loads with strict=True."""
   original = case["reference"].state_dict()
-  exported, report = porting.export_torch(case["variables"], layout)
+  exported, audit = porting.export_torch(case["variables"], layout)
   assert set(exported) == set(original)
-  placeholders = set(report.placeholders)
+  placeholders = set(audit.placeholders)
   for key, value in original.items():
     if key in placeholders or key.endswith("num_batches_tracked"):
       continue
     assert np.array_equal(exported[key], value.numpy()), key  # Sobel constants included
     assert exported[key].dtype == value.numpy().dtype, key
-  assert report.held == case["report"].loaded
+  assert audit.held == case["audit"].loaded
 
   rebuilt = torch_class(2, patch_sizes=PATCH_SIZES).eval()
   rebuilt.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
@@ -368,9 +368,9 @@ def test_sgdnet_port_matches_torch():
   case = _run_case("sgdnet", torch_sgdnet.SGDNet, seed=0)
   _check_network(case["figures"], SGDNET_BLOCKS)
   _check_round_trip(case, "sgdnet", torch_sgdnet.SGDNet)
-  report = case["report"]
-  assert report.layout == "sgdnet" and report.loaded == 707 and report.counters == 122
-  assert set(report.sobel_constants) == {
+  audit = case["audit"]
+  assert audit.layout == "sgdnet" and audit.loaded == 707 and audit.counters == 122
+  assert set(audit.sobel_constants) == {
     "eam.sobel_x.weight",
     "eam.sobel_y.weight",
     "sobel_x2.0.weight",
@@ -378,7 +378,7 @@ def test_sgdnet_port_matches_torch():
     "sobel_x3.0.weight",
     "sobel_y3.0.weight",
   }
-  ignored_modules = {key.split(".")[0] for key in report.ignored}
+  ignored_modules = {key.split(".")[0] for key in audit.ignored}
   assert ignored_modules == {
     "resnet",
     "fft",
@@ -394,18 +394,18 @@ def test_sgdnet_port_matches_torch():
     "dm4",
     "predictor4",
   }
-  assert {k for k in report.ignored if k.startswith("resnet.")} == {
+  assert {k for k in audit.ignored if k.startswith("resnet.")} == {
     "resnet.fc.weight",
     "resnet.fc.bias",
   }
-  assert report.absent == () and report.kept == ()
+  assert audit.absent == () and audit.kept == ()
 
 
 def test_cto_port_matches_torch():
   case = _run_case("cto", torch_cto.CTO, seed=10)
   _check_network(case["figures"], CTO_BLOCKS)
   _check_round_trip(case, "cto", torch_cto.CTO)
-  assert len(case["report"].sobel_constants) == 8  # sobel_{x,y}{1..4}.0.weight
+  assert len(case["audit"].sobel_constants) == 8  # sobel_{x,y}{1..4}.0.weight
 
 
 # Train-mode BN normalises by statistics of few values (8 per channel at x4 here), which amplifies

@@ -61,6 +61,6 @@ def main(argv) -> int:
     )
   result = port.load_torch(args.torch, layout.name, template)
   variables_io.save_variables(args.out, result.variables, config.to_dict())
-  print(result.report.summary())
+  print(result.audit.describe())
   print(f"wrote {args.out}")
   return 0

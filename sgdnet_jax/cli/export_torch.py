@@ -19,6 +19,6 @@ def main(argv) -> int:
   variables = variables_io.load_variables(args.workdir)
   result = port.export_torch(variables, args.layout)
   state_dicts.write_state_dict(result.state_dict, args.out)
-  print(result.report.summary())
+  print(result.audit.describe())
   print(f"wrote {args.out}")
   return 0

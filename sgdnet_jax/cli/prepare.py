@@ -24,7 +24,7 @@ def main(argv) -> int:
     "--no-strict",
     dest="strict",
     action="store_false",
-    help="skip problematic cases (listed in report.json) instead of failing",
+    help="skip problematic cases (listed in dataset.json) instead of failing",
   )
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   parser.add_argument("--split-seed", type=int, default=0, help="seed of the seeded protocols")
@@ -38,7 +38,7 @@ def main(argv) -> int:
   if size is None:
     size, reason = prepare.default_size(args.dataset, args.source)
     print(f"--size {size}: {reason}")
-  report = prepare.prepare(
+  info = prepare.prepare(
     args.dataset,
     args.source,
     args.out,
@@ -48,9 +48,9 @@ def main(argv) -> int:
     split_seed=args.split_seed,
     workers=args.workers,
   )
-  counts = ", ".join(f"{s} {c['prepared']}" for s, c in report["counts"].items())
+  counts = ", ".join(f"{s} {c['prepared']}" for s, c in info["counts"].items())
   print(
-    f"prepared {args.dataset} into {args.out}: {counts}; {len(report['skipped'])} skipped, "
-    f"{len(report['warnings'])} warning(s); protocols: {', '.join(report['protocols'])}"
+    f"prepared {args.dataset} into {args.out}: {counts}; {len(info['skipped'])} skipped, "
+    f"{len(info['warnings'])} warning(s); protocols: {', '.join(info['protocols'])}"
   )
   return 0

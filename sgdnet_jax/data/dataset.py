@@ -14,7 +14,7 @@ from sgdnet_jax.data import images, splits
 
 @dataclasses.dataclass(frozen=True)
 class CaseInfo:
-  """One prepared case. `image`/`mask` are the original files relative to `report['source']`."""
+  """One prepared case. `image`/`mask` are the original files relative to `info['source']`."""
 
   case_id: str
   subset: str
@@ -31,13 +31,13 @@ class PreparedDataset:
 
   def __init__(self, directory: os.PathLike):
     self.directory = pathlib.Path(directory)
-    report_path = self.directory / "report.json"
-    if not report_path.is_file():
+    info_path = self.directory / "dataset.json"
+    if not info_path.is_file():
       raise FileNotFoundError(
-        f"{self.directory}: not a prepared dataset (no report.json); "
+        f"{self.directory}: not a prepared dataset (no dataset.json); "
         "create it with `python -m sgdnet_jax.main prepare`"
       )
-    self.report = json.loads(report_path.read_text())
+    self.info = json.loads(info_path.read_text())
     cases = json.loads((self.directory / "cases.json").read_text())
     self.cases: list[CaseInfo] = [CaseInfo(**case) for case in cases]
     self._by_id: dict[str, CaseInfo] = {case.case_id: case for case in self.cases}
@@ -45,11 +45,11 @@ class PreparedDataset:
 
   @property
   def image_size(self) -> int:
-    return self.report["image_size"]
+    return self.info["image_size"]
 
   @property
   def has_instances(self) -> bool:
-    return self.report["dataset"] == "conic"
+    return self.info["dataset"] == "conic"
 
   def __getstate__(self):
     return {**self.__dict__, "_sources": {}}
@@ -61,7 +61,7 @@ class PreparedDataset:
 
   def protocol(self, name: str = "") -> dict:
     """The split protocol `name` ('' = the dataset's default)."""
-    return splits.read_protocol(self.directory / "splits", name or self.report["default_protocol"])
+    return splits.read_protocol(self.directory / "splits", name or self.info["default_protocol"])
 
   def split(self, protocol: str, fold: int, split: str) -> list[str]:
     """Case ids of split `split` ('train', 'val', 'test') of fold `fold` of `protocol`."""
@@ -77,7 +77,7 @@ class PreparedDataset:
 
   def _source(self, subset: str):
     if subset not in self._sources:
-      builder = tfds.builder_from_directory(self.directory / self.report["records"])
+      builder = tfds.builder_from_directory(self.directory / self.info["records"])
       self._sources[subset] = builder.as_data_source(subset)
     return self._sources[subset]
 

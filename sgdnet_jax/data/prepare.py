@@ -7,7 +7,7 @@
 
 Output folder (written under a temporary name beside it, renamed into place only on success):
 
-    report.json   what was found: counts per subset against the official counts, folders, every
+    dataset.json   what was found: counts per subset against the official counts, folders, every
                   problem and skipped case, ignored files, notes, warnings, options
     cases.json    one entry per prepared case, in record order: case_id, subset, index (record
                   within the subset), image and mask (paths relative to the source), height and
@@ -19,11 +19,11 @@ Output folder (written under a temporary name beside it, renamed into place only
                   CoNIC instances (S,S) int32 and classes (S,S) uint8
 
 Strict mode (the default) fails, after checking everything, with one message naming every
-offending file; `--no-strict` skips those cases and lists them in report.json. A source without
+offending file; `--no-strict` skips those cases and lists them in dataset.json. A source without
 any image/mask pair is an error naming the folders it looked in.
 
 `--out` is never the source, inside it or around it; `--overwrite` replaces only a prepared
-dataset (report.json, cases.json and tfds/ present). Anything else is refused before anything is
+dataset (dataset.json, cases.json and tfds/ present). Anything else is refused before anything is
 touched. SIGTERM or SIGINT remove the staging folder (`staging`) and leave `--out` as it was.
 """
 
@@ -52,7 +52,7 @@ DATASETS = tuple(LAYOUT_OF)
 SUBSET_ORDER = (layouts.TRAIN, layouts.VALIDATION, layouts.TEST, layouts.FULL)
 BUILDER_VERSION = "1.0.0"
 # What every prepared dataset holds; `--overwrite` replaces only a folder that has all of them.
-PREPARED_MARKERS = ("report.json", "cases.json", "tfds/")
+PREPARED_MARKERS = ("dataset.json", "cases.json", "tfds/")
 PAPER_SIZE = 256  # the paper's (and CTO's) training size
 SIZE_MULTIPLE = 32  # the encoder's total stride
 
@@ -341,7 +341,7 @@ def default_size(dataset: str, source: os.PathLike) -> tuple[int, str]:
   For `folder` (users' own images): the median shorter side of the images, rounded down to a
   multiple of 32 (the encoder's stride) and capped at 256, so small tiles are not upsampled at a
   quadratic cost; at least 32. The public datasets use the paper's 256. Only image headers are
-  read; unreadable images are left to the preparation to report.
+  read; unreadable images are left to the preparation to report as problems.
   """
   if dataset != "folder":
     return PAPER_SIZE, f"the paper's training size for {dataset}"
@@ -375,7 +375,7 @@ def prepare(
   workers: int | None = None,
   progress: bool = True,
 ) -> dict:
-  """Prepares `dataset` from the download at `source` into `out`; returns the report.
+  """Prepares `dataset` from the download at `source` into `out`; returns `dataset.json`'s record.
 
   Raises layouts.LayoutError if `source` does not hold the layout, PreparationError on integrity
   problems in strict mode (or no case at all), FileExistsError / OutputRefusedError as
@@ -390,7 +390,7 @@ def prepare(
   source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   with staging.Staging(out.parent / f".{out.name}.tmp-{os.getpid()}") as stage:
-    report = _prepare_into(
+    info = _prepare_into(
       dataset,
       source,
       stage.path,
@@ -408,7 +408,7 @@ def prepare(
         shutil.rmtree(retired)
       else:
         stage.path.rename(out)
-  return report
+  return info
 
 
 def is_prepared(folder: pathlib.Path) -> bool:
@@ -511,7 +511,7 @@ def _prepare_into(
   warnings = builder.listing.warnings + _count_warnings(counts, dataset)
   protocols = splits.build_protocols(dataset, cases, split_seed)
   splits.write_protocols(folder / "splits", protocols)
-  report = {
+  info = {
     "dataset": dataset,
     "source": str(source),
     "image_size": size,
@@ -531,12 +531,12 @@ def _prepare_into(
   }
   manifest = source / synthetic.MANIFEST
   if dataset == "synthetic" and manifest.is_file():  # tells ensure_demo_dataset it is current
-    report["synthetic"] = json.loads(manifest.read_text())
+    info["synthetic"] = json.loads(manifest.read_text())
   (folder / "cases.json").write_text(json.dumps(cases, indent=0) + "\n")
-  (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+  (folder / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
   for warning in warnings:
     print(f"WARNING: {warning}", file=sys.stderr)
-  return report
+  return info
 
 
 def _check_written(builder: PreparedSegmentation, cases: list[dict]) -> None:

@@ -2,8 +2,8 @@
 
   variables = load_torch("res2net50_v1b_26w_4s-3cf99910.pth", "res2net50_v1b", template)
   model.apply(variables, images)      # the result is {'params', 'batch_stats'} ...
-  print(variables.report.summary())   # ... with what was loaded, checked and ignored
-  state_dict, export_report = export_torch(variables, "sgdnet")
+  print(variables.audit.describe())   # ... with what was loaded, checked and ignored
+  state_dict, export_audit = export_torch(variables, "sgdnet")
   write_state_dict(state_dict, "sgdnet.safetensors")
 
 Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `key_tables.LAYOUTS`).
@@ -13,10 +13,10 @@ Layouts: res2net50_v1b, timm_res2net50d, cto, sgdnet, sge, sgdc (see `key_tables
 from sgdnet_jax.porting.key_tables import LAYOUTS
 from sgdnet_jax.porting.naming import path_to_torch_key, torch_key_to_path
 from sgdnet_jax.porting.port import (
-  ExportReport,
+  ExportAudit,
   ExportResult,
+  PortAudit,
   PortingError,
-  PortReport,
   PortResult,
   check_structure,
   convert_state_dict,
@@ -27,10 +27,10 @@ from sgdnet_jax.porting.state_dicts import CheckpointFileError, read_state_dict,
 
 __all__ = [
   "CheckpointFileError",
-  "ExportReport",
+  "ExportAudit",
   "ExportResult",
   "LAYOUTS",
-  "PortReport",
+  "PortAudit",
   "PortResult",
   "PortingError",
   "check_structure",

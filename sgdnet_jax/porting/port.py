@@ -3,7 +3,7 @@
 `load_torch` fills a Flax variables template from a checkpoint: every key must map onto the
 template (naming rule of `naming`) with the right shape, every template leaf must be filled, and
 the layout's extra keys (frozen Sobel kernels, modules upstream never calls) are accepted and
-reported. `export_torch` is the inverse and writes the full upstream layout.
+reported (`.audit`). `export_torch` is the inverse and writes the full upstream layout.
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ class PortingError(errors.UserError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class PortReport:
+class PortAudit:
   """What `load_torch` did.
 
   Attributes:
@@ -51,7 +51,7 @@ class PortReport:
   counters: int
   kept: tuple[str, ...]
 
-  def summary(self) -> str:
+  def describe(self) -> str:
     lines = [
       f"{self.source}: layout {self.layout!r}, loaded {self.loaded} arrays "
       f"({self.loaded_values:,} values)",
@@ -71,16 +71,16 @@ class PortReport:
 
 
 class PortResult(dict):
-  """`load_torch`'s result: the {'params', 'batch_stats'} variables, with the `report`.
+  """`load_torch`'s result: the {'params', 'batch_stats'} variables, with the `audit`.
 
   It is the variables mapping itself, so `module.apply(load_torch(...), x)` works, and JAX
   treats it as that dict (`jax.device_put`, `jax.jit` arguments; transformed trees come back as
   plain dicts). `.variables` is a plain-dict copy of the top level.
   """
 
-  def __init__(self, variables: Mapping[str, Any], report: PortReport):
+  def __init__(self, variables: Mapping[str, Any], audit: PortAudit):
     super().__init__(variables)
-    self.report = report
+    self.audit = audit
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -96,7 +96,7 @@ jax.tree_util.register_pytree_with_keys(
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportReport:
+class ExportAudit:
   """What `export_torch` wrote: `held` keys from our variables (+ `counters` BatchNorm
   num_batches_tracked = 0), exact Sobel constants, and placeholders for never-called modules."""
 
@@ -107,7 +107,7 @@ class ExportReport:
   sobel_constants: tuple[str, ...]
   placeholders: tuple[str, ...]
 
-  def summary(self) -> str:
+  def describe(self) -> str:
     return (
       f"layout {self.layout!r}: {self.written} keys = {self.held} from the variables + "
       f"{self.counters} num_batches_tracked (0) + {len(self.sobel_constants)} frozen Sobel "
@@ -118,7 +118,7 @@ class ExportReport:
 
 class ExportResult(NamedTuple):
   state_dict: dict[str, np.ndarray]
-  report: ExportReport
+  audit: ExportAudit
 
 
 def _module_list(keys) -> str:
@@ -235,7 +235,7 @@ def load_torch(
       (`sge`) is filled and the rest is returned as it was in the template.
 
   Returns:
-    PortResult: the variables (a dict; numpy arrays in the template's dtypes) with `.report`.
+    PortResult: the variables (a dict; numpy arrays in the template's dtypes) with `.audit`.
 
   Raises:
     PortingError: listing every unexpected, missing, mis-shaped key and every wrong Sobel kernel.
@@ -349,7 +349,7 @@ def _load(
   kept: tuple[str, ...] = ()
   if target is not None:
     variables, kept = _merge_into_template(variables_template, target, variables)
-  report = PortReport(
+  audit = PortAudit(
     layout=spec.name,
     source=origin,
     loaded=sum(len(f) for f in filled.values()),
@@ -360,7 +360,7 @@ def _load(
     counters=counters,
     kept=kept,
   )
-  return PortResult(variables, report)
+  return PortResult(variables, audit)
 
 
 def _merge_into_template(
@@ -515,7 +515,7 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
       raise PortingError(f"layout {layout!r}: extra key {key} collides with a model key")
     state[key] = extra.placeholder(key)
     (sobel if extra.kind in key_tables.SOBEL_KERNELS else placeholders).append(key)
-  report = ExportReport(
+  audit = ExportAudit(
     layout=spec.name,
     written=len(state),
     held=held,
@@ -523,4 +523,4 @@ def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:
     sobel_constants=tuple(sobel),
     placeholders=tuple(placeholders),
   )
-  return ExportResult(state, report)
+  return ExportResult(state, audit)

@@ -233,17 +233,17 @@ def _load_encoder(path: str, variables: Mapping[str, Any], origin: str) -> port.
 
 
 def _summary(result: port.PortResult, origin: str) -> str:
-  report = result.report
-  tensors = report.loaded + report.counters + len(report.ignored)
+  audit = result.audit
+  tensors = audit.loaded + audit.counters + len(audit.ignored)
   ignored = (
-    f"ignored {len(report.ignored)} ({', '.join(report.ignored)})"
-    if report.ignored
+    f"ignored {len(audit.ignored)} ({', '.join(audit.ignored)})"
+    if audit.ignored
     else "ignored none"
   )
   return (
-    f"pretrained encoder {origin}: loaded {report.loaded} of its {tensors} tensors into "
-    f"{ENCODER} ({report.loaded_values:,} values, params and BatchNorm statistics); {ignored}; "
-    f"{report.counters} BatchNorm num_batches_tracked dropped; the rest of the model keeps "
+    f"pretrained encoder {origin}: loaded {audit.loaded} of its {tensors} tensors into "
+    f"{ENCODER} ({audit.loaded_values:,} values, params and BatchNorm statistics); {ignored}; "
+    f"{audit.counters} BatchNorm num_batches_tracked dropped; the rest of the model keeps "
     f"its initialisation"
   )
 
