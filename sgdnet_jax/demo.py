@@ -66,15 +66,15 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ensure_demo_dataset(
     prepared.parent, num_cases=config.demo_cases, image_size=2 * size, prepared_size=size
   )
-  summary = loop.train_and_evaluate(config, workdir)
+  outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")
   out, count = predict.predict(
     config, workdir, os.path.join(workdir, "predictions"), split="test", limit=24
   )
   minutes = (time.time() - start) / 60
   print(
-    f"\ndemo finished in {minutes:.1f} min: {summary['step']} steps, best validation Dice "
-    f"{summary['best_dice']:.4f} at step {summary['best_step']}"
+    f"\ndemo finished in {minutes:.1f} min: {outcome['step']} steps, best validation Dice "
+    f"{outcome['best_dice']:.4f} at step {outcome['best_step']}"
   )
   print(
     f"held-out test ({result['n_total']} cases, {result['resolution']}): "

@@ -16,6 +16,6 @@ def main(argv) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   from sgdnet_jax.train import loop  # After argument errors, which should not wait for JAX.
 
-  summary = loop.train_and_evaluate(config, args.workdir)
-  print(json.dumps(summary))
+  outcome = loop.train_and_evaluate(config, args.workdir)
+  print(json.dumps(outcome))
   return 0
