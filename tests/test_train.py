@@ -223,7 +223,8 @@ def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_di
   from sgdnet_jax import predict
 
   workdir, config, _ = reference_run
-  out, count = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)
+  result = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)
+  out, count = result.out, result.written
   assert count == 3 and (out / "overview.png").exists()
   panel = np.asarray(Image.open(next((out / "panels").iterdir())))
   assert panel.shape == (
@@ -232,9 +233,10 @@ def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_di
     3,
   )  # no edge: baseline
   source_images = sorted(pathlib.Path(data_dir).parent.glob("source/images/*"))[:2]
-  out, count = predict.predict(
+  result = predict.predict(
     config, str(workdir), str(tmp_path / "files"), inputs=[str(p) for p in source_images]
   )
+  out, count = result.out, result.written
   assert count == 2
   for path in source_images:
     mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))
