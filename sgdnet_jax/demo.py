@@ -68,9 +68,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")
-  out, count = predict.predict(
-    config, workdir, os.path.join(workdir, "predictions"), split="test", limit=24
+  predicted = predict.predict(
+    config, workdir, os.path.join(workdir, "predictions"), split="test", limit=24, overwrite=True
   )
+  out, count = predicted.out, predicted.written
   minutes = (time.time() - start) / 60
   print(
     f"\ndemo finished in {minutes:.1f} min: {outcome['step']} steps, best validation Dice "

@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import distributed, errors, metrics, models, variables_io
+from sgdnet_jax import distributed, errors, inference, metrics, models, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import state as state_lib
 
@@ -48,17 +48,36 @@ def metric_options(config: ml_collections.ConfigDict, resolution: str) -> metric
 
 
 def make_eval_step(
-  model, mesh, *, device_metrics: bool, distances: bool, one_empty: str, probability: bool = True
+  model,
+  mesh,
+  *,
+  device_metrics: bool,
+  distances: bool,
+  one_empty: str,
+  probability: bool = True,
+  tta: str = "none",
 ):
-  """Jitted (variables, images, masks) -> per-image outputs, batch-sharded.
+  """Jitted (variable sets, images, masks) -> per-image outputs, batch-sharded.
 
-  `device_metrics`: the per-image metric record is computed in the step (exact EDT distances
-  when `distances`); otherwise the host scores the foreground `probability` (B, H, W), which is
-  also returned when `probability` (the host needs it for panoptic counts and pictures).
+  The foreground probability is the mean over the variable sets (an ensemble, e.g. the five
+  folds; one set is the plain model) of the `tta` mean (`inference.with_tta`). `device_metrics`:
+  the per-image metric record is computed in the step (exact EDT distances when `distances`);
+  otherwise the host scores the `probability` (B, H, W), which is also returned when
+  `probability` (the host needs it for panoptic counts).
   """
 
-  def step(variables, images, masks):
-    foreground = models.foreground_probability(model.apply(variables, images, train=False)["o1"])
+  def model_probability(variables, images):
+    forward = lambda x: {
+      "p": models.foreground_probability(model.apply(variables, x, train=False)["o1"])
+    }
+    return inference.with_tta(forward, images, tta)["p"]
+
+  def step(variable_sets, images, masks):
+    foreground = model_probability(variable_sets[0], images)
+    if len(variable_sets) > 1:
+      for variables in variable_sets[1:]:
+        foreground = foreground + model_probability(variables, images)
+      foreground = foreground / len(variable_sets)
     outputs = {"probability": foreground} if probability or not device_metrics else {}
     if device_metrics:
       pred, gt = foreground > 0.5, masks > 0
@@ -87,16 +106,18 @@ def resize_probability(probability: np.ndarray, height: int, width: int) -> np.n
   return np.asarray(image.resize((width, height), Image.BILINEAR))
 
 
-def _host_record(probability, batch, dataset, resolution, one_empty) -> dict[str, np.ndarray]:
+def _host_record(
+  probability, batch, dataset, resolution, one_empty, post=()
+) -> dict[str, np.ndarray]:
   """Per-image metric fields of one host batch, scored on the host (padding rows included)."""
-  pred = probability > 0.5
   if resolution == "train":
+    pred = np.stack([inference.postprocess(p > 0.5, post) for p in probability])
     return metrics.per_image_metrics(pred, np.asarray(batch["mask"]) > 0, one_empty=one_empty)
   rows = []
   for p, case_id, valid in zip(probability, np.asarray(batch["case_id"]), batch["valid"]):
     if valid:
       gt = dataset.native_mask(str(case_id))
-      native = resize_probability(p, *gt.shape) > 0.5
+      native = inference.postprocess(resize_probability(p, *gt.shape) > 0.5, post)
     else:  # padding: an empty pair, dropped by PerImageValues
       native = gt = np.zeros((1, 1), bool)
     rows.append(metrics.per_image_metrics(native[None], gt[None], one_empty=one_empty))
@@ -123,6 +144,7 @@ def collect_split(
   resolution: str = "train",
   device_metrics: bool,
   one_empty: str = "diagonal",
+  post: tuple[tuple[str, int], ...] = (),
 ) -> tuple[dict[str, np.ndarray], list[str]]:
   """Per-image records of every case of `split` on every process, in split order; case ids."""
   dataset, case_ids = pipeline.resolve_split(config.data, split)
@@ -136,7 +158,8 @@ def collect_split(
     if device_metrics:
       record = {k: v for k, v in outputs.items() if k != "probability"}
     else:
-      record = _host_record(outputs["probability"], batch, dataset, resolution, one_empty)
+      probability = outputs["probability"]
+      record = _host_record(probability, batch, dataset, resolution, one_empty, post)
     if "instances" in batch:
       record.update(_panoptic_record(outputs["probability"] > 0.5, batch))
     record["index"] = np.asarray(batch["index"])
@@ -157,13 +180,28 @@ def split_name(config: ml_collections.ConfigDict, split: str) -> str:
 
 def evaluate(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: str | Sequence[str],
   split: str = "test",
   resolution: str = "train",
   variables: dict[str, Any] | None = None,
   out_dir: str | None = None,
+  *,
+  tta: str = "none",
+  post: str = "",
 ) -> dict[str, Any]:
-  """Evaluates the workdir's model on `split`; writes and returns the results record."""
+  """Evaluates the workdir's model on `split`; writes and returns the results record.
+
+  Several workdirs evaluate their ensemble (the mean probability; give `out_dir`). `tta` and
+  `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are written
+  under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
+  """
+  workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+  if len(workdirs) > 1 and not out_dir:
+    raise errors.ConfigError(
+      f"evaluate: {len(workdirs)} workdirs make an ensemble; give --out DIR for its results"
+    )
+  inference.check_tta(tta)
+  post_steps = inference.parse_post(post)
   if resolution not in RESOLUTIONS:
     raise errors.ConfigError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
   distances_on = config.metrics.distances_on
@@ -171,28 +209,34 @@ def evaluate(
     raise errors.ConfigError(
       f"config.metrics.distances_on={distances_on!r}: expected one of {DISTANCES_ON}"
     )
-  if distances_on == "device" and resolution == "native":
+  if distances_on == "device" and (resolution == "native" or post_steps):
     raise errors.ConfigError(
-      "config.metrics.distances_on='device' needs --resolution train (native sizes differ per "
-      "case); use distances_on='host' for native resolution"
+      "config.metrics.distances_on='device' needs --resolution train and no --post (native "
+      "sizes differ per case, post-processing runs on the host); use distances_on='host'"
     )
   distributed.initialize(config.distributed)
   config.data.image_size = pipeline.image_size(config.data)
   name = split_name(config, split)
   mesh = state_lib.make_mesh(config.mesh)
   model = models.build(config.model)
-  variables = variables if variables is not None else variables_io.load_variables(workdir)
-  variables = jax.device_put(variables, state_lib.replicated(mesh))
+  if variables is not None:
+    variable_sets = [variables]
+  else:
+    variable_sets = [variables_io.load_variables(w) for w in workdirs]
+    inference.check_same_structure(variable_sets, workdirs)
+  variable_sets = jax.device_put(variable_sets, state_lib.replicated(mesh))
   options = metric_options(config, resolution)
   one_empty = "diagonal" if options.distance_empty == "diagonal" else "nan"
   device_metrics = distances_on == "device"
   step = distributed.CompiledOnAllProcesses(
-    make_eval_step(model, mesh, device_metrics=device_metrics, distances=True, one_empty=one_empty),
+    make_eval_step(
+      model, mesh, device_metrics=device_metrics, distances=True, one_empty=one_empty, tta=tta
+    ),
     "eval_step",
   )
   record, case_ids = collect_split(
-    step, variables, config, name, mesh, resolution=resolution,
-    device_metrics=device_metrics, one_empty=one_empty,
+    step, variable_sets, config, name, mesh, resolution=resolution,
+    device_metrics=device_metrics, one_empty=one_empty, post=post_steps,
   )  # fmt: skip
   results = metrics.compute_results({k: v for k, v in record.items() if k != "index"}, options)
 
@@ -212,9 +256,11 @@ def evaluate(
   }
   result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = out_dir or os.path.join(workdir, "eval")
+    out_dir = out_dir or os.path.join(workdirs[0], "eval")
     os.makedirs(out_dir, exist_ok=True)
     suffix = "" if resolution == "train" else "_native"
+    suffix += "" if tta == "none" else f"_tta-{tta}"
+    suffix += "_post" if post_steps else ""
     _write_atomic(os.path.join(out_dir, f"{split}{suffix}.json"), json.dumps(result, indent=2))
     fields = [k for k in record if k != "index"]
     table = io.StringIO()

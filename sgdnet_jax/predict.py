@@ -1,29 +1,61 @@
 """`predict`: masks and pictures people can look at.
 
-  python -m sgdnet_jax.main predict --config configs/<exp>.py[:args] --workdir W \
-      (--images FILE_OR_DIR ... | --split test) [--out W/predictions] [--limit N]
+  python -m sgdnet_jax.main predict --config configs/<exp>.py[:args] --workdir W [W2 ...] \
+      (--images FILE_OR_DIR ... | --split test) [--out W/predictions] [--limit N] \
+      [--tta none|flip|flip_rot] [--tile off|auto|SIZE --overlap F] [--save-probabilities] \
+      [--post largest,fill_holes,min_size=N] [--num-parts K --part-id I] [--overwrite]
 
 For every image it writes `masks/<id>.png` (0/255 at the image's original size) and
 `panels/<id>.png` (input | prediction overlay, red, with the ground truth outlined in green when
 known | the foreground probability | the SGE edge map when the model has one); `overview.png`
-tiles the first panels. The model is the workdir's best checkpoint (or a `convert` output).
+tiles the first panels. `<id>` is the file name without its extension (two inputs with one
+stem, such as `x.jpg` and `x.png`, are refused before anything is written) or the case id of a
+split. The model is each workdir's best checkpoint (or a `convert` output); several workdirs
+average their probabilities. With `--save-probabilities`, `probabilities/<id>.npy` holds the
+float16 foreground probability at the original size, and `> 0.5` on it gives the mask exactly
+(before `--post`). Images whose outputs exist are skipped unless `overwrite`; an unreadable
+image is skipped, named in the result, and the others are predicted. See `sgdnet_jax.inference`
+for TTA, tiling and post-processing.
 """
 
+import dataclasses
+import itertools
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from PIL import Image
 
-from sgdnet_jax import models, variables_io
+from sgdnet_jax import errors, inference, models, variables_io
 from sgdnet_jax.data import augment, images, pipeline
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 PANEL_SIZE = 256
+OVERVIEW_PANELS = 12
+
+
+@dataclasses.dataclass
+class PredictResult:
+  """What one `predict` run did."""
+
+  out: pathlib.Path
+  written: int = 0  # images predicted and written
+  existing: int = 0  # images skipped because all their outputs exist (see `overwrite`)
+  unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
+
+
+@dataclasses.dataclass
+class _Case:
+  name: str
+  pixels: np.ndarray  # (h, w, 3) uint8: at the training size, or the original for tiling
+  size: tuple[int, int]  # original (height, width)
+  truth: np.ndarray | None  # (S, S) bool ground truth, when known
+  tile: int  # window size, 0 for one forward of the whole image at the training size
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -54,52 +86,32 @@ def panel(
   return np.concatenate(tiles, axis=1)
 
 
-def _write_png(path: pathlib.Path, array: np.ndarray):
-  tmp = path.with_suffix(".tmp.png")
-  Image.fromarray(array).save(tmp)
+def _write_atomic(path: pathlib.Path, write):
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "wb") as f:
+    write(f)
   os.replace(tmp, path)
 
 
-def _native_mask(probability: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Probability at the model's resolution -> 0/255 mask at (height, width) (bilinear, > 0.5)."""
-  resized = Image.fromarray(probability.astype(np.float32), mode="F").resize(
+def _write_png(path: pathlib.Path, array: np.ndarray):
+  _write_atomic(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+def _resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear (PIL, half-pixel centres) resize of a float map to (height, width)."""
+  if values.shape == (height, width):
+    return values
+  resized = Image.fromarray(values.astype(np.float32), mode="F").resize(
     (width, height), Image.BILINEAR
   )
-  return ((np.asarray(resized) > 0.5) * 255).astype(np.uint8)
-
-
-def _file_batches(paths: Sequence[pathlib.Path], size: int, batch_size: int) -> Iterator[dict]:
-  for start in range(0, len(paths), batch_size):
-    chunk = paths[start : start + batch_size]
-    shown, sizes = [], []
-    for path in chunk:
-      try:
-        rgb, original, _ = images.load_rgb(path)
-      except images.DECODE_ERRORS as e:
-        raise ValueError(f"{path}: cannot read this image ({e})") from None
-      shown.append(images.resize_image(rgb, size))
-      sizes.append(original)
-    yield {"ids": [p.stem for p in chunk], "shown": np.stack(shown), "sizes": sizes, "truth": None}
-
-
-def _split_batches(
-  config: ml_collections.ConfigDict, split: str, batch_size: int
-) -> Iterator[dict]:
-  dataset, _ = pipeline.resolve_split(config.data, split)
-  mean, std = np.asarray(augment.IMAGENET_MEAN), np.asarray(augment.IMAGENET_STD)
-  for batch in pipeline.make_eval_iterator(config.data, split, batch_size, 0, 1):
-    valid = np.asarray(batch["valid"], bool)
-    shown = np.clip(np.asarray(batch["image"]) * std + mean + 0.5, 0, 255).astype(np.uint8)
-    yield {
-      "ids": [str(c) for c in np.asarray(batch["case_id"])[valid]],
-      "shown": shown[valid],
-      "sizes": [tuple(int(v) for v in s) for s in np.asarray(batch["original_size"])[valid]],
-      "truth": np.asarray(batch["mask"])[valid] > 0,
-    }
+  return np.asarray(resized)
 
 
 def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
-  """Image files named directly or found (sorted) in the named folders."""
+  """Image files named directly or found (sorted) in the named folders, each once.
+
+  Two files with one stem would write the same outputs: refused, naming both.
+  """
   paths: list[pathlib.Path] = []
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
@@ -112,57 +124,200 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
     raise FileNotFoundError(
       f"--images {list(inputs)}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
     )
-  return paths
+  unique = list({p.resolve(): p for p in reversed(paths)}.values())[::-1]
+  by_stem: dict[str, pathlib.Path] = {}
+  for path in unique:
+    if path.stem in by_stem:
+      raise errors.UserError(
+        f"--images: {by_stem[path.stem]} and {path} would both be written as "
+        f"masks/{path.stem}.png; rename one or predict them into different --out folders"
+      )
+    by_stem[path.stem] = path
+  return unique
+
+
+def _output_paths(out: pathlib.Path, name: str, save_probabilities: bool) -> list[pathlib.Path]:
+  """Every file one case writes, the mask last (its presence marks a finished case)."""
+  paths = [out / "panels" / f"{name}.png"]
+  if save_probabilities:
+    paths.append(out / "probabilities" / f"{name}.npy")
+  return [*paths, out / "masks" / f"{name}.png"]
+
+
+def _file_cases(
+  paths: Sequence[pathlib.Path], size: int, tile: str | int, unreadable: list
+) -> Iterator[_Case]:
+  for path in paths:
+    try:
+      rgb, original, _ = images.load_rgb(path)
+    except images.DECODE_ERRORS as e:
+      unreadable.append((str(path), " ".join(str(e).split()) or type(e).__name__))
+      continue
+    window = inference.tile_size(tile, *original, size)
+    pixels = np.asarray(rgb, np.uint8) if window else images.resize_image(rgb, size)
+    yield _Case(path.stem, pixels, original, None, window)
+
+
+def _split_cases(
+  config: ml_collections.ConfigDict, split: str, batch_size: int, num_parts: int, part_id: int
+) -> Iterator[_Case]:
+  mean, std = np.asarray(augment.IMAGENET_MEAN), np.asarray(augment.IMAGENET_STD)
+  batches = pipeline.make_eval_iterator(
+    config.data, split, batch_size * num_parts, part_id, num_parts
+  )
+  for batch in batches:
+    valid = np.asarray(batch["valid"], bool)
+    shown = np.clip(np.asarray(batch["image"]) * std + mean + 0.5, 0, 255).astype(np.uint8)
+    for i in np.flatnonzero(valid):
+      yield _Case(
+        str(np.asarray(batch["case_id"])[i]),
+        shown[i],
+        tuple(int(v) for v in np.asarray(batch["original_size"])[i]),
+        np.asarray(batch["mask"])[i] > 0,
+        0,
+      )
+
+
+def _chunks(cases: Iterator[_Case], size: int) -> Iterator[list[_Case]]:
+  chunk = []
+  for case in cases:
+    chunk.append(case)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def _load_variable_sets(workdirs: Sequence[str]) -> list[dict[str, Any]]:
+  variable_sets = [variables_io.load_variables(w) for w in workdirs]
+  inference.check_same_structure(variable_sets, workdirs)
+  return variable_sets
+
+
+def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
+  """The size the model was trained at: the config's, else the workdir's record, else the data's."""
+  if config.data.image_size:
+    return int(config.data.image_size)
+  for workdir in workdirs:
+    recorded = variables_io.load_config_dict(workdir)
+    if recorded and recorded.get("data", {}).get("image_size"):
+      return int(recorded["data"]["image_size"])
+  return pipeline.image_size(config.data)
 
 
 def predict(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdirs: str | Sequence[str],
   out_dir: str,
   inputs: Sequence[str] = (),
   split: str = "",
   limit: int = 0,
-  variables=None,
-) -> tuple[pathlib.Path, int]:
-  """Writes masks, panels and an overview; returns (output folder, number of images)."""
-  model = models.build(config.model)
-  variables = variables if variables is not None else variables_io.load_variables(workdir)
-  size = config.data.image_size
+  variable_sets: Sequence[dict[str, Any]] | None = None,
+  *,
+  tta: str = "none",
+  tile: str | int = "off",
+  overlap: float = 0.5,
+  save_probabilities: bool = False,
+  post: str = "",
+  num_parts: int = 1,
+  part_id: int = 0,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> PredictResult:
+  """Writes masks, panels (and probabilities) and an overview; returns what it did.
 
-  @jax.jit
-  def forward(images_nhwc):
-    outputs = model.apply(variables, images_nhwc, train=False)
-    edge = outputs["edge"][..., 0] if "edge" in outputs else jnp.zeros(images_nhwc.shape[:3])
-    return models.foreground_probability(outputs["o1"]), edge
-
-  batch_size = config.eval_batch_size
-  batches = (
-    _split_batches(config, split, batch_size)
-    if split
-    else _file_batches(collect_images(inputs), size, batch_size)
-  )
+  `workdirs` (one or several: an ensemble) give the variables unless `variable_sets` does.
+  Inputs are checked (files, split, options) before any output folder is created. Share
+  `part_id` of `num_parts` (`inference.share`) of the sorted inputs is predicted, at most
+  `limit` of them (0: all).
+  """
+  workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+  inference.check_tta(tta)
+  inference.check_overlap(overlap)
+  tile = inference.parse_tile(str(tile))
+  post_steps = inference.parse_post(post)
+  size, batch_size = training_size(config, workdirs), config.eval_batch_size
+  if split:
+    try:
+      _, names = pipeline.resolve_split(config.data, split)
+    except ValueError as e:
+      raise errors.UserError(f"--split {split}: {e}") from None
+    names = inference.share(names, num_parts, part_id)
+  else:
+    paths = inference.share(collect_images(inputs), num_parts, part_id)
+    names = [p.stem for p in paths]
+  if limit:
+    names = names[:limit]
   out = pathlib.Path(out_dir)
-  for sub in ("masks", "panels"):
-    (out / sub).mkdir(parents=True, exist_ok=True)
-  panels, written = [], 0
+  todo = {
+    n
+    for n in names
+    if overwrite or not all(p.exists() for p in _output_paths(out, n, save_probabilities))
+  }
+  result = PredictResult(out, existing=len(names) - len(todo))
+  if not todo:
+    return result
+
+  variable_sets = list(variable_sets) if variable_sets else _load_variable_sets(workdirs)
+  model = models.build(config.model)
   has_edge = config.model.edge_branch != "none"
-  for batch in batches:
-    shown = batch["shown"]
-    count = len(batch["ids"]) if not limit else min(len(batch["ids"]), limit - written)
-    if count <= 0:
-      break
-    padded = np.zeros((batch_size, size, size, 3), np.float32)
-    padded[: len(shown)] = augment.normalize(shown)
-    probability, edge = (np.asarray(a) for a in forward(jnp.asarray(padded)))
-    for i in range(count):
-      case_id = batch["ids"][i]
-      _write_png(out / "masks" / f"{case_id}.png", _native_mask(probability[i], *batch["sizes"][i]))
-      truth = batch["truth"][i] if batch["truth"] is not None else None
-      picture = panel(shown[i], probability[i], edge[i] if has_edge else None, truth)
-      _write_png(out / "panels" / f"{case_id}.png", picture)
-      if len(panels) < 12:
-        panels.append(picture)
-      written += 1
+  forward = inference.maps_fn(model, tta, edge=True)
+
+  def batch_maps(images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    maps = inference.mean_over_models(forward, variable_sets, jnp.asarray(images_nhwc))
+    return {name: np.asarray(values) for name, values in maps.items()}
+
+  for sub in ("masks", "panels", *(("probabilities",) if save_probabilities else ())):
+    (out / sub).mkdir(parents=True, exist_ok=True)
+  if split:
+    cases = _split_cases(config, split, batch_size, num_parts, part_id)
+  else:
+    cases = _file_cases([p for p in paths if p.stem in todo], size, tile, result.unreadable)
+  # A split is read whole: stop once every case still to do has come by.
+  cases = itertools.islice((case for case in cases if case.name in todo), len(todo))
+  panels: list[np.ndarray] = []
+
+  def write(case: _Case, maps: dict[str, np.ndarray]):
+    """The case's outputs from its maps at `case.pixels`' resolution; the mask last."""
+    native = _resize_map(maps["probability"], *case.size)
+    panel_path, *probability_path, mask_path = _output_paths(out, case.name, save_probabilities)
+    if save_probabilities:
+      half = inference.float16_probability(native)
+      _write_atomic(probability_path[0], lambda f: np.save(f, half))
+      mask = half > 0.5
+    else:
+      mask = native > 0.5
+    if post_steps:
+      mask = inference.postprocess(mask, post_steps)
+    shown = (
+      case.pixels if not case.tile else images.resize_image(Image.fromarray(case.pixels), size)
+    )
+    probability = _resize_map(maps["probability"], size, size)
+    edge = _resize_map(maps["edge"], size, size) if has_edge else None
+    picture = panel(shown, probability, edge, case.truth)
+    _write_png(panel_path, picture)
+    _write_png(mask_path, (mask * 255).astype(np.uint8))
+    if len(panels) < OVERVIEW_PANELS:
+      panels.append(picture)
+    result.written += 1
+
+  bar = tqdm.tqdm(total=len(todo), unit="img", desc="predict", disable=not progress)
+  for chunk in _chunks(cases, batch_size):
+    whole = [case for case in chunk if not case.tile]
+    if whole:
+      padded = np.zeros((batch_size, size, size, 3), np.float32)
+      padded[: len(whole)] = augment.normalize(np.stack([case.pixels for case in whole]))
+      maps = batch_maps(padded)
+      for i, case in enumerate(whole):
+        write(case, {name: values[i] for name, values in maps.items()})
+    for case in chunk:
+      if case.tile:
+        normalized = augment.normalize(case.pixels)
+        write(case, inference.predict_tiled(batch_maps, normalized, case.tile, overlap, batch_size))
+    bar.update(result.written + len(result.unreadable) - bar.n)
+  bar.update(result.written + len(result.unreadable) - bar.n)
+  bar.close()
   if panels:
     _write_png(out / "overview.png", np.concatenate(panels, axis=0))
-  return out, written
+  return result

@@ -96,7 +96,7 @@ def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
 def validation_dice(step_fn, variables, config: ml_collections.ConfigDict, mesh) -> float:
   """Dice on the validation split under `config.metrics` (the same collection as `evaluate`)."""
   record, _ = evaluate.collect_split(
-    step_fn, variables, config, config.data.val_split, mesh, device_metrics=True
+    step_fn, [variables], config, config.data.val_split, mesh, device_metrics=True
   )
   options = evaluate.metric_options(config, "train")
   record = {k: v for k, v in record.items() if k != "index"}
