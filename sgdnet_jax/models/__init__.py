@@ -45,6 +45,9 @@ def default_model_config(
   config.skip_fusion = "sgdc"
   config.head_dropout = 0.1
   config.dtype = "float32"  # Compute dtype; parameters, BN statistics and losses stay float32.
+  # Convolution lowering: 'lax' everywhere, 'cpu_matmul' (faster CPU training) or 'auto' (the
+  # CPU one when traced on a CPU backend). `export` picks it from its target platforms.
+  config.conv_impl = "auto"
   config.sge = ml_collections.ConfigDict(dict(mid_channels=256, guide_channels=16, reduction=4))
   config.sgdc = ml_collections.ConfigDict(
     dict(
@@ -89,6 +92,7 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
     contmix_options=_frozen(model_config.contmix),
     head_dropout=model_config.head_dropout,
     dtype=DTYPES[model_config.dtype],
+    conv_impl=model_config.get("conv_impl", "auto"),
   )
   module.check()
   return module
