@@ -60,6 +60,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   model.edge_branch = "sge"  # sge (structure guidance extractor) | eam (CTO) | none
   model.skip_fusion = "sgdc"  # sgdc | guidance_add | contmix | edge_gate (CTO) | none
   model.head_dropout = 0.1  # dropout in the dual-attention head
+  # Convolution lowering: lax (everywhere), cpu_matmul (faster CPU training) or auto (the CPU
+  # one when traced on a CPU backend); `export` chooses it from its target platforms.
+  model.conv_impl = "auto"
   model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and BN stats stay float32)
   model.sge = sge = ml_collections.ConfigDict()
   sge.mid_channels = 256  # channels of the SGE's projected x1/x4 features

@@ -22,10 +22,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from scipy import ndimage
 
-from sgdnet_jax import errors, models
+from sgdnet_jax import errors, models, variables_io
+from sgdnet_jax.data import pipeline
 
 TTA_MODES = ("none", "flip", "flip_rot")
 TILE_MODES = ("off", "auto")
@@ -313,3 +315,14 @@ def share(items: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
       "0 <= part-id < num-parts"
     )
   return list(items[part_id::num_parts])
+
+
+def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
+  """The size the model was trained at: the config's, else the workdir's record, else the data's."""
+  if config.data.image_size:
+    return int(config.data.image_size)
+  for workdir in workdirs:
+    recorded = variables_io.load_config_dict(workdir)
+    if recorded and recorded.get("data", {}).get("image_size"):
+      return int(recorded["data"]["image_size"])
+  return pipeline.image_size(config.data)

@@ -16,6 +16,7 @@ COMMANDS = (
   "convert",
   "demo",
   "evaluate",
+  "export",
   "export-torch",
   "predict",
   "prepare",

@@ -195,17 +195,6 @@ def _load_variable_sets(workdirs: Sequence[str]) -> list[dict[str, Any]]:
   return variable_sets
 
 
-def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
-  """The size the model was trained at: the config's, else the workdir's record, else the data's."""
-  if config.data.image_size:
-    return int(config.data.image_size)
-  for workdir in workdirs:
-    recorded = variables_io.load_config_dict(workdir)
-    if recorded and recorded.get("data", {}).get("image_size"):
-      return int(recorded["data"]["image_size"])
-  return pipeline.image_size(config.data)
-
-
 def predict(
   config: ml_collections.ConfigDict,
   workdirs: str | Sequence[str],
@@ -237,7 +226,7 @@ def predict(
   inference.check_overlap(overlap)
   tile = inference.parse_tile(str(tile))
   post_steps = inference.parse_post(post)
-  size, batch_size = training_size(config, workdirs), config.eval_batch_size
+  size, batch_size = inference.training_size(config, workdirs), config.eval_batch_size
   if split:
     try:
       _, names = pipeline.resolve_split(config.data, split)

@@ -32,6 +32,7 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
     contmix_options=_frozen(model_config.contmix),
     head_dropout=model_config.head_dropout,
     dtype=DTYPES[model_config.dtype],
+    conv_impl=model_config.conv_impl,
   )
   module.check()
   return module

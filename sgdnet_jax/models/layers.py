@@ -5,8 +5,10 @@ outputs agree to float precision: explicit paddings, PyTorch default initialiser
 with PyTorch's running-statistics update. Layout is NHWC throughout.
 """
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,6 +41,34 @@ def torch_default_bias_init(fan_in: int) -> Initializer:
   return init
 
 
+# How Conv2d lowers its stride-1 ungrouped convolutions: 'cpu_matmul' (`conv2d_cpu`), 'lax'
+# (`lax.conv_general_dilated`) or 'auto' ('cpu_matmul' when the tracing backend is the CPU).
+CONV_IMPLS = ("auto", "lax", "cpu_matmul")
+_conv_impl = contextvars.ContextVar("conv_impl", default="auto")
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str) -> Iterator[None]:
+  """Every Conv2d traced inside the block uses `impl` (one of CONV_IMPLS).
+
+  A context rather than a module field, so the choice reaches every convolution without being
+  threaded through each module and leaves the parameter tree untouched. An exported model sets
+  it from its target platforms, never from the machine that traces it.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+  token = _conv_impl.set(impl)
+  try:
+    yield
+  finally:
+    _conv_impl.reset(token)
+
+
+def _use_cpu_matmul() -> bool:
+  impl = _conv_impl.get()
+  return impl == "cpu_matmul" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
 class Conv2d(nn.Module):
   """`torch.nn.Conv2d` in NHWC with explicit symmetric padding.
 
@@ -46,7 +76,7 @@ class Conv2d(nn.Module):
   lowerings (XLA:CPU runs the backward pass of `conv_general_dilated` 2-10x slower than its
   forward): unpadded 1x1 convolutions are one matrix product, small stride-1 depthwise ones (up
   to 3x3) a sum of shifted views, and on CPU other stride-1 convolutions take the matrix-product
-  backward pass of `conv2d_cpu`.
+  backward pass of `conv2d_cpu` (see `conv_impl`).
   """
 
   features: int
@@ -77,7 +107,7 @@ class Conv2d(nn.Module):
       y = pointwise_conv(x[:, :: stride[0], :: stride[1]], kernel)
     elif self.groups == in_features == self.features and stride == (1, 1) and kh * kw <= 9:
       y = depthwise_conv(x, kernel, padding, dilation)
-    elif self.groups == 1 and stride == (1, 1) and jax.default_backend() == "cpu":
+    elif self.groups == 1 and stride == (1, 1) and _use_cpu_matmul():
       y = conv2d_cpu(x, kernel, padding, dilation)
     else:
       y = _lax_conv(x, kernel, padding, dilation, stride, self.groups)
@@ -128,6 +158,11 @@ def _im2col(x: Array, kernel_hw, padding, dilation) -> Array:
 IM2COL_MAX_PIXELS = 256
 
 
+def _few_pixels(batch, height: int, width: int) -> bool:
+  """Whether batch*height*width <= IM2COL_MAX_PIXELS; a symbolic batch (an export) counts as 1."""
+  return (batch if isinstance(batch, int) else 1) * height * width <= IM2COL_MAX_PIXELS
+
+
 def _lax_conv(x, kernel, padding, dilation, stride=(1, 1), groups=1):
   return jax.lax.conv_general_dilated(
     x,
@@ -156,7 +191,7 @@ def conv2d_cpu(
 def _conv2d_cpu_fwd(x, kernel, padding, dilation):
   kh, kw, _, features = kernel.shape
   height, width = _output_hw(x, (kh, kw), padding, dilation)
-  if x.shape[0] * height * width <= IM2COL_MAX_PIXELS:
+  if _few_pixels(x.shape[0], height, width):
     y = jnp.dot(_im2col(x, (kh, kw), padding, dilation), kernel.reshape(-1, features))
     y = y.reshape(x.shape[0], height, width, features)
   else:
@@ -169,7 +204,7 @@ def _conv2d_cpu_bwd(padding, dilation, residuals, grad):
   kh, kw, _, features = kernel.shape
   g = grad.reshape(-1, features)
   contract_pixels = (((0,), (0,)), ((), ()))
-  if g.shape[0] <= IM2COL_MAX_PIXELS:
+  if _few_pixels(*grad.shape[:3]):
     cols, cols_vjp = jax.vjp(lambda x: _im2col(x, (kh, kw), padding, dilation), x)
     (dx,) = cols_vjp(jnp.dot(g, kernel.reshape(-1, features).T))
     dkernel = jax.lax.dot_general(cols, g, contract_pixels).reshape(kernel.shape)

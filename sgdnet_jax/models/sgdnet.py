@@ -82,6 +82,8 @@ class SGDNet(nn.Module):
   `{'o1', 'o2', 'o3'}` logits (B, H, W, num_classes) at input resolution (o1 the finest, used at
   test time), `'edge'` (edge probability (B, H, W, 1), only with an edge branch) and `'aux'`
   (backbone stages `x1`..`x4`, `edge_logits` and `guidance` at x1 resolution when present).
+  `conv_impl` chooses how the convolutions lower (`layers.CONV_IMPLS`); parameters do not depend
+  on it.
   """
 
   num_classes: int = 1
@@ -96,6 +98,7 @@ class SGDNet(nn.Module):
   contmix_options: Mapping[str, Any] = None
   head_dropout: float = 0.1
   dtype: Any | None = None
+  conv_impl: str = "auto"
 
   def check(self):
     """Raises ValueError naming the config field when the combination is not buildable."""
@@ -115,10 +118,19 @@ class SGDNet(nn.Module):
         f"model.skip_fusion={self.skip_fusion!r} needs model.edge_branch={needed!r}, "
         f"got {self.edge_branch!r}"
       )
+    if self.conv_impl not in layers.CONV_IMPLS:
+      raise ValueError(
+        f"model.conv_impl must be one of {layers.CONV_IMPLS}, got {self.conv_impl!r}"
+      )
 
-  @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:
     self.check()
+    with layers.conv_impl(self.conv_impl):
+      return self.forward(images, train)
+
+  @nn.compact
+  def forward(self, images: jax.Array, train: bool) -> dict[str, Any]:
+    """The network itself; `__call__` runs it under the module's convolution implementation."""
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be NHWC with 3 channels, got shape {images.shape}")
     dtype = self.dtype

@@ -1,0 +1,30 @@
+"""`export`: a trained model as a portable jax.export file and a model card (see
+`sgdnet_jax.export`).
+
+  python -m sgdnet_jax.main export --config configs/<exp>.py[:args] --workdir W --out DIR \
+      [--platforms cpu,cuda,tpu] [--tta none|flip]
+"""
+
+from sgdnet_jax import cli, config_utils
+
+
+def main(argv) -> int:
+  parser = cli.parser("export", __doc__)
+  parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
+  parser.add_argument("--out", required=True, help="folder for the exported model and its card")
+  parser.add_argument(
+    "--platforms",
+    default="cpu",
+    help="comma-separated targets among cpu, cuda, rocm, tpu (default: cpu)",
+  )
+  parser.add_argument(
+    "--tta", choices=("none", "flip"), default="none", help="mirror test-time augmentation"
+  )
+  args, overrides = parser.parse_known_args(argv)
+  config = config_utils.load_config(args.config, overrides)
+  from sgdnet_jax import export  # After argument errors, which should not wait for JAX.
+
+  platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+  out = export.export_model(config, args.workdir, args.out, platforms, args.tta)
+  print(f"wrote {out / export.MODEL_FILE} ({', '.join(platforms)}) and {out / export.CARD_FILE}")
+  return 0

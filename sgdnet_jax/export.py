@@ -1,0 +1,201 @@
+"""`export`: a trained model as one portable file (jax.export, StableHLO) and a model card.
+
+  python -m sgdnet_jax.main export --config configs/<exp>.py[:args] --workdir W --out DIR \
+      [--platforms cpu,cuda,tpu] [--tta none|flip]
+
+`DIR/model.jax_export` is the serialized `jax.export.Exported` program: `uint8` RGB images
+`[N, H, W, 3]` (any N; H, W the training size) -> foreground probabilities `[N, H, W, 1]`
+float32. ImageNet normalisation, the network with its weights as constants, the foreground
+probability of the finest output `o1` and, with `tta='flip'`, the mirror test-time augmentation
+are all inside. `DIR/model.json` is the model card and `DIR/serving.py` a copy of
+`sgdnet_jax/serving.py`, which runs the model with jax, numpy and pillow only.
+
+The convolution implementation is chosen from the target platforms, never from the machine that
+traces: the CPU-only matrix-product path (`layers.conv2d_cpu`) only when every target is a CPU.
+"""
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sgdnet_jax import errors, inference, models, variables_io
+from sgdnet_jax.data import augment
+
+MODEL_FILE = "model.jax_export"
+CARD_FILE = "model.json"
+SERVING_FILE = "serving.py"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+TTA_MODES = ("none", "flip")
+# Mirror TTA: the identity, horizontal, vertical and both flips (the image axes of NHWC).
+FLIP_AXES = ((), (2,), (1,), (1, 2))
+
+
+def conv_impl_for(configured: str, platforms: Sequence[str]) -> str:
+  """The convolution implementation of an export for `platforms`.
+
+  'auto' becomes 'cpu_matmul' when every target is a CPU and 'lax' otherwise; an explicit
+  'cpu_matmul' for a non-CPU target is refused rather than carried to a GPU or TPU.
+  """
+  cpu_only = set(platforms) == {"cpu"}
+  if configured == "auto":
+    return "cpu_matmul" if cpu_only else "lax"
+  if configured == "cpu_matmul" and not cpu_only:
+    raise errors.ConfigError(
+      f"model.conv_impl='cpu_matmul' is the CPU-only path but the export targets "
+      f"{','.join(platforms)}; set --config.model.conv_impl=auto (or lax), or export for cpu only"
+    )
+  return configured
+
+
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+  """The platforms as a tuple, or a ConfigError naming the unknown ones."""
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if unknown or not platforms:
+    raise errors.ConfigError(
+      f"export platforms {','.join(platforms) or '(none)'}: expected a comma-separated subset "
+      f"of {','.join(PLATFORMS)}"
+    )
+  return tuple(dict.fromkeys(platforms))
+
+
+def probability_function(
+  module: models.SGDNet, variables: dict[str, Any], tta: str = "none"
+) -> Callable[[jax.Array], jax.Array]:
+  """uint8 `[N, H, W, 3]` -> float32 foreground probabilities `[N, H, W, 1]`.
+
+  With `tta='flip'` the mean over FLIP_AXES, each prediction flipped back before averaging; the
+  flipped copies run as one batch of 4N.
+  """
+  if tta not in TTA_MODES:
+    raise errors.ConfigError(f"export tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
+  mean, std = jnp.asarray(augment.IMAGENET_MEAN), jnp.asarray(augment.IMAGENET_STD)
+
+  def probability(images: jax.Array) -> jax.Array:
+    normalised = (images.astype(jnp.float32) - mean) / std
+    logits = module.apply(variables, normalised, train=False)["o1"]
+    return models.foreground_probability(logits)[..., None]
+
+  if tta == "none":
+    return probability
+
+  def flip_mean(images: jax.Array) -> jax.Array:
+    views = jnp.concatenate([_flip(images, axes) for axes in FLIP_AXES])
+    per_view = probability(views).reshape(len(FLIP_AXES), *images.shape[:3], 1)
+    return sum(_flip(p, axes) for p, axes in zip(per_view, FLIP_AXES)) / len(FLIP_AXES)
+
+  return flip_mean
+
+
+def _flip(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  return jnp.flip(x, axes) if axes else x
+
+
+def export_model(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  out_dir: str,
+  platforms: Sequence[str] = ("cpu",),
+  tta: str = "none",
+  variables: dict[str, Any] | None = None,
+) -> pathlib.Path:
+  """Writes MODEL_FILE, CARD_FILE and SERVING_FILE into `out_dir`; returns the folder."""
+  platforms = check_platforms(platforms)
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  model_config.conv_impl = conv_impl_for(model_config.get("conv_impl", "auto"), platforms)
+  module = models.build(model_config)
+  variables = variables if variables is not None else variables_io.load_variables(workdir)
+  size = inference.training_size(config, [workdir])
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"n, {size}, {size}, 3"), jnp.uint8)
+  function = probability_function(module, variables, tta)
+  exported = jax.export.export(jax.jit(function), platforms=platforms)(spec)
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  _write_atomic(out / MODEL_FILE, bytes(exported.serialize()))
+  card = model_card(config, workdir, variables, exported, model_config.conv_impl, tta)
+  _write_atomic(out / CARD_FILE, json.dumps(card, indent=2, default=str).encode())
+  shutil.copyfile(pathlib.Path(__file__).with_name(SERVING_FILE), out / SERVING_FILE)
+  return out
+
+
+def model_card(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  variables: dict[str, Any],
+  exported: jax.export.Exported,
+  conv_impl: str,
+  tta: str,
+) -> dict[str, Any]:
+  """What the exported program is, what it expects and returns, and how it was trained."""
+  size = inference.training_size(config, [workdir])
+  return {
+    "file": MODEL_FILE,
+    "format": "jax.export serialization (StableHLO); load with jax.export.deserialize",
+    "variant": config.model.variant,
+    "num_classes": config.model.num_classes,
+    "parameter_count": int(sum(np.size(p) for p in jax.tree_util.tree_leaves(variables["params"]))),
+    "input": {
+      "dtype": "uint8",
+      "shape": ["N", size, size, 3],
+      "meaning": "RGB images, 0..255, resized to the model's size with bilinear resampling",
+      "normalisation": {
+        "inside_the_model": True,
+        "mean": [float(v) for v in augment.IMAGENET_MEAN],
+        "std": [float(v) for v in augment.IMAGENET_STD],
+      },
+    },
+    "output": {
+      "dtype": "float32",
+      "shape": ["N", size, size, 1],
+      "meaning": "foreground probability (mask: probability > 0.5)",
+    },
+    "tta": tta,
+    "platforms": list(exported.platforms),
+    "conv_impl": conv_impl,
+    "jax_version": jax.__version__,
+    "calling_convention_version": exported.calling_convention_version,
+    "data_protocol": {
+      "image_size": size,
+      "resize": "bilinear (PIL), images converted to 8-bit RGB",
+      "dataset_dir": config.data.dir,
+      "protocol": config.data.protocol,
+      "fold": config.data.fold,
+      "splits": {
+        "train": config.data.train_split,
+        "val": config.data.val_split,
+        "test": config.data.test_split,
+      },
+    },
+    "evaluation": evaluation_results(workdir),
+    "workdir": os.path.abspath(workdir),
+    "training_config": config.to_dict(),
+  }
+
+
+def evaluation_results(workdir: str) -> dict[str, Any]:
+  """The `W/eval/<name>.json` results of `evaluate` by name; empty when there are none."""
+  results = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
+    try:
+      with open(path) as f:
+        results[pathlib.Path(path).stem] = json.load(f)
+    except json.JSONDecodeError as error:
+      raise errors.UserError(
+        f"{path}: not valid JSON ({error}); re-run evaluate or remove the file"
+      ) from None
+  return results
+
+
+def _write_atomic(path: pathlib.Path, data: bytes):
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)

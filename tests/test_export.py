@@ -1,0 +1,284 @@
+"""Export: a portable model that a fresh process with only jax, numpy and pillow runs.
+
+One export for cpu,cuda,tpu (the `lax` convolutions) is loaded by a subprocess through the copy
+of `serving.py` in the model folder, while this process computes `module.apply`; a CPU-only
+export with flip TTA provides the CPU convolution path to contrast with.
+"""
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgdnet_jax import config_utils, errors, export, main, models, variables_io
+from sgdnet_jax.data import augment
+from sgdnet_jax.models import layers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "test.py")
+SIZE = 64  # configs/test.py's image size.
+# Probabilities in [0, 1] after ~60 float32 layers whose convolutions lower differently.
+PROBABILITY_TOLERANCE = 1e-5
+SERVING_MODULES = {"jax", "numpy", "PIL"}
+# The subprocess: loads the model folder's serving.py by path with an isolated interpreter
+# (-I: no PYTHONPATH, no current folder on sys.path), so sgdnet_jax cannot even be imported.
+SERVE_SCRIPT = textwrap.dedent(
+  """
+  import importlib.util, pathlib, sys
+  import numpy as np
+  model_dir, work = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+  spec = importlib.util.spec_from_file_location("serving", model_dir / "serving.py")
+  serving = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(serving)
+  model = serving.ExportedModel(model_dir)
+  images = np.load(work / "images.npy")
+  np.save(work / "batch1.npy", model.probabilities(images[:1]))
+  np.save(work / "batch3.npy", model.probabilities(images))
+  serving.predict_folder(model, work / "folder", work / "masks", batch_size=3)
+  loaded = sorted(n for n in sys.modules if n == "sgdnet_jax" or n.startswith("sgdnet_jax."))
+  print("SGDNET_MODULES", loaded)
+  """
+)
+
+
+def _random_variables(module: models.SGDNet, seed: int = 0) -> dict:
+  """Variables of the right shapes with PyTorch-default-like scales, from numpy.
+
+  The exported function must only reproduce `module.apply`; jit-compiling `init` would cost
+  more than the rest of this file. BN statistics are not the identity, so dropping them shows.
+  """
+  shapes = jax.eval_shape(
+    lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  )
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      bound = 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+      return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+    if name in ("bias", "mean"):
+      return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
+    return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny workdir: variables, the config that built them and an evaluation result."""
+  config = config_utils.load_config(CONFIG)
+  module = models.build(config.model)
+  variables = _random_variables(module)
+  workdir = tmp_path_factory.mktemp("workdir")
+  variables_io.save_variables(str(workdir), variables, config.to_dict())
+  (workdir / "eval").mkdir()
+  (workdir / "eval" / "test.json").write_text(json.dumps({"split": "test", "dice": 0.75}))
+  return config, module, variables, workdir
+
+
+@pytest.fixture(scope="module")
+def portable(trained, tmp_path_factory):
+  """`export --platforms cpu,cuda,tpu` through the command line."""
+  _, _, _, workdir = trained
+  out = tmp_path_factory.mktemp("portable")
+  argv = ["export", "--config", CONFIG, "--workdir", str(workdir), "--out", str(out)]
+  assert main.main(argv + ["--platforms", "cpu,cuda,tpu"]) == 0
+  return out
+
+
+@pytest.fixture(scope="module")
+def cpu_flip(trained, tmp_path_factory):
+  """A CPU-only export (the CPU convolution path) with flip TTA."""
+  config, _, variables, workdir = trained
+  out = tmp_path_factory.mktemp("cpu_flip")
+  return export.export_model(config, str(workdir), str(out), ["cpu"], "flip", variables)
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), np.uint8)
+
+
+@pytest.fixture(scope="module")
+def served(portable, images, tmp_path_factory):
+  """The serving subprocess, started (not awaited) so that it compiles while this one works."""
+  work = tmp_path_factory.mktemp("serve")
+  np.save(work / "images.npy", images)
+  (work / "folder").mkdir()
+  Image.fromarray(images[0]).save(work / "folder" / "square.png")
+  Image.fromarray(images[1]).resize((80, 48)).save(work / "folder" / "wide.png")
+  Image.fromarray(images[2][..., 0]).save(work / "folder" / "gray.png")
+  process = subprocess.Popen(
+    [sys.executable, "-I", "-c", SERVE_SCRIPT, str(portable), str(work)],
+    cwd=work,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  yield process, work
+  process.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(trained):
+  """`module.apply` foreground probabilities [N, H, W, 1] of uint8 images, batch of 3."""
+  _, module, variables, _ = trained
+  forward = jax.jit(
+    lambda x: models.foreground_probability(module.apply(variables, x, train=False)["o1"])[
+      ..., None
+    ]
+  )
+  return lambda images: np.asarray(forward(augment.normalize(images)))
+
+
+def test_model_card_describes_the_export(portable, trained):
+  config, _, variables, workdir = trained
+  card = json.loads((portable / export.CARD_FILE).read_text())
+  assert card["platforms"] == ["cpu", "cuda", "tpu"]
+  assert card["conv_impl"] == "lax"
+  assert card["variant"] == config.model.variant
+  assert card["parameter_count"] == sum(
+    p.size for p in jax.tree_util.tree_leaves(variables["params"])
+  )
+  assert card["input"]["shape"] == ["N", SIZE, SIZE, 3] and card["input"]["dtype"] == "uint8"
+  assert card["output"]["shape"] == ["N", SIZE, SIZE, 1] and card["output"]["dtype"] == "float32"
+  assert card["evaluation"] == {"test": {"split": "test", "dice": 0.75}}
+  assert card["training_config"]["data"]["image_size"] == SIZE
+  assert card["jax_version"] == jax.__version__
+  assert (portable / export.SERVING_FILE).read_bytes() == (
+    ROOT / "sgdnet_jax" / "serving.py"
+  ).read_bytes()
+
+
+@pytest.mark.usefixtures("served")  # Started first: the subprocess compiles meanwhile.
+def test_flip_tta_is_the_mean_of_flipped_back_predictions(cpu_flip, reference, images):
+  exported = jax.export.deserialize(bytearray((cpu_flip / export.MODEL_FILE).read_bytes()))
+  got = np.asarray(exported.call(images[:1]))
+  views = [images[0], images[0, :, ::-1], images[0, ::-1], images[0, ::-1, ::-1]]
+  predicted = np.concatenate([reference(np.stack(views[:3])), reference(np.stack([views[3]] * 3))])
+  flipped_back = [predicted[0], predicted[1, :, ::-1], predicted[2, ::-1], predicted[3, ::-1, ::-1]]
+  np.testing.assert_allclose(
+    got[0], np.mean(flipped_back, axis=0), atol=PROBABILITY_TOLERANCE, rtol=0
+  )
+
+
+def test_cuda_export_traced_on_cpu_has_no_cpu_convolution_path(portable, cpu_flip):
+  cpu_text = _stablehlo_text(cpu_flip)
+  portable_text = _stablehlo_text(portable)
+  # Locations name the Python function that emitted each op: conv2d_cpu only on the CPU path.
+  assert "conv2d_cpu" in cpu_text and "conv2d_cpu" not in portable_text
+  assert portable_text.count("stablehlo.convolution") > cpu_text.count("stablehlo.convolution")
+  assert json.loads((cpu_flip / export.CARD_FILE).read_text())["conv_impl"] == "cpu_matmul"
+
+
+def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference, images):
+  expected = reference(images)  # Computed while the subprocess compiles.
+  process, work = served
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr
+  assert "SGDNET_MODULES []" in stdout
+  assert np.ptp(expected) > 100 * PROBABILITY_TOLERANCE  # Outputs vary: the comparison can fail.
+  for name, count in (("batch1.npy", 1), ("batch3.npy", 3)):
+    got = np.load(work / name)
+    assert got.dtype == np.float32 and got.shape == (count, SIZE, SIZE, 1)
+    np.testing.assert_allclose(got, expected[:count], atol=PROBABILITY_TOLERANCE, rtol=0)
+  masks = {p.stem: np.asarray(Image.open(p)) for p in (work / "masks").iterdir()}
+  assert {k: m.shape for k, m in masks.items()} == {
+    "square": (SIZE, SIZE),
+    "wide": (48, 80),
+    "gray": (SIZE, SIZE),
+  }
+  assert set(np.unique(np.concatenate([m.ravel() for m in masks.values()]))) <= {0, 255}
+  decided = np.abs(expected[0, ..., 0] - 0.5) > PROBABILITY_TOLERANCE
+  np.testing.assert_array_equal(
+    masks["square"][decided], np.where(expected[0, ..., 0] > 0.5, 255, 0)[decided]
+  )
+
+
+def _stablehlo_text(model_dir: pathlib.Path) -> str:
+  serialized = (model_dir / export.MODEL_FILE).read_bytes()
+  return jax.export.deserialize(bytearray(serialized)).mlir_module()
+
+
+def test_serving_imports_only_the_standard_library_jax_numpy_and_pillow():
+  tree = ast.parse((ROOT / "sgdnet_jax" / "serving.py").read_text())
+  imported = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      imported |= {alias.name.split(".")[0] for alias in node.names}
+    elif isinstance(node, ast.ImportFrom):
+      assert node.level == 0, "serving.py must not import relatively"
+      imported.add(node.module.split(".")[0])
+  assert imported - set(sys.stdlib_module_names) <= SERVING_MODULES
+
+
+def test_conv_impl_follows_the_export_platforms():
+  assert export.conv_impl_for("auto", ["cpu"]) == "cpu_matmul"
+  assert export.conv_impl_for("auto", ["cpu", "cuda"]) == "lax"
+  assert export.conv_impl_for("lax", ["cpu"]) == "lax"
+  with pytest.raises(errors.ConfigError, match="conv_impl"):
+    export.conv_impl_for("cpu_matmul", ["tpu"])
+  with pytest.raises(errors.ConfigError, match="gpu"):
+    export.check_platforms(["cpu", "gpu"])
+
+
+def test_export_command_reports_an_unknown_platform_in_one_line(capsys, tmp_path):
+  argv = ["export", "--config", CONFIG, "--workdir", str(tmp_path), "--out", str(tmp_path)]
+  assert main.main(argv + ["--platforms", "cpu,gpu"]) == 2
+  error = capsys.readouterr().err
+  assert error.startswith("error: export platforms cpu,gpu") and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("height", [8, 24])  # patch-matrix forward on 2x8x8 maps, convolution above
+def test_lax_and_cpu_matmul_convolutions_agree(height):
+  rng = np.random.default_rng(4)
+  channels, kernel_size = 16, 3
+  x = jnp.asarray(rng.normal(size=(2, height, height, channels)), jnp.float32)
+  module = layers.Conv2d(channels, kernel_size, padding=2, dilation=2)
+  variables = module.init(jax.random.PRNGKey(0), x)
+
+  def value_and_grads(impl):
+    def loss(variables, x):
+      with layers.conv_impl(impl):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    with layers.conv_impl(impl):
+      y = module.apply(variables, x)
+    return y, jax.grad(loss, (0, 1))(variables, x)
+
+  # Each output sums kernel_size**2 * channels float32 products.
+  # Outputs and the input gradient sum kernel_size**2 * channels float32 products, the kernel
+  # gradient one per pixel: the error bound scales with the larger reduction and the magnitude.
+  reduction = max(kernel_size**2 * channels, x.size // channels)
+  lax_result, matmul_result = value_and_grads("lax"), value_and_grads("cpu_matmul")
+  for got, expected in zip(
+    jax.tree_util.tree_leaves(matmul_result), jax.tree_util.tree_leaves(lax_result)
+  ):
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(got, expected, atol=np.finfo(np.float32).eps * reduction * scale)
+
+
+def test_cpu_matmul_convolution_exports_with_a_symbolic_batch():
+  module = layers.Conv2d(4, 3, padding=1)
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("n, 8, 8, 4"), jnp.float32)
+
+  def forward(x):
+    with layers.conv_impl("cpu_matmul"):
+      return module.apply(variables, x)
+
+  exported = jax.export.export(jax.jit(forward), platforms=["cpu"])(spec)
+  assert "stablehlo.convolution" not in exported.mlir_module()  # 8x8 maps: the patch matrix.
+  x = np.random.default_rng(5).normal(size=(3, 8, 8, 4)).astype(np.float32)
+  with layers.conv_impl("lax"):
+    expected = module.apply(variables, x)
+  np.testing.assert_allclose(exported.call(x), expected, atol=8 * np.finfo(np.float32).eps * 36)
