@@ -2,7 +2,7 @@
 # Cloud TPU VM pod slice: set up every worker, run `train` detached on all of them, read the logs,
 # stop the run. Run from the repository root.
 #   launch/tpu_pod.sh [--dry-run] setup TPU_NAME ZONE
-#   launch/tpu_pod.sh [--dry-run] run   TPU_NAME ZONE --config CONFIG --workdir WORKDIR [--config.x=y ...]
+#   launch/tpu_pod.sh [--dry-run] run   TPU_NAME ZONE --config CONFIG --workdir WORKDIR [overrides]
 #   launch/tpu_pod.sh [--dry-run] logs  TPU_NAME ZONE [WORKER|all]   (default worker 0; LINES=50)
 #   launch/tpu_pod.sh [--dry-run] stop  TPU_NAME ZONE
 # setup: the repository's files (git ls-files: tracked and untracked, not ignored) go in one archive
@@ -66,7 +66,8 @@ case "$subcommand" in
     jax_version=$(sed -n 's/^jax==//p' requirements.txt)
     archive="${TMPDIR:-/tmp}/sgdnet_jax-$tpu.tar.gz"
     if ((dry_run)); then
-      echo "git ls-files -z --cached --others --exclude-standard | tar -czf $(quote "$archive") --null -T -"
+      echo "git ls-files -z --cached --others --exclude-standard |" \
+        "tar -czf $(quote "$archive") --null -T -"
     else
       git ls-files -z --cached --others --exclude-standard | tar -czf "$archive" --null -T -
     fi
@@ -79,10 +80,15 @@ case "$subcommand" in
 && .venv/bin/pip install --quiet -r requirements.txt $(printf %q "jax[tpu]==$jax_version")"
     ;;
   run)
-    (($# > 0)) || { echo "error: run needs train's arguments (--config ... --workdir ...); $usage" >&2; exit 2; }
+    if (($# == 0)); then
+      echo "error: run needs train's arguments (--config ... --workdir ...); $usage" >&2
+      exit 2
+    fi
     printf -v train_args ' %q' "$@"
-    on_workers all "cd $remote_dir_q && mkdir -p logs && { nohup .venv/bin/python -m sgdnet_jax.main \
-train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & echo \$! >$log_prefix.pid; }"
+    on_workers all "cd $remote_dir_q && mkdir -p logs \
+&& { nohup .venv/bin/python -m sgdnet_jax.main \
+train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
+echo \$! >$log_prefix.pid; }"
     ;;
   logs)
     (($# <= 1)) || { echo "error: logs takes at most a worker index or 'all'; $usage" >&2; exit 2; }

@@ -18,6 +18,7 @@ import os
 
 import jax
 from jax._src import clusters
+from jax.experimental import multihost_utils
 
 from sgdnet_jax import errors
 
@@ -37,20 +38,6 @@ def detected_cluster() -> type[clusters.ClusterEnv] | None:
     ),
     None,
   )
-
-
-def should_initialize(mode: str) -> bool:
-  """Whether `mode` in this environment calls `jax.distributed.initialize`."""
-  if mode not in MODES:
-    raise errors.ConfigError(
-      f"config.distributed is {mode!r}: use one of {', '.join(MODES)} (--config.distributed=auto)"
-    )
-  if mode != "auto":
-    return mode == "on"
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    return True
-  cluster = detected_cluster()
-  return cluster is not None and cluster.get_process_count() > 1
 
 
 def local_gpu_ids(cluster: type[clusters.ClusterEnv] | None) -> list[int] | None:
@@ -94,27 +81,51 @@ def initialize(mode: str = "auto"):
   each claims devices of its own (under SLURM, GPU `SLURM_LOCALID` of its node).
   """
   global _source, _described
-  if not jax.distributed.is_initialized() and should_initialize(mode):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if mode not in MODES:
+    raise errors.ConfigError(
+      f"config.distributed is {mode!r}: use one of {', '.join(MODES)} (--config.distributed=auto)"
+    )
+  if mode != "off" and not jax.distributed.is_initialized():
     cluster = detected_cluster()
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and cluster is None:
-      jax.distributed.initialize(**_explicit_arguments())
-      _source = "JAX_COORDINATOR_ADDRESS"
-    else:
-      jax.distributed.initialize(local_device_ids=local_gpu_ids(cluster))
-      _source = cluster.name if cluster is not None else "jax.distributed"
+    explicit = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if mode == "on" or explicit or (cluster is not None and cluster.get_process_count() > 1):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      if explicit and cluster is None:
+        jax.distributed.initialize(**_explicit_arguments())
+        _source = "JAX_COORDINATOR_ADDRESS"
+      else:
+        jax.distributed.initialize(local_device_ids=local_gpu_ids(cluster))
+        _source = cluster.name if cluster is not None else "jax.distributed"
+      _connect_cpu_collectives()
   if not _described:
     _described = True
     print(describe(), flush=True)
 
 
+def _connect_cpu_collectives():
+  """Connects gloo's CPU collectives now, while every process is at the same point.
+
+  Gloo connects the processes at their first collective and gives up after 30 s, and the first
+  collective of a run (Orbax's directory sync) can come minutes apart on processes that compile
+  at different speeds. The connection made here serves every later collective over all devices.
+  """
+  if jax.process_count() > 1 and jax.devices()[0].platform == "cpu":
+    multihost_utils.sync_global_devices("sgdnet_jax:connect_cpu_collectives")
+
+
 def describe() -> str:
-  """One line: this process among how many, through what, its devices and the global ones."""
-  local = jax.local_devices()
+  """One line: this process among how many, through what, its devices and the global ones.
+
+  Local devices are named by their ordinal on the host (for GPUs, the CUDA device index).
+  """
+  local = [
+    f"{d.platform}:{d.id if d.local_hardware_id is None else d.local_hardware_id}"
+    for d in jax.local_devices()
+  ]
   platforms = sorted({d.platform for d in jax.devices()})
   return (
     f"jax: process {jax.process_index()} of {jax.process_count()} ({_source}), "
-    f"local devices {len(local)} [{', '.join(f'{d.platform}:{d.id}' for d in local)}], "
+    f"local devices {len(local)} [{', '.join(local)}], "
     f"global devices {jax.device_count()} ({', '.join(platforms)})"
   )
 

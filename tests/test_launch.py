@@ -103,13 +103,25 @@ def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path):
   train_args = train_helpers.train_command(
     workdir, data_dir, total_steps=2, eval_every_epochs=0, checkpoint_every_steps=1
   )[4:]
-  result = train_helpers.run(
+  # Its own session, so that a timeout ends the tasks too. 900 s as tests/test_multiprocess.py:
+  # a cold compilation cache on a loaded 2-core machine takes minutes.
+  job = subprocess.Popen(
     ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *train_args],
-    env,
-    timeout=600,
+    cwd=train_helpers.REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
   )
+  try:
+    output = job.communicate(timeout=900)[0]
+  finally:
+    if job.poll() is None:
+      os.killpg(job.pid, signal.SIGKILL)
   task_logs = [(logs / f"task_{rank}.log").read_text() for rank in range(2)]
-  assert "slurm: job" in result.stdout and "2 tasks on 1 nodes (localhost): train" in result.stdout
+  assert job.returncode == 0, (output, task_logs[0][-3000:], task_logs[1][-3000:])
+  assert "slurm: job" in output and "2 tasks on 1 nodes (localhost): train" in output
   [srun_args] = [
     json.loads(line) for line in (tmp_path / "srun_calls.jsonl").read_text().splitlines()
   ]
