@@ -1,17 +1,105 @@
 #!/usr/bin/env bash
-# Training on a Cloud TPU pod slice: the same command on every worker.
-#   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
-# The repository (with .venv from `make venv` or `pip install -r requirements.txt jax[tpu]`) must
-# be at the same path on every worker, and WORKDIR on storage all workers share (e.g. a gs://
-# bucket path is fine for Orbax). jax.distributed.initialize() discovers the slice itself
-# (config.distributed=on); re-running resumes from WORKDIR.
+# Cloud TPU VM pod slice: set up every worker, run `train` detached on all of them, read the logs,
+# stop the run. Run from the repository root.
+#   launch/tpu_pod.sh [--dry-run] setup TPU_NAME ZONE
+#   launch/tpu_pod.sh [--dry-run] run   TPU_NAME ZONE --config CONFIG --workdir WORKDIR [overrides]
+#   launch/tpu_pod.sh [--dry-run] logs  TPU_NAME ZONE [WORKER|all]   (default worker 0; LINES=50)
+#   launch/tpu_pod.sh [--dry-run] stop  TPU_NAME ZONE
+# setup: the repository's files (git ls-files: tracked and untracked, not ignored) go in one archive
+#   to every worker (`gcloud compute tpus tpu-vm scp --worker=all`), are unpacked into REMOTE_DIR
+#   and get a .venv with requirements.txt and jax[tpu] at the pinned jax version.
+# run: every worker starts `train --config.distributed=on ARGS` under nohup, detached from the ssh
+#   session (a dropped connection does not stop it); its output goes to
+#   REMOTE_DIR/logs/train.<worker hostname>.log and its pid next to it. jax.distributed.initialize()
+#   finds the slice through the TPU metadata server; process 0 prints
+#   `jax: process 0 of N (gcetpu), local devices 4 [tpu:0, ...], global devices 4N (tpu)`.
+#   WORKDIR must be storage every worker shares (e.g. gs://bucket/run); running again resumes.
+# stop: SIGTERM to every worker's run, which saves a checkpoint at the next step and exits.
+# --dry-run prints the exact commands instead of running them. Arguments keep their spaces and
+# quotes through the remote shell (each is quoted with printf %q).
+# Environment: REMOTE_DIR (default sgdnet_jax, in the workers' home), REMOTE_PYTHON (the workers'
+# Python >= 3.11 with venv, default python3), GCLOUD_FLAGS (extra flags for every gcloud call,
+# e.g. "--project=my-project --tunnel-through-iap"), LINES (lines `logs` shows, default 50).
 set -euo pipefail
-tpu=${1:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [overrides]}
-zone=${2:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [overrides]}
-config=${3:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [overrides]}
-workdir=${4:?usage: $0 TPU_NAME ZONE CONFIG WORKDIR [overrides]}
-shift 4
-repo=${REPO_DIR:-$(pwd)}
-printf -v extra ' %q' "$@"
-gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd $(printf %q "$repo") && .venv/bin/python -m sgdnet_jax.main train --config $(printf %q "$config") --workdir $(printf %q "$workdir") --config.distributed=on${extra}"
+usage="usage: launch/tpu_pod.sh [--dry-run] {setup|run|logs|stop} TPU_NAME ZONE [args]"
+dry_run=0
+if [[ "${1:-}" == "--dry-run" ]]; then
+  dry_run=1
+  shift
+fi
+subcommand=${1:?$usage}
+tpu=${2:?$usage}
+zone=${3:?$usage}
+shift 3
+remote_dir=${REMOTE_DIR:-sgdnet_jax}
+remote_python=${REMOTE_PYTHON:-python3}
+read -ra gcloud_flags <<<"${GCLOUD_FLAGS:-}"
+
+# One word as the shell reads it back: as is when plain, else single-quoted.
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then printf '%s' "$1"; else printf '%s' "${1@Q}"; fi
+}
+
+# Prints the command (each word quoted) under --dry-run, runs it otherwise.
+invoke() {
+  if ((dry_run)); then
+    local words=()
+    for word in "$@"; do words+=("$(quote "$word")"); done
+    printf '%s\n' "${words[*]}"
+  else
+    "$@"
+  fi
+}
+
+# Runs a shell command line on the given workers (all, or a worker index).
+on_workers() {
+  invoke gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker="$1" \
+    "${gcloud_flags[@]}" --command="$2"
+}
+
+remote_dir_q=$(printf %q "$remote_dir")
+log_prefix="logs/train.\$(hostname)"
+
+case "$subcommand" in
+  setup)
+    (($# == 0)) || { echo "error: setup takes no arguments; $usage" >&2; exit 2; }
+    jax_version=$(sed -n 's/^jax==//p' requirements.txt)
+    archive="${TMPDIR:-/tmp}/sgdnet_jax-$tpu.tar.gz"
+    if ((dry_run)); then
+      echo "git ls-files -z --cached --others --exclude-standard |" \
+        "tar -czf $(quote "$archive") --null -T -"
+    else
+      git ls-files -z --cached --others --exclude-standard | tar -czf "$archive" --null -T -
+    fi
+    invoke gcloud compute tpus tpu-vm scp "$archive" "$tpu:sgdnet_jax.tar.gz" --zone="$zone" \
+      --worker=all "${gcloud_flags[@]}"
+    invoke rm -f "$archive"
+    on_workers all "mkdir -p $remote_dir_q && tar -xzf sgdnet_jax.tar.gz -C $remote_dir_q \
+&& rm sgdnet_jax.tar.gz && cd $remote_dir_q && $(printf %q "$remote_python") -m venv .venv \
+&& .venv/bin/pip install --quiet --upgrade pip \
+&& .venv/bin/pip install --quiet -r requirements.txt $(printf %q "jax[tpu]==$jax_version")"
+    ;;
+  run)
+    if (($# == 0)); then
+      echo "error: run needs train's arguments (--config ... --workdir ...); $usage" >&2
+      exit 2
+    fi
+    printf -v train_args ' %q' "$@"
+    on_workers all "cd $remote_dir_q && mkdir -p logs \
+&& { nohup .venv/bin/python -m sgdnet_jax.main \
+train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
+echo \$! >$log_prefix.pid; }"
+    ;;
+  logs)
+    (($# <= 1)) || { echo "error: logs takes at most a worker index or 'all'; $usage" >&2; exit 2; }
+    on_workers "${1:-0}" "cd $remote_dir_q && tail -n $(printf %q "${LINES:-50}") $log_prefix.log"
+    ;;
+  stop)
+    (($# == 0)) || { echo "error: stop takes no arguments; $usage" >&2; exit 2; }
+    on_workers all "cd $remote_dir_q && kill -TERM \$(cat $log_prefix.pid)"
+    ;;
+  *)
+    echo "error: unknown subcommand '$subcommand'; $usage" >&2
+    exit 2
+    ;;
+esac

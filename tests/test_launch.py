@@ -1,0 +1,365 @@
+"""The launchers end to end against stub cluster tools: `launch/slurm_gpu.sbatch` under a stub
+`srun` that starts a 2-task step, `launch/tpu_pod.sh` under a stub `gcloud` acting as one worker,
+and the GKE JobSet's command."""
+
+import json
+import os
+import pathlib
+import random
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests import train_helpers
+
+LAUNCH = train_helpers.REPO / "launch"
+# An override whose value has spaces and both kinds of quotes: it must reach `train` unchanged.
+QUOTED_OVERRIDE = '--config.data.dir=/data/my isic\'s "v2"'
+
+_STUB_SRUN = """#!{python}
+\"\"\"Stub srun: records its arguments, then runs the command as the SLURM_NTASKS tasks of a
+one-node step, with the variables srun sets; --kill-on-bad-exit: a failing task ends the step.\"\"\"
+import json, os, subprocess, sys, time
+
+args = sys.argv[1:]
+with open(os.environ["STUB_SRUN_CALLS"], "a") as f:
+  f.write(json.dumps(args) + "\\n")
+command = args[next(i for i, arg in enumerate(args) if not arg.startswith("-")):]
+ntasks = int(os.environ["SLURM_NTASKS"])
+tasks = []
+for rank in range(ntasks):
+  env = dict(
+    os.environ,
+    SLURM_STEP_ID="0",
+    SLURM_PROCID=str(rank),
+    SLURM_LOCALID=str(rank),
+    SLURM_NODEID="0",
+    SLURM_STEP_NODELIST=os.environ["SLURM_NODELIST"],
+    SLURM_STEP_NUM_NODES="1",
+    SLURM_STEP_NUM_TASKS=str(ntasks),
+    SLURM_STEP_TASKS_PER_NODE=str(ntasks),
+  )
+  log = open(os.path.join(os.environ["STUB_SRUN_LOGS"], f"task_{{rank}}.log"), "w")
+  tasks.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+while any(task.poll() is None for task in tasks):
+  if any(task.returncode for task in tasks):
+    for task in tasks:
+      task.kill()
+  time.sleep(0.2)
+sys.exit(max(task.returncode for task in tasks))
+"""
+
+
+def _slurm_job_id_with_free_port() -> int:
+  """A job id whose JAX coordinator port (id % 4096 + 61440) is free on this machine."""
+  for port in random.sample(range(61440, 65536), 200):
+    with socket.socket() as s:
+      try:
+        s.bind(("", port))
+      except OSError:
+        continue
+    return 4096 + port - 61440
+  raise RuntimeError("no free port in 61440-65535")
+
+
+@pytest.mark.slow
+def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path):
+  bin_dir, logs = tmp_path / "bin", tmp_path / "task_logs"
+  bin_dir.mkdir()
+  logs.mkdir()
+  srun = bin_dir / "srun"
+  srun.write_text(_STUB_SRUN.format(python=sys.executable))
+  srun.chmod(0o755)
+  # Spaces and quotes in a path must survive sbatch, slurm_task.sh and srun.
+  data_dir = train_helpers.tiny_dataset(tmp_path / 'my isic\'s "v2"')
+  workdir = tmp_path / "run"
+  # What sbatch gives the batch script of a 1-node, 2-task job: the allocation, no step yet.
+  env = train_helpers.subprocess_env(
+    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    PYTHON=sys.executable,
+    STUB_SRUN_CALLS=str(tmp_path / "srun_calls.jsonl"),
+    STUB_SRUN_LOGS=str(logs),
+    SLURM_JOB_ID=str(_slurm_job_id_with_free_port()),
+    SLURM_JOB_NAME="sgdnet_jax",
+    SLURM_NODELIST="localhost",
+    SLURM_JOB_NODELIST="localhost",
+    SLURM_JOB_NUM_NODES="1",
+    SLURM_NNODES="1",
+    SLURM_NTASKS="2",
+    SLURM_NPROCS="2",
+    SLURM_NTASKS_PER_NODE="2",
+    SLURM_CPUS_PER_TASK="1",
+    SLURM_SUBMIT_DIR=str(train_helpers.REPO),
+    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  )
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(name, None)
+  train_args = train_helpers.train_command(
+    workdir, data_dir, total_steps=2, eval_every_epochs=0, checkpoint_every_steps=1
+  )[4:]
+  # Its own session, so that a timeout ends the tasks too. 900 s as tests/test_multiprocess.py:
+  # a cold compilation cache on a loaded 2-core machine takes minutes.
+  job = subprocess.Popen(
+    ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *train_args],
+    cwd=train_helpers.REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
+  )
+  try:
+    output = job.communicate(timeout=900)[0]
+  finally:
+    if job.poll() is None:
+      os.killpg(job.pid, signal.SIGKILL)
+  task_logs = [(logs / f"task_{rank}.log").read_text() for rank in range(2)]
+  assert job.returncode == 0, (output, task_logs[0][-3000:], task_logs[1][-3000:])
+  assert "slurm: job" in output and "2 tasks on 1 nodes (localhost): train" in output
+  [srun_args] = [
+    json.loads(line) for line in (tmp_path / "srun_calls.jsonl").read_text().splitlines()
+  ]
+  assert srun_args == [
+    "--kill-on-bad-exit=1",
+    "--cpus-per-task=1",
+    sys.executable,
+    "-m",
+    "sgdnet_jax.main",
+    "train",
+    "--config.distributed=auto",
+    *train_args,
+  ]
+  # Each task initialised through JAX's SLURM detection and saw both processes' devices.
+  assert (
+    "jax: process 0 of 2 (slurm), local devices 1 [cpu:0], global devices 2 (cpu)" in (task_logs[0])
+  ), task_logs[0][-3000:]
+  assert "jax: process 1 of 2 (slurm)" in task_logs[1], task_logs[1][-3000:]
+  assert sorted(train_helpers.step_losses(workdir)) == [1, 2]
+  assert (workdir / "checkpoints" / "2").is_dir()
+  assert json.loads((workdir / "config.json").read_text())["data"]["dir"] == data_dir
+
+
+_FAKE_REMOTE_PYTHON = """#!/usr/bin/env bash
+# `python3 -m venv .venv` on a fake worker: a pip that records its arguments and a python that
+# records its own, prints a start line and runs until stopped.
+set -eu
+venv=$3
+mkdir -p "$venv/bin"
+printf '#!/usr/bin/env bash\\nprintf "%%s\\\\n" "$*" >>pip_calls.txt\\n' >"$venv/bin/pip"
+cat >"$venv/bin/python" <<'PY'
+#!/usr/bin/env bash
+{python} -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >python_argv.json
+echo "jax: process 0 of 1 (stub)"
+exec sleep 60
+PY
+chmod +x "$venv/bin/pip" "$venv/bin/python"
+"""
+
+_STUB_GCLOUD = """#!{python}
+\"\"\"Stub gcloud: records its arguments; `tpu-vm scp` copies into a fake worker's home and
+`tpu-vm ssh --command=...` runs the command there through bash, as the remote shell would.\"\"\"
+import json, os, shutil, subprocess, sys
+
+args = sys.argv[1:]
+with open(os.environ["STUB_GCLOUD_CALLS"], "a") as f:
+  f.write(json.dumps(args) + "\\n")
+home = os.environ["STUB_WORKER_HOME"]
+if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+  shutil.copy(args[4], os.path.join(home, args[5].split(":", 1)[1]))
+elif args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+  command = next(arg for arg in args if arg.startswith("--command="))[len("--command="):]
+  sys.exit(subprocess.run(["bash", "-c", command], cwd=home).returncode)
+"""
+
+
+class _TpuPod:
+  """`launch/tpu_pod.sh` with a stub gcloud whose one worker lives in a temporary folder."""
+
+  def __init__(self, root: pathlib.Path):
+    self.root = root
+    self.home = root / "worker_home"
+    self.calls = root / "gcloud_calls.jsonl"
+    bin_dir = root / "bin"
+    for folder in (self.home, bin_dir, root / "tmp"):
+      folder.mkdir()
+    for name, text in (("gcloud", _STUB_GCLOUD), ("remote_python3", _FAKE_REMOTE_PYTHON)):
+      (bin_dir / name).write_text(text.format(python=sys.executable))
+      (bin_dir / name).chmod(0o755)
+    self.env = dict(
+      os.environ,
+      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+      STUB_GCLOUD_CALLS=str(self.calls),
+      STUB_WORKER_HOME=str(self.home),
+      REMOTE_PYTHON=str(bin_dir / "remote_python3"),
+      GCLOUD_FLAGS="--project=my-project --tunnel-through-iap",
+      TMPDIR=str(root / "tmp"),
+    )
+
+  def __call__(self, *args: str, dry_run: bool = False) -> tuple[list, str]:
+    """Runs a subcommand; returns the gcloud calls it made (or printed) and its output."""
+    self.calls.write_text("")
+    command = ["bash", str(LAUNCH / "tpu_pod.sh"), *(["--dry-run"] if dry_run else []), *args]
+    result = subprocess.run(
+      command, cwd=train_helpers.REPO, env=self.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    if dry_run:
+      lines = [shlex.split(line) for line in result.stdout.splitlines()]
+      return [line[1:] for line in lines if line[0] == "gcloud"], result.stdout
+    return [json.loads(line) for line in self.calls.read_text().splitlines()], result.stdout
+
+
+def _ssh(worker: str, command: str) -> list:
+  return [
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    "my-tpu",
+    "--zone=us-central2-b",
+    f"--worker={worker}",
+    "--project=my-project",
+    "--tunnel-through-iap",
+    f"--command={command}",
+  ]
+
+
+def _wait_for(path: pathlib.Path, timeout_s: float = 20.0):
+  deadline = time.monotonic() + timeout_s
+  while not path.exists() or not path.read_text().strip():
+    assert time.monotonic() < deadline, f"{path} did not appear"
+    time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return (
+    subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    .stdout.strip()
+    .startswith(("S", "R"))
+  )
+
+
+def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
+  pod = _TpuPod(tmp_path)
+  site = ["my-tpu", "us-central2-b"]
+  remote_python = pod.env["REMOTE_PYTHON"]
+
+  calls, _ = pod("setup", *site)
+  archive = str(tmp_path / "tmp" / "sgdnet_jax-my-tpu.tar.gz")
+  requirements = train_helpers.REPO.joinpath("requirements.txt").read_text()
+  jax_version = requirements.split("\njax==")[1].split()[0]
+  assert calls == [
+    [
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      archive,
+      "my-tpu:sgdnet_jax.tar.gz",
+      "--zone=us-central2-b",
+      "--worker=all",
+      "--project=my-project",
+      "--tunnel-through-iap",
+    ],
+    _ssh(
+      "all",
+      "mkdir -p sgdnet_jax && tar -xzf sgdnet_jax.tar.gz -C sgdnet_jax && rm sgdnet_jax.tar.gz "
+      f"&& cd sgdnet_jax && {remote_python} -m venv .venv "
+      "&& .venv/bin/pip install --quiet --upgrade pip "
+      f"&& .venv/bin/pip install --quiet -r requirements.txt jax\\[tpu\\]=={jax_version}",
+    ),
+  ]
+  assert pod("setup", *site, dry_run=True)[0] == calls
+  worker_repo = pod.home / "sgdnet_jax"
+  assert (worker_repo / "sgdnet_jax" / "distributed.py").is_file()
+  assert (worker_repo / "launch" / "tpu_pod.sh").is_file()
+  assert not (worker_repo / ".venv" / "lib").exists()  # The local venv stays home.
+  assert not os.path.exists(archive) and not (pod.home / "sgdnet_jax.tar.gz").exists()
+  pip_calls = (worker_repo / "pip_calls.txt").read_text().splitlines()
+  assert pip_calls[-1] == f"install --quiet -r requirements.txt jax[tpu]=={jax_version}"
+
+  train_args = ["--config", "configs/isic2018.py:fold=1", "--workdir", "gs://b/r", QUOTED_OVERRIDE]
+  printed_calls, _ = pod("run", *site, *train_args, dry_run=True)
+  calls, _ = pod("run", *site, *train_args)
+  assert calls == printed_calls
+  log = "logs/train.$(hostname)"
+  assert calls == [
+    _ssh(
+      "all",
+      "cd sgdnet_jax && mkdir -p logs && { nohup .venv/bin/python -m sgdnet_jax.main train "
+      "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
+      '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
+      f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
+    )
+  ]
+  _wait_for(worker_repo / "python_argv.json")
+  argv = json.loads((worker_repo / "python_argv.json").read_text())
+  assert argv == ["-m", "sgdnet_jax.main", "train", "--config.distributed=on", *train_args]
+  pid = int(next((worker_repo / "logs").glob("train.*.pid")).read_text())
+  try:
+    assert _alive(pid)  # Detached: the ssh command returned, the run goes on.
+    calls, output = pod("logs", *site)
+    assert calls == [_ssh("0", f"cd sgdnet_jax && tail -n 50 {log}.log")]
+    assert "jax: process 0 of 1 (stub)" in output
+    assert pod("logs", *site, "all", dry_run=True)[0] == [
+      _ssh("all", f"cd sgdnet_jax && tail -n 50 {log}.log")
+    ]
+
+    assert pod("stop", *site, dry_run=True)[0] == [
+      _ssh("all", f"cd sgdnet_jax && kill -TERM $(cat {log}.pid)")
+    ]
+    pod("stop", *site)
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+      assert time.monotonic() < deadline, "stop left the run going"
+      time.sleep(0.05)
+  finally:
+    if _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+
+
+def test_every_launcher_passes_bash_n():
+  launchers = sorted(p for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch"))
+  assert {p.name for p in launchers} >= {
+    "local_multiprocess.sh",
+    "slurm_gpu.sbatch",
+    "slurm_task.sh",
+    "tpu_pod.sh",
+  }
+  for launcher in launchers:
+    result = subprocess.run(["bash", "-n", str(launcher)], capture_output=True, text=True)
+    assert result.returncode == 0, (launcher, result.stderr)
+
+
+def test_gke_jobset_runs_the_documented_train_command_on_every_host():
+  jobset = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())
+  assert jobset["kind"] == "JobSet"
+  [replicated] = jobset["spec"]["replicatedJobs"]
+  job = replicated["template"]["spec"]
+  pod = job["template"]["spec"]
+  [container] = pod["containers"]
+  command = container["command"]
+  assert command[:4] == ["python", "-m", "sgdnet_jax.main", "train"]
+  assert command[-1] == "--config.distributed=on"
+  # One pod per TPU host: as many as the Job runs at once, each with the host's chips.
+  assert job["parallelism"] == job["completions"]
+  assert int(container["resources"]["limits"]["google.com/tpu"]) > 0
+  docs = (train_helpers.REPO / "docs" / "launch.md").read_text()
+  assert shlex.join(command) in docs
+  # The arguments are the train command's: its config loads with the overrides.
+  from sgdnet_jax import config_utils
+
+  spec = command[command.index("--config") + 1]
+  overrides = [arg for arg in command[4:] if arg.startswith("--config.")]
+  config = config_utils.load_config(str(train_helpers.REPO / spec), overrides)
+  assert config.distributed == "on" and config.data.dir == "/data/isic2018"
