@@ -12,6 +12,7 @@ import sys
 from sgdnet_jax import errors
 
 COMMANDS = (
+  "ablate",
   "config",
   "convert",
   "demo",
@@ -21,6 +22,7 @@ COMMANDS = (
   "prepare",
   "report",
   "summary",
+  "sweep",
   "train",
 )
 PATH_ERRORS = (
