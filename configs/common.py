@@ -1,4 +1,5 @@
-"""Helpers shared by the experiment configs: argument parsing, the variant preset, tiny widths."""
+"""Helpers shared by the experiment configs: argument parsing, the variant preset, tiny widths,
+sweep selection."""
 
 from typing import Any
 
@@ -71,3 +72,10 @@ def model_config(variant: str, num_classes: int) -> ml_collections.ConfigDict:
 def tiny_model_config(variant: str, num_classes: int) -> ml_collections.ConfigDict:
   """The narrow model block of `variant` (`make_tiny`)."""
   return make_tiny(experiment(variant, num_classes)).model
+
+
+def select_sweep(sweeps: dict[str, list[dict[str, Any]]], name: str) -> list[dict[str, Any]]:
+  """The runs of sweep `name` (for `get_sweep`); an unknown name lists the known ones."""
+  if name not in sweeps:
+    raise ValueError(f"unknown sweep {name!r}; known: {sorted(sweeps)} (file.py:sweep=<name>)")
+  return sweeps[name]

@@ -20,3 +20,8 @@ def get_config(arg=None):
   config = common.experiment(args.variant, args.num_classes, args.data)
   config.data.protocol = args.protocol
   return config
+
+
+def get_sweep(name):
+  """main: CTO and SGD-Net (docs/ablations.md)."""
+  return common.select_sweep({"main": [{"variant": v} for v in ("cto", "sgdnet")]}, name)

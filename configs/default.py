@@ -39,6 +39,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1  # validation Dice every this many epochs (0: none, no best ckpt)
   config.checkpoint_every_steps = 0  # checkpoint period in steps (0: at the end of every epoch)
   config.keep_checkpoints = 2  # latest checkpoints kept in <workdir>/checkpoints
+  config.eval_splits = ("test",)  # splits a `sweep` evaluates after training each run
   # Params + BN statistics from a `convert` output or another workdir; wins over
   # model.pretrained, and a checkpoint in the workdir (resume) wins over both.
   config.init_from = ""
@@ -64,6 +65,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # one when traced on a CPU backend); `export` chooses it from its target platforms.
   model.conv_impl = "auto"
   model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and BN stats stay float32)
+  # Functional lesions of the forward pass (docs/ablations.md; set by `ablate`): guidance=zero,
+  # guidance=shuffle, sgdc.dynamic=off, sgdc.local=off, sgdc=identity, edge=off. Same parameters.
+  model.lesions = ()
   model.sge = sge = ml_collections.ConfigDict()
   sge.mid_channels = 256  # channels of the SGE's projected x1/x4 features
   sge.guide_channels = 16  # channels of the guidance map g handed to the SGDCs

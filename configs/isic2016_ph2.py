@@ -37,4 +37,10 @@ def get_config(arg=None):
   config.data.extra_eval.ph2 = ml_collections.ConfigDict(
     dict(dir=args.ph2, protocol="all", fold=0, split="test")
   )
+  config.eval_splits = ("ph2", "test")
   return config
+
+
+def get_sweep(name):
+  """main: CTO and SGD-Net (docs/ablations.md)."""
+  return common.select_sweep({"main": [{"variant": v} for v in ("cto", "sgdnet")]}, name)

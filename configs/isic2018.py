@@ -7,6 +7,11 @@
 
 Arguments: variant (see `configs/default.py` VARIANTS), num_classes (1 sigmoid, 2 softmax), fold
 (0-4), data (the prepared dataset folder). Report the mean over the 5 folds' test scores.
+
+Sweeps (docs/ablations.md): table4, table5, main (each variant x folds 0-4), seeds (sgdnet x
+seeds 0-2 on fold 0):
+
+  python -m sgdnet_jax.main sweep --config configs/isic2018.py:sweep=table5 --root runs/t5 --local
 """
 
 from configs import common
@@ -18,3 +23,22 @@ def get_config(arg=None):
   config.data.protocol = "medi_seg_5fold"
   config.data.fold = args.fold
   return config
+
+
+FOLDS = range(5)
+TABLE4 = ("baseline", "sge_add", "sge_contmix", "sgdnet")
+TABLE5 = ("sgdc_self_guidance", "sgdc_no_local", "sgdc_no_dynamic", "sgdnet")
+MAIN = ("cto", "sgdnet")
+
+
+def get_sweep(name):
+  folds = lambda variants: [{"variant": v, "fold": k} for v in variants for k in FOLDS]
+  return common.select_sweep(
+    {
+      "table4": folds(TABLE4),
+      "table5": folds(TABLE5),
+      "main": folds(MAIN),
+      "seeds": [{"variant": "sgdnet", "fold": 0, "config.seed": s} for s in range(3)],
+    },
+    name,
+  )

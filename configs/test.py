@@ -1,6 +1,8 @@
 """A tiny network for CPU tests: same structure as SGD-Net, narrow widths, 64x64 inputs.
 
 python -m sgdnet_jax.main summary --config configs/test.py:variant=cto
+
+Sweep `tiny`: baseline and cto on folds 0 and 1 of a protocol with two folds (tests/test_sweep.py).
 """
 
 from configs import common
@@ -16,3 +18,8 @@ def get_config(arg=None):
   config.epochs = 2
   config.log_every_steps = 1
   return config
+
+
+def get_sweep(name):
+  tiny = [{"variant": v, "config.data.fold": k} for v in ("baseline", "cto") for k in (0, 1)]
+  return common.select_sweep({"tiny": tiny}, name)

@@ -12,6 +12,7 @@ import sys
 from sgdnet_jax import errors
 
 COMMANDS = (
+  "ablate",
   "config",
   "convert",
   "demo",
@@ -22,6 +23,7 @@ COMMANDS = (
   "prepare",
   "report",
   "summary",
+  "sweep",
   "train",
 )
 PATH_ERRORS = (

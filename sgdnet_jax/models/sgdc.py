@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sgdnet_jax.models import layers
+from sgdnet_jax.models import lesions as lesion_lib
 
 GUIDANCE_SOURCES = ("sge", "self")
 FORMS = ("official", "paper")
@@ -188,6 +189,7 @@ class SGDC(nn.Module):
   layer_scale_init: float = 1e-6
   drop_path: float = 0.0
   dtype: Any | None = None
+  lesions: tuple[str, ...] = ()  # 'sgdc.local=off' / 'sgdc.dynamic=off' (models/lesions.py)
 
   def _check(self, dim: int):
     if self.guidance not in GUIDANCE_SOURCES:
@@ -227,26 +229,29 @@ class SGDC(nn.Module):
       head_input
     )
 
-    needs_norm1 = self.dynamic_branch or (self.local_branch and not official)
+    # A lesioned branch is not computed; the gates keep the layout the parameters were built for.
+    local = self.local_branch and lesion_lib.SGDC_LOCAL_OFF not in self.lesions
+    dynamic = self.dynamic_branch and lesion_lib.SGDC_DYNAMIC_OFF not in self.lesions
+    needs_norm1 = dynamic or (local and not official)
     xn = layers.LayerNorm(1e-6, self.dtype, name="norm1")(x) if needs_norm1 else None
     y = 0.0
-    offset = 0
-    if self.local_branch:
+    offset = dim if self.local_branch else 0
+    if local:
       gate1 = jax.nn.sigmoid(params[..., :dim])
-      offset = dim
       local_in = x if official else xn
       y = layers.Conv2d(dim, 3, padding=1, groups=dim, dtype=self.dtype, name="dwconv")(
         local_in * gate1
       )
-    if self.dynamic_branch:
+    if dynamic:
       gate2 = jax.nn.sigmoid(params[..., offset : offset + dim])
       logits = params[..., offset + dim :].reshape(b, h, w, self.num_heads, taps)
       kernels = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
       y = y + DYNAMIC_CONV[self.impl](xn, kernels) * gate2
 
     drop = DropPath(self.drop_path)
-    y = y * ls1.astype(y.dtype) if official else y
-    x = x + drop(y, train)
+    if local or dynamic:  # both lesioned: the token mixer adds nothing
+      y = y * ls1.astype(y.dtype) if official else y
+      x = x + drop(y, train)
     hidden = int(dim * self.mlp_ratio)
     m = layers.LayerNorm(1e-6, self.dtype, name="norm2")(x)
     m = conv(dim, "mlp_2")(nn.gelu(conv(hidden, "mlp_0")(m), approximate=False))

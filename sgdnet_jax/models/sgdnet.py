@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
+from sgdnet_jax.models import lesions as lesion_lib
 
 EDGE_BRANCHES = ("sge", "eam", "none")
 SKIP_FUSIONS = ("sgdc", "edge_gate", "guidance_add", "contmix", "none")
@@ -31,11 +32,16 @@ class SGDCFusion(nn.Module):
 
   options: Mapping[str, Any]
   dtype: Any | None = None
+  lesions: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
+    if lesion_lib.SGDC_IDENTITY in self.lesions:
+      return tuple(features)
     return tuple(
-      sgdc.SGDC(**self.options, dtype=self.dtype, name=name)(x, guidance, train)
+      sgdc.SGDC(**self.options, lesions=self.lesions, dtype=self.dtype, name=name)(
+        x, guidance, train
+      )
       for name, x in zip(SKIP_NAMES, features)
     )
 
@@ -99,6 +105,7 @@ class SGDNet(nn.Module):
   head_dropout: float = 0.1
   dtype: Any | None = None
   conv_impl: str = "auto"
+  lesions: tuple[str, ...] = ()  # functional lesions (models/lesions.py), checked by build
 
   def check(self):
     """Raises ValueError naming the config field when the combination is not buildable."""
@@ -150,7 +157,8 @@ class SGDNet(nn.Module):
       out = sge.StructureGuidanceExtractor(**(self.sge_options or {}), dtype=dtype, name="sge")(
         x4, x1, train
       )
-      edge_logits, guidance = out["edge_logits"], out["guidance"]
+      edge_logits = out["edge_logits"]
+      guidance = lesion_lib.lesion_guidance(out["guidance"], self.lesions)
       aux["guidance"] = guidance
     elif self.edge_branch == "eam":
       s1 = cto.sobel_gate(x1, train, 1)
@@ -164,14 +172,16 @@ class SGDNet(nn.Module):
 
     skips = (x1, x2, x3)
     if self.skip_fusion == "sgdc":
-      skips = SGDCFusion(dict(self.sgdc_options or {}), dtype, name="sgdc")(skips, guidance, train)
+      skips = SGDCFusion(dict(self.sgdc_options or {}), dtype, self.lesions, name="sgdc")(
+        skips, guidance, train
+      )
     elif self.skip_fusion == "guidance_add":
       skips = GuidanceAddFusion(dtype, name="guidance_add")(skips, guidance, train)
     elif self.skip_fusion == "contmix":
       skips = ContMixFusion(dict(self.contmix_options or {}), dtype, name="contmix")(
         skips, guidance, train
       )
-    elif self.skip_fusion == "edge_gate":
+    elif self.skip_fusion == "edge_gate" and lesion_lib.EDGE_OFF not in self.lesions:
       attention = jax.nn.sigmoid(edge_logits)
       skips = tuple(
         s * layers.resize_bilinear(attention, s.shape[1:3]).astype(s.dtype) for s in skips

@@ -606,13 +606,14 @@ def format_latex(result: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+  """`value` with every NaN (a number that does not exist) as None, for strict JSON."""
   if isinstance(value, float) and math.isnan(value):
     return None
   if isinstance(value, dict):
-    return {k: _json_ready(v) for k, v in value.items()}
+    return {k: json_ready(v) for k, v in value.items()}
   if isinstance(value, list):
-    return [_json_ready(v) for v in value]
+    return [json_ready(v) for v in value]
   return value
 
 
@@ -621,7 +622,7 @@ def write_tables(root: str, result: dict[str, Any]) -> list[str]:
   contents = {
     "report.md": format_markdown(result),
     "report.csv": format_csv(result),
-    "report.json": json.dumps(_json_ready(result), indent=2) + "\n",
+    "report.json": json.dumps(json_ready(result), indent=2) + "\n",
     "report.tex": format_latex(result),
   }
   paths = []

@@ -157,6 +157,13 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(steps per epoch, total steps) of training per `config` (data.dir must be prepared)."""
+  train_size = pipeline.split_size(config.data, config.data.train_split)
+  steps_per_epoch = max(1, math.ceil(train_size / config.global_batch_size))
+  return steps_per_epoch, config.total_steps or config.epochs * steps_per_epoch
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome."""
   distributed.initialize(config.distributed)
@@ -169,9 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_utils.save_config(config, os.path.join(workdir, "config.json"))
 
   mesh = state_lib.make_mesh(config.mesh)
-  train_size = pipeline.split_size(config.data, config.data.train_split)
-  steps_per_epoch = max(1, math.ceil(train_size / config.global_batch_size))
-  total_steps = config.total_steps or config.epochs * steps_per_epoch
+  steps_per_epoch, total_steps = schedule_length(config)
   model = models.build(config.model)
   tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
   image_shape = (1, config.data.image_size, config.data.image_size, 3)

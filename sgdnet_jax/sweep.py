@@ -1,0 +1,296 @@
+"""Sweeps: the runs of a config's `get_sweep`, printed, run here one by one, or sent to SLURM.
+
+  runs = config_utils.load_sweep("configs/isic2018.py:sweep=table5")
+  print("\n".join(print_lines(runs, "runs/t5")))   # the train + evaluate commands
+  run_local(runs, "runs/t5")                       # R/sweep.json: one status per run
+  write_slurm(runs, "runs/t5")                     # R/sweep.sbatch: one array task per run
+
+Run i lives in `R/<variant>/fold<k>[/seed<s>]` (`SweepRun.name`): train it, then evaluate each
+split of its `config.eval_splits`. Locally, a run whose evaluations exist, whose `config.json`
+equals the sweep's config and whose training reached its last step is skipped; any other resumes
+(training continues from its checkpoint). On SLURM, each array task trains through the launcher
+`launch/slurm_gpu.sbatch` (see `LAUNCHER`) and then evaluates.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sgdnet_jax import config_utils, errors, evaluate, variables_io
+from sgdnet_jax.data import pipeline
+from sgdnet_jax.train import loop
+
+STATUS_FILE = "sweep.json"
+SCRIPT_FILE = "sweep.sbatch"
+PROGRAM = ("python", "-m", "sgdnet_jax.main")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The launcher every array task trains through, and its interface: `bash LAUNCHER CONFIG WORKDIR
+# [--config.x=y ...]` trains one run with srun inside the current allocation, and the launcher's
+# `#SBATCH` lines describe the allocation of one run (the array script copies them).
+LAUNCHER = "launch/slurm_gpu.sbatch"
+# Options the array script sets itself instead of copying them from the launcher.
+OWN_SBATCH_OPTIONS = ("--job-name", "--output", "--error", "--array")
+INTERRUPTED_EXIT = 128 + signal.SIGTERM
+
+
+class SweepInterrupted(Exception):
+  """SIGTERM or SIGINT outside a training loop (which saves a checkpoint itself)."""
+
+
+def workdir(root: str, run: config_utils.SweepRun) -> str:
+  return os.path.join(root, run.name)
+
+
+def commands(run: config_utils.SweepRun, directory: str) -> list[list[str]]:
+  """The train command and one evaluate command per split of `run.config.eval_splits`."""
+  config_args = ["--config", run.spec, "--workdir", directory]
+  train = [*PROGRAM, "train", *config_args, *run.overrides]
+  return [train] + [
+    [*PROGRAM, "evaluate", *config_args, "--split", split, *run.overrides]
+    for split in run.config.eval_splits
+  ]
+
+
+def print_lines(runs: Sequence[config_utils.SweepRun], root: str) -> list[str]:
+  """One line per run: its workdir, then its commands joined by `&&`."""
+  return [
+    f"{workdir(root, run)}\t"
+    + " && ".join(shlex.join(c) for c in commands(run, workdir(root, run)))
+    for run in runs
+  ]
+
+
+# --- Local -----------------------------------------------------------------------------------
+
+
+def _as_recorded(config) -> dict[str, Any]:
+  """The config as `train` writes it to config.json (image size resolved, JSON types)."""
+  config = config.copy_and_resolve_references()
+  config.data.image_size = pipeline.image_size(config.data)
+  return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+def _first_difference(recorded: Any, expected: Any, path: str = "") -> str | None:
+  if isinstance(recorded, dict) and isinstance(expected, dict):
+    for key in sorted(set(recorded) | set(expected)):
+      where = f"{path}.{key}" if path else key
+      if key not in recorded or key not in expected:
+        return f"{where} is only in {'the sweep' if key in expected else 'config.json'}"
+      found = _first_difference(recorded[key], expected[key], where)
+      if found:
+        return found
+    return None
+  return None if recorded == expected else f"{path}: {recorded!r} there, {expected!r} here"
+
+
+def _trained_steps(directory: str) -> int | None:
+  """The step of the latest finished checkpoint (Orbax names a finished step folder `<step>`)."""
+  checkpoints = os.path.join(directory, variables_io.LATEST_DIR)
+  if not os.path.isdir(checkpoints):
+    return None
+  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+  return max(steps) if steps else None
+
+
+def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None) -> bool:
+  """Evaluations written, config.json equal to the sweep's, training at its last step."""
+  splits = run.config.eval_splits
+  if not all(os.path.exists(os.path.join(directory, "eval", f"{s}.json")) for s in splits):
+    return False
+  if recorded != _as_recorded(run.config):
+    return False
+  _, total_steps = loop.schedule_length(run.config)
+  steps = _trained_steps(directory)
+  return steps is not None and steps >= total_steps
+
+
+def _run_one(run: config_utils.SweepRun, directory: str) -> str:
+  """Trains and evaluates one run unless it is finished; returns its status."""
+  recorded = variables_io.load_config_dict(directory)
+  if recorded is not None:
+    difference = _first_difference(recorded, _as_recorded(run.config))
+    if difference:
+      raise errors.UserError(
+        f"{directory}/config.json differs from this sweep's config ({difference}); remove"
+        " that workdir or choose another --root"
+      )
+  if _finished(run, directory, recorded):
+    return "skipped"
+  outcome = loop.train_and_evaluate(run.config.copy_and_resolve_references(), directory)
+  if outcome["preempted"]:
+    return "interrupted"
+  for split in run.config.eval_splits:
+    evaluate.evaluate(run.config.copy_and_resolve_references(), directory, split)
+  return "done"
+
+
+def _one_line(error: BaseException) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _write_json(path: str, record: dict[str, Any]):
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise SweepInterrupted(signal.Signals(signum).name)
+
+
+def run_local(
+  runs: Sequence[config_utils.SweepRun], root: str, spec: str = "", overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+  """Runs the sweep here, one run after another; writes and returns R/sweep.json.
+
+  Each run's status: done, skipped (finished before), failed (with the one-line error; the sweep
+  goes on) or interrupted (SIGTERM/SIGINT: the run saved what it could and the sweep stops; the
+  same call resumes it). Runs not reached stay pending.
+  """
+  os.makedirs(root, exist_ok=True)
+  status_path = os.path.join(root, STATUS_FILE)
+  record = {
+    "config": spec,
+    "overrides": list(overrides),
+    "root": os.path.abspath(root),
+    "runs": [
+      {"name": run.name, "workdir": workdir(root, run), "status": "pending", "error": None}
+      for run in runs
+    ],
+  }
+  previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+  try:
+    for run, entry in zip(runs, record["runs"]):
+      entry["status"] = "running"
+      _write_json(status_path, record)
+      start = time.time()
+      try:
+        entry["status"] = _run_one(run, entry["workdir"])
+      except (SweepInterrupted, KeyboardInterrupt):
+        entry["status"] = "interrupted"
+      except Exception as error:  # A failed run is recorded; the sweep goes on.
+        logging.exception("run %s failed", run.name)
+        entry["status"], entry["error"] = "failed", _one_line(error)
+      entry["seconds"] = round(time.time() - start, 1)
+      _write_json(status_path, record)
+      logging.info("run %s: %s", run.name, entry["status"])
+      if entry["status"] == "interrupted":
+        break
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  return record
+
+
+# --- SLURM -----------------------------------------------------------------------------------
+
+
+def _launcher_sbatch_lines(launcher: pathlib.Path) -> list[str]:
+  """The launcher's `#SBATCH` lines (one run's allocation), without the options set here."""
+  lines = []
+  for line in launcher.read_text().splitlines():
+    if line.startswith("#SBATCH"):
+      option = line.split()[1].split("=")[0] if len(line.split()) > 1 else ""
+      if option not in OWN_SBATCH_OPTIONS:
+        lines.append(line)
+  return lines
+
+
+def _bash_array(values: Sequence[str]) -> str:
+  return "(" + " ".join(shlex.quote(v) for v in values) + ")"
+
+
+def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "") -> str:
+  """The job array: task i trains run i through the launcher, then evaluates its splits."""
+  root = os.path.abspath(root)
+  launcher = REPO / LAUNCHER
+  if not launcher.is_file():
+    raise errors.UserError(f"the SLURM launcher {launcher} is missing; restore {LAUNCHER}")
+  cases = []
+  for index, run in enumerate(runs):
+    path, _, arg = run.spec.partition(":")
+    config = os.path.abspath(path) + (f":{arg}" if arg else "")
+    cases += [
+      f"  {index})",
+      f"    workdir={shlex.quote(workdir(root, run))}",
+      f"    config={shlex.quote(config)}",
+      f"    overrides={_bash_array(run.overrides)}",
+      f"    splits={_bash_array(run.config.eval_splits)}",
+      "    ;;",
+    ]
+  header = [
+    "#!/usr/bin/env bash",
+    f"# Sweep {spec}: {len(runs)} runs, one SLURM array task each (written by"
+    " `python -m sgdnet_jax.main sweep --slurm`).",
+    f"# Submit from {REPO}: sbatch [options] {shlex.quote(os.path.join(root, SCRIPT_FILE))}",
+    "# Task i trains run i with the launcher (`bash LAUNCHER CONFIG WORKDIR [--config.x=y ...]`,",
+    "# srun in this allocation; the allocation lines below are the launcher's), then evaluates",
+    "# each split in this batch step. Resubmitting resumes unfinished runs from their checkpoints.",
+    "#SBATCH --job-name=sgdnet_sweep",
+    f"#SBATCH --array=0-{len(runs) - 1}",
+    f"#SBATCH --output={os.path.join(root, 'slurm', '%x-%A_%a.out')}",
+    *_launcher_sbatch_lines(launcher),
+  ]
+  body = [
+    "set -euo pipefail",
+    f"cd {shlex.quote(str(REPO))}",
+    "python=${PYTHON:-.venv/bin/python}",
+    'case "$SLURM_ARRAY_TASK_ID" in',
+    *cases,
+    "  *)",
+    f'    echo "task $SLURM_ARRAY_TASK_ID: this sweep has runs 0-{len(runs) - 1}" >&2',
+    "    exit 2",
+    "    ;;",
+    "esac",
+    'echo "run $SLURM_ARRAY_TASK_ID: $workdir"',
+    f'bash {LAUNCHER} "$config" "$workdir" ${{overrides[@]+"${{overrides[@]}}"}}',
+    'for split in "${splits[@]}"; do',
+    '  "$python" -m sgdnet_jax.main evaluate --config "$config" --workdir "$workdir"'
+    ' --split "$split" \\',
+    '    ${overrides[@]+"${overrides[@]}"} --config.distributed=off',
+    "done",
+  ]
+  return "\n".join(header + [""] + body) + "\n"
+
+
+def write_slurm(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "") -> str:
+  """Writes R/sweep.sbatch (and R/slurm/ for the task logs); returns its path."""
+  os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+  path = os.path.join(root, SCRIPT_FILE)
+  with open(path, "w") as f:
+    f.write(slurm_script(runs, root, spec))
+  os.chmod(path, 0o755)
+  return path
+
+
+def submit(script: str, sbatch_args: Sequence[str] = ()) -> str:
+  """`sbatch [sbatch_args] script` from the repository root; returns what sbatch printed."""
+  command = ["sbatch", *sbatch_args, os.path.abspath(script)]
+  try:
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  except FileNotFoundError:
+    raise errors.UserError(
+      f"sbatch is not on PATH; submit {script} on the cluster: cd {REPO} && {shlex.join(command)}"
+    ) from None
+  if result.returncode != 0:
+    lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+    raise errors.UserError(f"{shlex.join(command)} failed ({result.returncode}): {lines[-1]}")
+  return result.stdout.strip()
+
+
+def interrupted(record: dict[str, Any]) -> bool:
+  return any(entry["status"] == "interrupted" for entry in record["runs"])
+
+
+def counts(record: dict[str, Any]) -> str:
+  by_status: dict[str, int] = {}
+  for entry in record["runs"]:
+    by_status[entry["status"]] = by_status.get(entry["status"], 0) + 1
+  return ", ".join(f"{n} {status}" for status, n in by_status.items())

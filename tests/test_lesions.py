@@ -1,0 +1,240 @@
+"""Functional lesions (docs/ablations.md): each equals a network built without the component.
+
+The lesioned SGD-Net is compared with the variant that lacks the component, given the trained
+parameters mapped onto it (shared ones copied, a 1x1 conv that also fed the removed branch sliced,
+a bias folded); `guidance=shuffle`, which no network reproduces, against a forward pass assembled
+by hand. Then `ablate` end to end on a tiny dataset.
+"""
+
+import json
+import pathlib
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from sgdnet_jax import ablate, config_utils, errors, evaluate, models, variables_io
+from sgdnet_jax.models import lesions, sge
+from tests import train_helpers
+
+BATCH = 3
+SIZE = 32
+SKIPS = ("x1", "x2", "x3")
+# float32 rounding of a reordered reduction, relative to the logits' scale: the sliced or
+# re-biased 1x1 convolutions sum the same products in a possibly different order; the difference
+# then passes through the decoder's convolutions (reductions of up to 9 * 64 terms).
+RELATIVE_TOLERANCE = 9 * 64 * np.finfo(np.float32).eps
+
+
+def model_config(variant: str, lesion_names=(), **fields):
+  """The tiny model of `variant`; layer scales 1 so that the SGDC branches weigh in the output."""
+  config = common.tiny_model_config(variant, 1)
+  config.trans_patch_sizes = (8, 4, 2, 1)
+  config.sgdc.layer_scale_init = 1.0
+  config.lesions = tuple(lesion_names)
+  for dotted, value in fields.items():
+    config_utils.set_path(config, dotted, value)
+  return config
+
+
+@pytest.fixture(scope="module")
+def images():
+  return jax.random.normal(jax.random.PRNGKey(1), (BATCH, SIZE, SIZE, 3), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def sgdnet_variables(images):
+  network = models.build(model_config("sgdnet"))
+  variables = jax.jit(lambda key: network.init(key, images, train=False))(jax.random.PRNGKey(0))
+  return copied(variables)
+
+
+def outputs(config, variables, images) -> np.ndarray:
+  """o1, o2, o3 logits stacked (3, B, H, W, 1)."""
+  network = models.build(config)
+  apply = jax.jit(lambda v, x: network.apply(v, x, train=False))
+  result = apply(variables, images)
+  return np.stack([np.asarray(result[k]) for k in ("o1", "o2", "o3")])
+
+
+def assert_same_network(lesioned, reference):
+  scale = np.abs(reference).max()
+  np.testing.assert_allclose(lesioned, reference, rtol=0, atol=RELATIVE_TOLERANCE * scale)
+
+
+def assert_fits(config, variables, images):
+  """`variables` have exactly the tree and shapes `config`'s network initialises."""
+  network = models.build(config)
+  expected = jax.eval_shape(lambda k: network.init(k, images, train=False), jax.random.key(0))
+  shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+  assert shapes(flax.core.unfreeze(expected)) == shapes(variables)
+
+
+def copied(variables) -> dict:
+  """A deep copy of a variables tree as nested dicts of numpy arrays (free to edit)."""
+  return jax.tree_util.tree_map(np.array, flax.core.unfreeze(variables))
+
+
+def mapped(variables, edit) -> dict:
+  """A copy of `variables` with `edit(block_params, channels)` applied to each SGDC block."""
+  copy = copied(variables)
+  for name in SKIPS:
+    block = copy["params"]["sgdc"][name]
+    edit(block, block["ls1"].shape[0])
+  return copy
+
+
+def test_which_lesions_act_on_which_variant():
+  every = set(lesions.LESIONS)
+  guidance = {lesions.GUIDANCE_ZERO, lesions.GUIDANCE_SHUFFLE}
+  sgdc = {lesions.SGDC_DYNAMIC_OFF, lesions.SGDC_LOCAL_OFF, lesions.SGDC_IDENTITY}
+  expected = {
+    "sgdnet": guidance | sgdc,
+    "sgdc_paper_eq": guidance | sgdc,
+    "cto": {lesions.EDGE_OFF},
+    "baseline": set(),
+    "sge_add": guidance,
+    "sge_contmix": guidance,
+    "sgdc_self_guidance": sgdc,
+    "sgdc_no_local": guidance | sgdc - {lesions.SGDC_LOCAL_OFF},
+    "sgdc_no_dynamic": guidance | sgdc - {lesions.SGDC_DYNAMIC_OFF},
+  }
+  for variant, acting in expected.items():
+    assert set(lesions.applicable(model_config(variant))) == acting, variant
+    for lesion in every - acting:  # refused with the reason, never a silent no-op
+      with pytest.raises(errors.ConfigError, match=f"{lesion} does not apply to variant"):
+        models.build(model_config(variant, (lesion,)))
+  with pytest.raises(errors.ConfigError, match="unknown lesion 'sgdc=off'"):
+    models.build(model_config("sgdnet", ("sgdc=off",)))
+
+
+def test_shuffle_is_one_seeded_cycle_through_the_batch():
+  for batch in range(2, 9):
+    sources = lesions.shuffle_sources(batch)
+    assert sorted(sources) == list(range(batch))
+    assert not np.any(sources == np.arange(batch)), "an image kept its own guidance"
+    order, seen = [0], {0}
+    while sources[order[-1]] not in seen:  # following the sources visits every image once
+      seen.add(int(sources[order[-1]]))
+      order.append(int(sources[order[-1]]))
+    assert len(order) == batch
+    np.testing.assert_array_equal(sources, lesions.shuffle_sources(batch))
+
+
+def test_sgdc_dynamic_off_is_the_network_without_dynamic_branch(sgdnet_variables, images):
+  def drop_dynamic(block, channels):  # attn = [gate1 | gate2 | kernel logits]; keep gate1
+    block["attn"]["kernel"] = block["attn"]["kernel"][..., :channels]
+    block["attn"]["bias"] = block["attn"]["bias"][:channels]
+    del block["norm1"]  # LN(x) fed only the dynamic branch (official form)
+
+  reference_config = model_config("sgdc_no_dynamic")
+  variables = mapped(sgdnet_variables, drop_dynamic)
+  assert_fits(reference_config, variables, images)
+  lesioned = outputs(model_config("sgdnet", [lesions.SGDC_DYNAMIC_OFF]), sgdnet_variables, images)
+  assert_same_network(lesioned, outputs(reference_config, variables, images))
+
+
+def test_sgdc_local_off_is_the_network_without_local_branch(sgdnet_variables, images):
+  def drop_local(block, channels):  # keep gate2 and the kernel logits
+    block["attn"]["kernel"] = block["attn"]["kernel"][..., channels:]
+    block["attn"]["bias"] = block["attn"]["bias"][channels:]
+    del block["dwconv"]
+
+  reference_config = model_config("sgdc_no_local")
+  variables = mapped(sgdnet_variables, drop_local)
+  assert_fits(reference_config, variables, images)
+  lesioned = outputs(model_config("sgdnet", [lesions.SGDC_LOCAL_OFF]), sgdnet_variables, images)
+  assert_same_network(lesioned, outputs(reference_config, variables, images))
+
+
+def test_sgdc_identity_is_the_network_without_skip_fusion(sgdnet_variables, images):
+  reference_config = model_config("sgdnet", skip_fusion="none")
+  variables = copied(sgdnet_variables)
+  del variables["params"]["sgdc"]
+  assert_fits(reference_config, variables, images)
+  lesioned = outputs(model_config("sgdnet", [lesions.SGDC_IDENTITY]), sgdnet_variables, images)
+  np.testing.assert_array_equal(lesioned, outputs(reference_config, variables, images))
+
+
+def test_guidance_zero_is_self_guidance_with_the_projection_bias_folded(sgdnet_variables, images):
+  def fold_projection(block, channels):  # attn(x + b) = W x + (W b + c)
+    bias = block.pop("proj_guidance")["bias"]
+    kernel = block["attn"]["kernel"][0, 0]
+    block["attn"]["bias"] = block["attn"]["bias"] + bias @ kernel
+
+  reference_config = model_config("sgdc_self_guidance")
+  variables = mapped(sgdnet_variables, fold_projection)
+  assert_fits(reference_config, variables, images)
+  lesioned = outputs(model_config("sgdnet", [lesions.GUIDANCE_ZERO]), sgdnet_variables, images)
+  assert_same_network(lesioned, outputs(reference_config, variables, images))
+  intact = outputs(model_config("sgdnet"), sgdnet_variables, images)
+  assert np.abs(lesioned - intact).max() > 1e3 * RELATIVE_TOLERANCE * np.abs(intact).max()
+
+
+def test_guidance_shuffle_is_the_intact_network_fed_permuted_guidance(sgdnet_variables, images):
+  # No parameters make an image's skips read another image's guidance, so the reference puts
+  # the intact guidance maps, permuted as defined, in place of the SGE's output.
+  intact = models.build(model_config("sgdnet"))
+  guidance = intact.apply(sgdnet_variables, images, train=False)["aux"]["guidance"]
+  permuted = guidance[lesions.shuffle_sources(BATCH)]
+
+  def swap_guidance(method, args, kwargs, context):
+    result = method(*args, **kwargs)
+    if isinstance(context.module, sge.StructureGuidanceExtractor):
+      return {**result, "guidance": permuted}
+    return result
+
+  with nn.intercept_methods(swap_guidance):
+    by_hand = intact.apply(sgdnet_variables, images, train=False)
+  lesioned = models.build(model_config("sgdnet", [lesions.GUIDANCE_SHUFFLE]))
+  result = lesioned.apply(sgdnet_variables, images, train=False)
+  for key in ("o1", "o2", "o3"):
+    np.testing.assert_array_equal(np.asarray(result[key]), np.asarray(by_hand[key]))
+  assert not np.array_equal(
+    np.asarray(result["o1"]), np.asarray(intact.apply(sgdnet_variables, images, train=False)["o1"])
+  )
+
+
+def test_edge_off_is_the_baseline_network(images):
+  cto = models.build(model_config("cto"))
+  variables = jax.jit(lambda key: cto.init(key, images, train=False))(jax.random.PRNGKey(2))
+  reference_config = model_config("baseline")
+  stripped = copied(variables)
+  for collection in ("params", "batch_stats"):
+    del stripped[collection]["eam"]
+  assert_fits(reference_config, stripped, images)
+  lesioned = outputs(model_config("cto", [lesions.EDGE_OFF]), variables, images)
+  np.testing.assert_array_equal(lesioned, outputs(reference_config, stripped, images))
+
+
+def test_ablate_writes_the_report_with_the_intact_evaluation_as_plain_evaluate(tmp_path):
+  data_dir = train_helpers.tiny_dataset(tmp_path / "data")
+  config = config_utils.load_config(
+    "configs/test.py:variant=cto", train_helpers.overrides(data_dir, eval_batch_size=4)
+  )
+  network = models.build(config.model)
+  shape = (1, train_helpers.IMAGE_SIZE, train_helpers.IMAGE_SIZE, 3)
+  variables = jax.jit(lambda k: network.init(k, jnp.zeros(shape), train=False))(jax.random.key(3))
+  workdir = str(tmp_path / "converted")
+  variables_io.save_variables(workdir, variables, config.to_dict())
+
+  summary = ablate.ablate(config, workdir, "test", ablate.parse_lesions("edge=off"))
+  plain = tmp_path / "plain"
+  evaluate.evaluate(config, workdir, "test", out_dir=str(plain))
+  ablated = pathlib.Path(workdir, "ablate")
+  for name in ("test.json", "test_cases.csv"):  # the intact evaluation is the plain one
+    assert (plain / name).read_bytes() == (ablated / "intact/fold0/eval" / name).read_bytes()
+  assert (ablated / "edge=off/fold0/eval/test_cases.csv").is_file()
+  written = json.loads((ablated / "test.json").read_text())
+  assert written["lesions"] == {"edge=off": [lesions.LESIONS["edge=off"]]}
+  assert set(written["values"]) == {"intact", "edge=off"} == set(summary["values"])
+  table = (ablated / "test/report.md").read_text()
+  assert "baseline `intact`" in table and "| edge=off |" in table
+  for metric in ("dice", "hd95"):
+    assert (ablated / f"test/report_{metric}.png").is_file()
+  with pytest.raises(errors.ConfigError, match="guidance=zero does not apply to variant 'cto'"):
+    ablate.ablate(config, workdir, "test", ablate.parse_lesions("guidance=zero"))

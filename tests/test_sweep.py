@@ -1,0 +1,187 @@
+"""Sweeps: the tiny sweep (2 variants x 2 folds) printed, written as a SLURM array, and run here,
+interrupted by SIGTERM in its third run and resumed; plus the sweeps of the experiment configs."""
+
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sgdnet_jax import config_utils, main, sweep
+from tests import train_helpers
+
+SPEC = "configs/test.py:sweep=tiny"
+RUN_NAMES = ["baseline/fold0", "baseline/fold1", "cto/fold0", "cto/fold1"]
+PROTOCOL = "two_fold"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+  """The tiny synthetic dataset with a two-fold protocol (the test splits swap with train)."""
+  directory = train_helpers.tiny_dataset(tmp_path_factory.mktemp("data"))
+  splits = pathlib.Path(directory, "splits")
+  seeded = json.loads((splits / "seeded_712.json").read_text())["folds"][0]
+  test = len(seeded["test"])
+  swapped = {
+    "train": seeded["train"][test:] + seeded["test"],
+    "val": seeded["val"],
+    "test": seeded["train"][:test],
+  }
+  protocol = {"name": PROTOCOL, "dataset": "synthetic", "description": "tests", "seed": None}
+  protocol["folds"] = [seeded, swapped]
+  (splits / f"{PROTOCOL}.json").write_text(json.dumps(protocol))
+  return directory
+
+
+def sweep_overrides(data_dir: str) -> list[str]:
+  return train_helpers.overrides(
+    data_dir, total_steps=1, eval_every_epochs=0, **{"data.protocol": PROTOCOL}
+  )
+
+
+def test_experiment_sweeps_name_their_runs():
+  expected = {
+    "configs/isic2018.py:sweep=table4": (20, "sge_contmix/fold4"),
+    "configs/isic2018.py:sweep=table5": (20, "sgdc_no_dynamic/fold3"),
+    "configs/isic2018.py:sweep=main": (10, "cto/fold0"),
+    "configs/isic2018.py:sweep=seeds": (3, "sgdnet/fold0/seed2"),
+    "configs/isic2016_ph2.py:sweep=main": (2, "sgdnet/fold0"),
+    "configs/conic.py:sweep=main": (2, "cto/fold0"),
+  }
+  for spec, (count, name) in expected.items():
+    runs = config_utils.load_sweep(spec)
+    assert len(runs) == count and name in [run.name for run in runs], spec
+  ph2 = config_utils.load_sweep("configs/isic2016_ph2.py:sweep=main")[0]
+  assert tuple(ph2.config.eval_splits) == ("ph2", "test")
+  # A run is the command line that rebuilds its config, preset included.
+  run = config_utils.load_sweep("configs/isic2018.py:sweep=table5,num_classes=2")[5]
+  assert run.spec == "configs/isic2018.py:num_classes=2,variant=sgdc_no_local,fold=0"
+  assert run.config.model.sgdc.local_branch is False and run.config.model.num_classes == 2
+  assert config_utils.load_config(run.spec, run.overrides) == run.config
+
+
+def test_print_gives_each_runs_workdir_and_commands(data_dir, tmp_path, capsys):
+  root = str(tmp_path / "R")
+  overrides = sweep_overrides(data_dir)
+  assert main.main(["sweep", "--config", SPEC, "--root", root, "--print", *overrides]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4
+  for line, name in zip(lines, RUN_NAMES):
+    workdir, commands = line.split("\t")
+    assert workdir == os.path.join(root, name)
+    train, evaluate = [shlex.split(c) for c in commands.split(" && ")]
+    variant, fold = name.split("/")
+    spec = f"configs/test.py:variant={variant}"
+    assert train == [
+      "python", "-m", "sgdnet_jax.main", "train", "--config", spec, "--workdir", workdir,
+      f"--config.data.fold={fold[4:]}", *overrides,
+    ]  # fmt: skip
+    assert evaluate == [*train[:3], "evaluate", *train[4:8], "--split", "test", *train[8:]]
+    config = config_utils.load_config(spec, train[8:])
+    assert (config.model.variant, config.data.fold) == (variant, int(fold[4:]))
+
+
+def test_slurm_array_trains_each_run_through_the_launcher(data_dir, tmp_path, capsys):
+  root = tmp_path / "R"
+  stubs = tmp_path / "bin"
+  stubs.mkdir()
+  calls = tmp_path / "calls.txt"
+  for name in ("sbatch", "srun", "python"):  # each records its arguments, one call per line
+    stub = stubs / name
+    stub.write_text(
+      f"#!/bin/bash\n{{ printf '%s' {name}; printf ' %q' \"$@\"; echo; }} >> {calls}\n"
+      "echo 'Submitted batch job 42'\n"
+    )
+    stub.chmod(0o755)
+  env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "PYTHON": str(stubs / "python")}
+  overrides = sweep_overrides(data_dir)
+  argv = ["sweep", "--config", SPEC, "--root", str(root), "--slurm", "--submit"]
+  argv += ["--sbatch-args", "--partition=gpu --time=1:00:00", *overrides]
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("PATH", env["PATH"])
+    assert main.main(argv) == 0
+  assert "Submitted batch job 42" in capsys.readouterr().out
+  script = root / "sweep.sbatch"
+  assert calls.read_text().splitlines() == [f"sbatch --partition=gpu --time=1:00:00 {script}"]
+  text = script.read_text()
+  assert "#SBATCH --array=0-3" in text and f"#SBATCH --output={root}/slurm/" in text
+  launcher = (train_helpers.REPO / sweep.LAUNCHER).read_text().splitlines()
+  for line in launcher:  # one run's allocation is the launcher's
+    if line.startswith("#SBATCH") and not line.split()[1].startswith(sweep.OWN_SBATCH_OPTIONS):
+      assert line in text
+  assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+  # Task 2 (cto, fold 0) with srun and python stubbed: the launcher's train, then evaluate.
+  calls.unlink()
+  slurm = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_SUBMIT_DIR": str(train_helpers.REPO)}
+  result = subprocess.run(["bash", str(script)], env={**env, **slurm}, capture_output=True)
+  assert result.returncode == 0, result.stderr.decode()[-2000:]
+  srun, evaluate = calls.read_text().splitlines()
+  workdir = str(root / "cto" / "fold0")
+  config = f"{train_helpers.REPO}/configs/test.py:variant=cto"
+  srun_args = shlex.split(srun)
+  assert srun_args[0] == "srun" and "train" in srun_args
+  after = srun_args[srun_args.index("train") + 1 :]
+  for option, value in (("--config", config), ("--workdir", workdir)):
+    assert after[after.index(option) + 1] == value
+  assert all(item in after for item in ["--config.data.fold=0", *overrides])
+  assert shlex.split(evaluate) == [
+    "python", "-m", "sgdnet_jax.main", "evaluate", "--config", config, "--workdir", workdir,
+    "--split", "test", "--config.data.fold=0", *overrides, "--config.distributed=off",
+  ]  # fmt: skip
+
+
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+  root = tmp_path / "R"
+  missing = str(tmp_path / "no_data")
+  argv = ["sweep", "--config", SPEC, "--root", str(root), "--local", f"--config.data.dir={missing}"]
+  assert main.main(argv) == 1
+  record = json.loads((root / "sweep.json").read_text())
+  assert [entry["name"] for entry in record["runs"]] == RUN_NAMES
+  for entry in record["runs"]:
+    assert entry["status"] == "failed" and missing in entry["error"], entry
+    assert "\n" not in entry["error"]
+  assert "4 failed" in capsys.readouterr().out
+
+
+def _mtimes(root: pathlib.Path, name: str) -> dict[str, int]:
+  paths = [root / name / "config.json", root / name / "eval" / "test.json"]
+  return {str(path): path.stat().st_mtime_ns for path in paths}
+
+
+def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(data_dir, tmp_path):
+  root = tmp_path / "R"
+  argv = ["sweep", "--config", SPEC, "--root", str(root), "--local", *sweep_overrides(data_dir)]
+  process = subprocess.Popen(
+    [sys.executable, "-m", "sgdnet_jax.main", *argv],
+    cwd=train_helpers.REPO,
+    env=train_helpers.subprocess_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  third = root / RUN_NAMES[2] / "config.json"
+  deadline = time.time() + 600
+  while time.time() < deadline and process.poll() is None and not third.exists():
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=600)
+  assert process.returncode == sweep.INTERRUPTED_EXIT, output[-3000:]
+  record = json.loads((root / "sweep.json").read_text())
+  statuses = [entry["status"] for entry in record["runs"]]
+  assert statuses == ["done", "done", "interrupted", "pending"], output[-3000:]
+  finished = {name: _mtimes(root, name) for name in RUN_NAMES[:2]}
+
+  assert main.main(argv) == 0
+  record = json.loads((root / "sweep.json").read_text())
+  assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped", "done", "done"]
+  for name, mtimes in finished.items():  # neither trained nor evaluated again
+    assert _mtimes(root, name) == mtimes
+  for name in RUN_NAMES[2:]:
+    result = json.loads((root / name / "eval" / "test.json").read_text())
+    assert result["n_total"] == 6 and 0.0 <= result["dice"] <= 1.0
