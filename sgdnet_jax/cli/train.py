@@ -1,4 +1,8 @@
-"""`train --config configs/<exp>.py[:args] --workdir W [--config.x=y ...]`: train, resuming W."""
+"""`train --config configs/<exp>.py[:args] --workdir W [--config.x=y ...]`: train, resuming W.
+
+SIGTERM or Ctrl-C save a checkpoint after the current step and exit 0 (a second Ctrl-C aborts at
+once, keeping the last saved checkpoint); the same command resumes.
+"""
 
 import json
 import logging
@@ -18,4 +22,9 @@ def main(argv) -> int:
 
   summary = loop.train_and_evaluate(config, args.workdir)
   print(json.dumps(summary))
+  if summary["stopped_by"]:
+    print(
+      f"stopped by {summary['stopped_by']} at step {summary['step']} of "
+      f"{summary['total_steps']} with a checkpoint; run the same command again to resume"
+    )
   return 0
