@@ -187,7 +187,12 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
     value = tuple(value)
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
-  target[leaf] = value
+  try:
+    target[leaf] = value
+  except TypeError:  # ml_collections keeps each field's type
+    raise errors.ConfigError(
+      f"--config.{dotted}={value!r}: expected {type(current).__name__} (the default is {current!r})"
+    ) from None
 
 
 def save_config(config: ml_collections.ConfigDict, path: str):

@@ -159,3 +159,20 @@ class CompiledOnAllProcesses:
       self._compiled = self._jitted.lower(*args).compile()
       barrier(f"compiled:{self._name}")
     return self._compiled(*args)
+
+
+def from_process0(name: str, value: str, timeout_s: float = 600.0) -> str:
+  """Process 0's `value` on every process, through the coordination service (no collective).
+
+  Lets the other processes learn the outcome of a step only process 0 takes (the workdir lock),
+  instead of waiting for it at the next barrier.
+  """
+  if jax.process_count() == 1:
+    return value
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
+  client = jax_distributed.global_state.client
+  if jax.process_index() == 0:
+    client.key_value_set(name, value)
+    return value
+  return client.blocking_key_value_get(name, int(timeout_s * 1000))

@@ -3,7 +3,8 @@
 Every command lives in `sgdnet_jax/cli/<command>.py` and is imported only when it runs, so that
 `config` does not pay for JAX and `prepare` does not pay for the model. A mistake the user can
 fix (`errors.UserError`, a missing or unwritable path) prints one line and exits 2; `--debug`
-shows its traceback. Anything else is a bug and keeps its traceback.
+shows its traceback. Ctrl-C that reaches here prints one line and exits 130. Anything else is a
+bug and keeps its traceback.
 """
 
 import importlib
@@ -54,6 +55,11 @@ def main(argv=None) -> int:
       raise
     print(f"error: {_one_line(error)}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f"error: interrupted; {argv[0]} stopped without finishing", file=sys.stderr)
+    return 130
 
 
 def _one_line(error: BaseException) -> str:

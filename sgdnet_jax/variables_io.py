@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sgdnet_jax import errors
+
 VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
 # A training workdir's checkpoint folders (written by `train.checkpointing`).
@@ -45,6 +47,11 @@ def load_variables(directory: str) -> dict[str, Any]:
 
   A training workdir gives its best checkpoint by validation Dice, else its latest one.
   """
+  if not os.path.isdir(directory):
+    raise errors.UserError(
+      f"{directory} does not exist or is not a folder; pass a training workdir or the --out "
+      f"folder of `convert`"
+    )
   target = os.path.join(os.path.abspath(directory), VARIABLES_SUBDIR)
   if os.path.isdir(target):
     restored = dict(ocp.StandardCheckpointer().restore(target))
@@ -52,9 +59,10 @@ def load_variables(directory: str) -> dict[str, Any]:
     try:
       restored = restore_workdir_variables(directory)
     except FileNotFoundError:
-      raise FileNotFoundError(
-        f"{directory}: neither a '{VARIABLES_SUBDIR}/' checkpoint (the --out directory of "
-        f"`convert`) nor a training workdir with checkpoints"
+      raise errors.UserError(
+        f"{directory} holds no model variables: neither a '{VARIABLES_SUBDIR}/' checkpoint (the "
+        f"--out folder of `convert`) nor a training workdir with checkpoints; train first or "
+        f"pass another folder"
       ) from None
   return jax.tree_util.tree_map(np.asarray, restored)
 

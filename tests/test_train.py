@@ -180,6 +180,8 @@ def test_sigterm_saves_a_checkpoint_and_the_run_continues_exactly(
   assert process.returncode == 0, output[-3000:]
   saved = checkpointing.WorkdirCheckpoints(str(workdir)).latest_step()
   assert saved is not None and 2 <= saved < 6
+  assert f"stopped by SIGTERM at step {saved} of 6 with a checkpoint; run the same" in output
+  assert not (workdir / "train.lock").exists()
   train_helpers.run(command, env)
   assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference)
 

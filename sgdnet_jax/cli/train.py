@@ -1,4 +1,8 @@
-"""`train --config configs/<exp>.py[:args] --workdir W [--config.x=y ...]`: train, resuming W."""
+"""`train --config configs/<exp>.py[:args] --workdir W [--config.x=y ...]`: train, resuming W.
+
+SIGTERM or Ctrl-C save a checkpoint after the current step and exit 0 (a second Ctrl-C aborts at
+once, keeping the last saved checkpoint); the same command resumes.
+"""
 
 import json
 import logging
@@ -18,4 +22,9 @@ def main(argv) -> int:
 
   outcome = loop.train_and_evaluate(config, args.workdir)
   print(json.dumps(outcome))
+  if outcome["stopped_by"]:
+    print(
+      f"stopped by {outcome['stopped_by']} at step {outcome['step']} of "
+      f"{outcome['total_steps']} with a checkpoint; run the same command again to resume"
+    )
   return 0

@@ -61,7 +61,10 @@ def image_size(data_config: ml_collections.ConfigDict) -> int:
 
 def _open(data_config: ml_collections.ConfigDict, directory: str) -> dataset_lib.PreparedDataset:
   if not directory:
-    raise ValueError("data.dir is empty: expected a prepared dataset folder (see `prepare`)")
+    raise errors.ConfigError(
+      "config.data.dir is empty: give the prepared dataset folder (--config.data.dir, see "
+      "`prepare`)"
+    )
   dataset = dataset_lib.PreparedDataset(directory)
   expected = image_size(data_config)
   if dataset.image_size != expected:

@@ -4,15 +4,22 @@
   W/best/<step>/         variables ({'params', 'batch_stats'}) of the best validation Dice
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
-crash mid-save leaves the previous checkpoint intact.
+crash mid-save leaves the previous checkpoint intact. A checkpoint damaged later (a truncated
+file, a lost `_METADATA`) is moved aside to `checkpoints/<step>.corrupt` at the next resume, which
+continues from the newest intact one.
 """
 
+import logging
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
+from sgdnet_jax import distributed
 from sgdnet_jax.variables_io import BEST_DIR, LATEST_DIR
+
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class WorkdirCheckpoints:
@@ -49,18 +56,51 @@ class WorkdirCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def restore(self, abstract_state):
-    """(state, data_state, meta) of the latest checkpoint, placed as `abstract_state` says."""
-    step = self.latest.latest_step()
-    restored = self.latest.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore(),
-      ),
-    )
-    return restored["state"], restored["data"], restored["meta"]
+  def restore_newest_intact(self, abstract_state) -> tuple | None:
+    """(state, data_state, meta) of the newest checkpoint that restores, placed as
+    `abstract_state` says; None when none does.
+
+    A checkpoint that cannot be restored (a truncated file, a missing `_METADATA`, any read
+    error) is reported in one line and moved aside to `<step>.corrupt`, out of the manager's
+    view, so that the next save of that step and every later resume skip it.
+    """
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+          ),
+        )
+      except Exception as error:  # Whatever the damage: fall back to the previous step.
+        aside = self._move_aside(step)
+        reason = " ".join(str(error).split())[:300]
+        logging.warning(
+          "checkpoint %d cannot be restored (%s: %s); moved it to %s, trying an older one",
+          step,
+          type(error).__name__,
+          reason,
+          aside,
+        )
+        continue
+      return restored["state"], restored["data"], restored["meta"]
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    """Renames checkpoint `step` to `<step>.corrupt` (process 0); every process forgets it."""
+    source = os.path.join(self.latest.directory, str(step))
+    target = f"{source}{CORRUPT_SUFFIX}"
+    suffix = 1
+    while os.path.exists(target):
+      target = f"{source}{CORRUPT_SUFFIX}-{suffix}"
+      suffix += 1
+    if jax.process_index() == 0:
+      os.rename(source, target)
+    distributed.barrier(f"checkpoint_aside:{step}")
+    self.latest.reload()
+    return target
 
   def wait(self):
     self.latest.wait_until_finished()

@@ -7,11 +7,13 @@ checkpoints; starting again in the same workdir resumes where the last checkpoin
 continues the identical loss sequence.
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -21,8 +23,8 @@ import optax
 
 from sgdnet_jax import (
   compilation_cache,
-  config_utils,
   distributed,
+  errors,
   evaluate,
   metrics,
   models,
@@ -32,6 +34,7 @@ from sgdnet_jax.data import pipeline
 from sgdnet_jax.porting import pretrained
 from sgdnet_jax.train import checkpointing, losses, optimizer, writers
 from sgdnet_jax.train import state as state_lib
+from sgdnet_jax.train import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -142,19 +145,59 @@ def _check_finite(pending, checkpoints, workdir: str):
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
+  """SIGTERM or a first SIGINT: save a checkpoint at the next step boundary and stop.
+
+  A second SIGINT raises KeyboardInterrupt at once, except inside `critical()` (a checkpoint
+  being handed to Orbax), where it waits for the block to end: the last committed checkpoint
+  stays intact either way (Orbax commits a step by renaming its finished folder). Handlers are
+  installed only in the main thread (Python's rule).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signal_name: str | None = None
+    self._abort_pending = False
+    self._in_critical = False
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      if self._in_critical:
+        self._abort_pending = True
+        return
+      raise KeyboardInterrupt
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+      again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
+      logging.warning(
+        "%s received: saving a checkpoint at the end of this step and stopping%s",
+        self.signal_name,
+        again,
+      )
+
+  @contextlib.contextmanager
+  def critical(self):
+    """A second SIGINT inside the block raises only after it."""
+    self._in_critical = True
+    try:
+      yield
+    finally:
+      self._in_critical = False
+    if self._abort_pending:
+      raise KeyboardInterrupt
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -165,16 +208,39 @@ def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome."""
+  """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome.
+
+  The workdir is locked for the run (`workdir.locked`), and its recorded config is checked
+  against `config` before anything is written (`workdir.check_and_record_config`).
+  """
   distributed.initialize(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
-  if jax.process_index() == 0:
-    config_utils.save_config(config, os.path.join(workdir, "config.json"))
+  with contextlib.ExitStack() as stack:
+    refusal = ""
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lib.locked(workdir))
+      except errors.UserError as error:
+        refusal = str(error)
+    refusal = distributed.from_process0(f"workdir_lock:{workdir}", refusal)
+    if refusal:
+      raise errors.UserError(refusal)
+    workdir_lib.check_and_record_config(workdir, config, write=jax.process_index() == 0)
+    return _train(config, workdir)
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  preemption = _Preemption()  # From here on a signal stops the run after its next step.
+  try:
+    return _train_until_done_or_stopped(config, workdir, preemption)
+  finally:
+    preemption.restore()
+
+
+def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
   mesh = state_lib.make_mesh(config.mesh)
   steps_per_epoch, total_steps = schedule_length(config)
   model = models.build(config.model)
@@ -187,11 +253,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints = checkpointing.WorkdirCheckpoints(workdir, config.keep_checkpoints)
   train_iter = pipeline.make_train_iterator(config.data, config.global_batch_size, config.seed)
   best = BestCheckpoint()
+  restored = None
   if checkpoints.latest_step() is not None:
     abstract = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
-    state, data_state, best_record = checkpoints.restore(abstract)
+    restored = checkpoints.restore_newest_intact(abstract)
+    if restored is None:
+      logging.warning("no checkpoint in %s could be restored: starting from scratch", workdir)
+  if restored is not None:
+    state, data_state, best_record = restored
     train_iter.set_state(data_state)
     best = BestCheckpoint.from_json(best_record)
     logging.info("resumed from step %d", int(state.step))
@@ -219,7 +290,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
   is_main = jax.process_index() == 0
   writer = writers.MetricsWriter(workdir)
-  preemption = _Preemption()
   step = int(state.step)
   pending = []  # (step, metrics) not yet checked: reading them waits for the device.
   window_start, window_steps = time.time(), 0
@@ -233,7 +303,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pending.append((step, scalars))
       log_now = due(step, config.log_every_steps, total_steps)
       validate_now = config.eval_every_epochs > 0 and due(step, validate_every, total_steps)
-      save_now = due(step, checkpoint_every, total_steps) or preemption.requested
+      # Read once: a signal arriving later in this step is acted upon after the next one.
+      stopping = preemption.requested
+      save_now = due(step, checkpoint_every, total_steps) or stopping
       # The previous step's metrics are ready by now; this step's are read only when something
       # below uses the state, so that dispatch stays one step ahead otherwise.
       syncing = log_now or validate_now or save_now
@@ -259,24 +331,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, {"val_dice": dice, "epoch": step / steps_per_epoch})
         if dice > best.dice:
           best = BestCheckpoint(dice, step)
-          checkpoints.save_best(step, state.variables())
+          with preemption.critical():
+            checkpoints.save_best(step, state.variables())
         if is_main:
           print(f"step {step}: validation Dice {dice:.4f} (best {best.dice:.4f})", flush=True)
       if save_now:
-        checkpoints.save(step, state, train_iter.get_state(), best.to_json())
-      if preemption.requested:
+        with preemption.critical():
+          checkpoints.save(step, state, train_iter.get_state(), best.to_json())
+      if stopping:
         break
     _check_finite(pending, checkpoints, workdir)
   finally:
-    checkpoints.wait()
+    checkpoints.wait()  # An abort (second Ctrl-C) too lets a started save commit.
     checkpoints.close()
     writer.close()
-    preemption.restore()
   return {
     "step": step,
     "total_steps": total_steps,
     "best_dice": best.dice,
     "best_step": best.step,
     "last": last_log,
-    "preempted": preemption.requested,
+    "stopped_by": preemption.signal_name if step < total_steps else None,
   }

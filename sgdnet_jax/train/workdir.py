@@ -1,0 +1,209 @@
+"""A training workdir's guards: one run at a time (a lock file) and a config that fits it.
+
+  W/train.lock              {"host", "pid", "since"} of the run holding W (process 0 of it)
+  W/config.json             the config of the run that wrote W's checkpoints
+  W/config.<time>.json      an earlier config.json, kept when a resume changed non-model fields
+
+The lock is created atomically (O_EXCL) and removed when the run ends, exceptions included. A
+lock left by a killed run on this host (its pid is no longer alive) is taken over with a
+warning; one held by a live process, or by another host, refuses the second run at once.
+
+A resume must build the same parameter tree as the checkpoints: every `model.*` field counts
+except `NON_STRUCTURAL_MODEL_FIELDS`, which change how the model is initialised or computed but
+not its parameters. Any other change (epochs, lr, image size, ...) is allowed and listed.
+"""
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+import ml_collections
+
+from sgdnet_jax import config_utils, errors
+
+LOCK_FILE = "train.lock"
+CONFIG_FILE = "config.json"
+# model.* fields a resumed run may change: initialisation (pretrained, layer scale), compute
+# dtype, the SGDC implementation (same parameters, another algorithm) and regularisation.
+NON_STRUCTURAL_MODEL_FIELDS = frozenset(
+  {
+    "pretrained",
+    "dtype",
+    "head_dropout",
+    "sgdc.impl",
+    "sgdc.drop_path",
+    "sgdc.layer_scale_init",
+  }
+)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by another user
+    return True
+  return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+  return (
+    f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+    f"since {holder.get('since', '?')}"
+  )
+
+
+def _read_holder(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _create_lock(path: str) -> bool:
+  """Creates the lock file with this process as holder; False when it exists already."""
+  holder = {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+  }
+  try:
+    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(descriptor, "w") as f:
+    json.dump(holder, f)
+    f.flush()
+    os.fsync(f.fileno())
+  return True
+
+
+def _writable_error(workdir: str, error: OSError) -> errors.UserError:
+  reason = error.strerror or type(error).__name__
+  return errors.UserError(
+    f"cannot write in workdir {workdir} ({reason}); choose a writable --workdir"
+  )
+
+
+@contextlib.contextmanager
+def locked(workdir: str):
+  """Holds `workdir/train.lock` for the duration of the block (see the module docstring)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    taken = _create_lock(path)
+    if not taken:
+      holder = _read_holder(path)
+      stale = (
+        holder.get("host") == socket.gethostname()
+        and isinstance(holder.get("pid"), int)
+        and not _pid_alive(holder["pid"])
+      )
+      if not stale:
+        raise errors.UserError(
+          f"workdir {workdir} is in use by another train run ({_describe(holder)}); wait for "
+          f"it to end or use another --workdir (if that run is gone, delete {path})"
+        )
+      logging.warning(
+        "taking over the stale lock %s of a run that is no longer alive (%s)",
+        path,
+        _describe(holder),
+      )
+      os.remove(path)
+      if not _create_lock(path):
+        raise errors.UserError(
+          f"workdir {workdir} was just locked by another train run "
+          f"({_describe(_read_holder(path))}); use another --workdir"
+        )
+  except OSError as error:
+    raise _writable_error(workdir, error) from None
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+  return flat
+
+
+def _normalise(value: Any) -> Any:
+  """JSON's view of a value (tuples as lists), so that a config compares with its record."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def config_changes(recorded: dict[str, Any], config: dict[str, Any]) -> tuple[list, list]:
+  """(model fields that change the parameter tree, other changed fields), dotted and sorted."""
+  old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config))
+  changed = sorted(
+    k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
+  )
+  structural = [
+    k
+    for k in changed
+    if k.startswith("model.") and k[len("model.") :] not in NON_STRUCTURAL_MODEL_FIELDS
+  ]
+  return structural, [k for k in changed if k not in structural]
+
+
+def _show(flat: dict[str, Any], key: str) -> str:
+  return repr(flat[key]) if key in flat else "absent"
+
+
+def check_and_record_config(workdir: str, config: ml_collections.ConfigDict, write: bool):
+  """Refuses a config whose model does not fit the workdir's; records `config` as config.json.
+
+  Runs before anything is written: a refused run leaves config.json as it was. A changed
+  non-model field is logged, and the previous config.json is kept as config.<time>.json. Only
+  the process that `write`s touches files.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  config_dict = config.to_dict()
+  recorded = None
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        recorded = json.load(f)
+    except ValueError as error:
+      raise errors.UserError(
+        f"{path} is not valid JSON ({error}); restore it or use another --workdir"
+      ) from None
+  if recorded is not None:
+    structural, others = config_changes(recorded, config_dict)
+    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
+    if structural:
+      diffs = ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in structural)
+      raise errors.UserError(
+        f"workdir {workdir} holds a different model ({diffs}); use another --workdir or the "
+        f"model fields of {path}"
+      )
+    if not others:
+      return
+    logging.warning(
+      "resuming %s with changed fields: %s",
+      workdir,
+      ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in others),
+    )
+    if write:
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      kept = os.path.join(workdir, f"config.{stamp}.json")
+      suffix = 1
+      while os.path.exists(kept):
+        kept = os.path.join(workdir, f"config.{stamp}-{suffix}.json")
+        suffix += 1
+      os.replace(path, kept)
+      logging.warning("kept the previous config as %s", kept)
+  if write:
+    config_utils.save_config(config, path)
