@@ -5,9 +5,10 @@
 
 Writes `<out>/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
 n_used / n_total / n_excluded per metric) and `<out>/<split>_cases.csv` (per-case values);
-`<out>` defaults to `W/eval`. The model is the workdir's best checkpoint by validation Dice (else
-its latest). At `native` resolution the foreground probability is resized bilinearly to each
-case's original size and compared with the original mask.
+`<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.paths`). The model
+is the workdir's best checkpoint by validation Dice (else its latest). At `native` resolution
+the foreground probability is resized bilinearly to each case's original size and compared with
+the original mask.
 
 Validation during training runs the same collection (`collect_split`) with overlap metrics only,
 computed inside the jitted step, so validation Dice and evaluation Dice are one implementation.
@@ -26,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import distributed, errors, metrics, models, variables_io
+from sgdnet_jax import distributed, errors, metrics, models, paths, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import state as state_lib
 
@@ -157,11 +158,11 @@ def split_name(config: ml_collections.ConfigDict, split: str) -> str:
 
 def evaluate(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: str | os.PathLike,
   split: str = "test",
   resolution: str = "train",
   variables: dict[str, Any] | None = None,
-  out_dir: str | None = None,
+  out_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
   """Evaluates the workdir's model on `split`; writes and returns the results record."""
   if resolution not in RESOLUTIONS:
@@ -212,10 +213,10 @@ def evaluate(
   }
   result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = out_dir or os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.as_path(out_dir or paths.as_path(workdir) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if resolution == "train" else "_native"
-    _write_atomic(os.path.join(out_dir, f"{split}{suffix}.json"), json.dumps(result, indent=2))
+    paths.write_text_atomic(out_dir / f"{split}{suffix}.json", json.dumps(result, indent=2))
     fields = [k for k in record if k != "index"]
     table = io.StringIO()
     writer = csv.writer(table)
@@ -223,11 +224,5 @@ def evaluate(
     writer.writerows(
       [case_ids[int(i)]] + [record[k][n] for k in fields] for n, i in enumerate(record["index"])
     )
-    _write_atomic(os.path.join(out_dir, f"{split}{suffix}_cases.csv"), table.getvalue())
+    paths.write_text_atomic(out_dir / f"{split}{suffix}_cases.csv", table.getvalue())
   return result
-
-
-def _write_atomic(path: str, text: str):
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)

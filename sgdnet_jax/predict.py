@@ -7,8 +7,10 @@ For every image it writes `masks/<id>.png` (0/255 at the image's original size) 
 `panels/<id>.png` (input | prediction overlay, red, with the ground truth outlined in green when
 known | the foreground probability | the SGE edge map when the model has one); `overview.png`
 tiles the first panels. The model is the workdir's best checkpoint (or a `convert` output).
+The output folder may be a `gs://` URL (`sgdnet_jax.paths`); only process 0 writes.
 """
 
+import io
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -21,6 +23,7 @@ from PIL import Image
 
 from sgdnet_jax import models, variables_io
 from sgdnet_jax.data import augment, images, pipeline
+from sgdnet_jax.paths import Path, as_path, write_bytes_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 PANEL_SIZE = 256
@@ -54,10 +57,12 @@ def panel(
   return np.concatenate(tiles, axis=1)
 
 
-def _write_png(path: pathlib.Path, array: np.ndarray):
-  tmp = path.with_suffix(".tmp.png")
-  Image.fromarray(array).save(tmp)
-  os.replace(tmp, path)
+def _write_png(path: Path, array: np.ndarray):
+  if jax.process_index() != 0:  # every process draws the same pictures
+    return
+  encoded = io.BytesIO()
+  Image.fromarray(array).save(encoded, format="PNG")
+  write_bytes_atomic(path, encoded.getvalue())
 
 
 def _native_mask(probability: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -117,13 +122,13 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
 
 def predict(
   config: ml_collections.ConfigDict,
-  workdir: str,
-  out_dir: str,
+  workdir: str | os.PathLike,
+  out_dir: str | os.PathLike,
   inputs: Sequence[str] = (),
   split: str = "",
   limit: int = 0,
   variables=None,
-) -> tuple[pathlib.Path, int]:
+) -> tuple[Path, int]:
   """Writes masks, panels and an overview; returns (output folder, number of images)."""
   model = models.build(config.model)
   variables = variables if variables is not None else variables_io.load_variables(workdir)
@@ -141,7 +146,7 @@ def predict(
     if split
     else _file_batches(collect_images(inputs), size, batch_size)
   )
-  out = pathlib.Path(out_dir)
+  out = as_path(out_dir)
   for sub in ("masks", "panels"):
     (out / sub).mkdir(parents=True, exist_ok=True)
   panels, written = [], 0

@@ -1,7 +1,5 @@
 """`predict`: masks and pictures people can look at (see `sgdnet_jax.predict`)."""
 
-import os
-
 from sgdnet_jax import cli, config_utils
 
 
@@ -18,12 +16,12 @@ def main(argv) -> int:
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import predict  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import paths, predict  # After argument errors, which should not wait for JAX.
 
   out, count = predict.predict(
     config,
     args.workdir,
-    args.out or os.path.join(args.workdir, "predictions"),
+    args.out or paths.as_path(args.workdir) / "predictions",
     args.images,
     args.split,
     args.limit,

@@ -3,8 +3,9 @@
   W/checkpoints/<step>/  state (TrainState), data (input iterator state), meta (epoch, best Dice)
   W/best/<step>/         variables ({'params', 'batch_stats'}) of the best validation Dice
 
-Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
-crash mid-save leaves the previous checkpoint intact.
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it, or in an
+object store marks it complete with a commit file), so a crash mid-save leaves the previous
+checkpoint intact. W may be a local folder or a `gs://` URL (`sgdnet_jax.paths`).
 """
 
 import os
@@ -12,22 +13,23 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from sgdnet_jax import paths
 from sgdnet_jax.variables_io import BEST_DIR, LATEST_DIR
 
 
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-    workdir = os.path.abspath(workdir)
+  def __init__(self, workdir: str | os.PathLike, keep: int = 2, async_save: bool = True):
+    workdir = paths.as_path(workdir)
     options = lambda keep: ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
     self.latest = ocp.CheckpointManager(
-      os.path.join(workdir, LATEST_DIR), options=options(keep), item_names=("state", "data", "meta")
+      workdir / LATEST_DIR, options=options(keep), item_names=("state", "data", "meta")
     )
     self.best = ocp.CheckpointManager(
-      os.path.join(workdir, BEST_DIR), options=options(1), item_names=("variables",)
+      workdir / BEST_DIR, options=options(1), item_names=("variables",)
     )
 
   def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):

@@ -2,9 +2,9 @@
 
 One code path for one CPU, fake CPU devices and multi-host pods: per-host batches become global
 arrays over the mesh's batch axes, the update is jitted with donated state, BN statistics are
-global under jit. The workdir holds config.json, metrics.jsonl, TensorBoard events and the
-checkpoints; starting again in the same workdir resumes where the last checkpoint left off and
-continues the identical loss sequence.
+global under jit. The workdir (a local folder or a `gs://` URL, see `sgdnet_jax.paths`) holds
+config.json, metrics.jsonl, TensorBoard events and the checkpoints; starting again in the same
+workdir resumes where the last checkpoint left off and continues the identical loss sequence.
 """
 
 import dataclasses
@@ -26,6 +26,7 @@ from sgdnet_jax import (
   evaluate,
   metrics,
   models,
+  paths,
   variables_io,
 )
 from sgdnet_jax.data import pipeline
@@ -128,7 +129,7 @@ def _load_initial_variables(path: str, state, shardings):
   return state.replace(params=params, batch_stats=batch_stats)
 
 
-def _check_finite(pending, checkpoints, workdir: str):
+def _check_finite(pending, checkpoints, workdir: paths.Path):
   """Raises NonFiniteLossError at the first (step, metrics) whose loss or weights are not finite."""
   for step, scalars in pending:
     loss, param_norm = float(scalars["loss"]), float(scalars["param_norm"])
@@ -157,16 +158,18 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome."""
   distributed.initialize(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
   if jax.process_index() == 0:
-    config_utils.save_config(config, os.path.join(workdir, "config.json"))
+    config_utils.save_config(config, workdir / variables_io.CONFIG_FILE)
 
   mesh = state_lib.make_mesh(config.mesh)
   train_size = pipeline.split_size(config.data, config.data.train_split)
