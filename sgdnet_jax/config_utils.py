@@ -195,7 +195,8 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
     ) from None
 
 
-def save_config(config: ml_collections.ConfigDict, path: str):
-  """Writes the resolved config as JSON (the record of what ran)."""
-  with open(path, "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
+  """Writes the resolved config as JSON (the record of what ran), locally or to a URL."""
+  from sgdnet_jax import paths  # etils.epath: only commands that write a config pay for it.
+
+  paths.write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))

@@ -13,7 +13,7 @@ import time
 
 import ml_collections
 
-from sgdnet_jax import errors, evaluate, predict
+from sgdnet_jax import errors, evaluate, paths, predict
 from sgdnet_jax.data import prepare, synthetic
 from sgdnet_jax.train import loop
 
@@ -48,9 +48,10 @@ def ensure_demo_dataset(
   return prepared
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Data, training, evaluation and pictures; prints the figures and returns them."""
   start = time.time()
+  workdir = paths.as_path(workdir)
   prepared = pathlib.Path(config.data.dir)
   if prepared.name != "prepared":
     raise errors.ConfigError(
@@ -69,7 +70,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")
   predicted = predict.predict(
-    config, workdir, os.path.join(workdir, "predictions"), split="test", limit=24, overwrite=True
+    config, workdir, workdir / "predictions", split="test", limit=24, overwrite=True
   )
   out, count = predicted.out, predicted.written
   minutes = (time.time() - start) / 60
@@ -82,9 +83,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f"Dice {result['dice']:.4f}  IoU {result['iou']:.4f}  HD95 {result['hd95']:.2f} px  "
     f"ASSD {result['assd']:.2f} px"
   )
-  print(f"results:   {os.path.join(workdir, 'eval', 'test.json')} (per case: test_cases.csv)")
+  print(f"results:   {workdir / 'eval' / 'test.json'} (per case: test_cases.csv)")
   print(f"pictures:  {out / 'overview.png'} and {out / 'panels'} ({count} cases)")
-  print(f"metrics:   {os.path.join(workdir, 'metrics.jsonl')} and TensorBoard events in {workdir}")
+  print(f"metrics:   {workdir / 'metrics.jsonl'} and TensorBoard events in {workdir}")
   figures = {key: result[key] for key in ("dice", "iou", "hd95", "assd")}
   figures["minutes"] = round(minutes, 2)
   print(json.dumps(figures))

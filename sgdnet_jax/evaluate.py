@@ -5,9 +5,10 @@
 
 Writes `<out>/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
 n_used / n_total / n_excluded per metric) and `<out>/<split>_cases.csv` (per-case values);
-`<out>` defaults to `W/eval`. The model is the workdir's best checkpoint by validation Dice (else
-its latest). At `native` resolution the foreground probability is resized bilinearly to each
-case's original size and compared with the original mask.
+`<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.paths`). The model
+is the workdir's best checkpoint by validation Dice (else its latest). At `native` resolution
+the foreground probability is resized bilinearly to each case's original size and compared with
+the original mask.
 
 Validation during training runs the same collection (`collect_split`) with overlap metrics only,
 computed inside the jitted step, so validation Dice and evaluation Dice are one implementation.
@@ -26,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import distributed, errors, inference, metrics, models, variables_io
+from sgdnet_jax import distributed, errors, inference, metrics, models, paths, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import state as state_lib
 
@@ -180,11 +181,11 @@ def split_name(config: ml_collections.ConfigDict, split: str) -> str:
 
 def evaluate(
   config: ml_collections.ConfigDict,
-  workdir: str | Sequence[str],
+  workdir: str | os.PathLike | Sequence[str | os.PathLike],
   split: str = "test",
   resolution: str = "train",
   variables: dict[str, Any] | None = None,
-  out_dir: str | None = None,
+  out_dir: str | os.PathLike | None = None,
   *,
   tta: str = "none",
   post: str = "",
@@ -256,12 +257,12 @@ def evaluate(
   }
   result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = out_dir or os.path.join(workdirs[0], "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = paths.as_path(out_dir or paths.as_path(workdirs[0]) / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if resolution == "train" else "_native"
     suffix += "" if tta == "none" else f"_tta-{tta}"
     suffix += "_post" if post_steps else ""
-    _write_atomic(os.path.join(out_dir, f"{split}{suffix}.json"), json.dumps(result, indent=2))
+    paths.write_text_atomic(out_dir / f"{split}{suffix}.json", json.dumps(result, indent=2))
     fields = [k for k in record if k != "index"]
     table = io.StringIO()
     writer = csv.writer(table)
@@ -269,11 +270,5 @@ def evaluate(
     writer.writerows(
       [case_ids[int(i)]] + [record[k][n] for k in fields] for n, i in enumerate(record["index"])
     )
-    _write_atomic(os.path.join(out_dir, f"{split}{suffix}_cases.csv"), table.getvalue())
+    paths.write_text_atomic(out_dir / f"{split}{suffix}_cases.csv", table.getvalue())
   return result
-
-
-def _write_atomic(path: str, text: str):
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)

@@ -19,23 +19,24 @@ for TTA, tiling and post-processing.
 """
 
 import dataclasses
+import io
 import itertools
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from PIL import Image
 
-from sgdnet_jax import errors, inference, models, variables_io
+from sgdnet_jax import errors, inference, models, paths, variables_io
 from sgdnet_jax.data import augment, images, pipeline
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-PANEL_SIZE = 256
 OVERVIEW_PANELS = 12
 
 
@@ -43,7 +44,7 @@ OVERVIEW_PANELS = 12
 class PredictResult:
   """What one `predict` run did."""
 
-  out: pathlib.Path
+  out: paths.Path
   written: int = 0  # images predicted and written
   existing: int = 0  # images skipped because all their outputs exist (see `overwrite`)
   unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
@@ -86,14 +87,16 @@ def panel(
   return np.concatenate(tiles, axis=1)
 
 
-def _write_atomic(path: pathlib.Path, write):
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
+def _write_atomic(path: paths.Path, write):
+  """`write(file)` into memory, then one atomic write (a local rename or one object upload)."""
+  if jax.process_index() != 0:  # every process computes the same outputs; process 0 writes
+    return
+  encoded = io.BytesIO()
+  write(encoded)
+  paths.write_bytes_atomic(path, encoded.getvalue())
 
 
-def _write_png(path: pathlib.Path, array: np.ndarray):
+def _write_png(path: paths.Path, array: np.ndarray):
   _write_atomic(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
@@ -112,19 +115,19 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
 
   Two files with one stem would write the same outputs: refused, naming both.
   """
-  paths: list[pathlib.Path] = []
+  files: list[pathlib.Path] = []
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
-      paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     elif item.is_file():
-      paths.append(item)
+      files.append(item)
     else:
       raise FileNotFoundError(f"--images {item}: no such file or folder")
-  if not paths:
+  if not files:
     raise FileNotFoundError(
       f"--images {list(inputs)}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
     )
-  unique = list({p.resolve(): p for p in reversed(paths)}.values())[::-1]
+  unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
   by_stem: dict[str, pathlib.Path] = {}
   for path in unique:
     if path.stem in by_stem:
@@ -136,18 +139,18 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
   return unique
 
 
-def _output_paths(out: pathlib.Path, name: str, save_probabilities: bool) -> list[pathlib.Path]:
+def _output_paths(out: paths.Path, name: str, save_probabilities: bool) -> list[paths.Path]:
   """Every file one case writes, the mask last (its presence marks a finished case)."""
-  paths = [out / "panels" / f"{name}.png"]
+  files = [out / "panels" / f"{name}.png"]
   if save_probabilities:
-    paths.append(out / "probabilities" / f"{name}.npy")
-  return [*paths, out / "masks" / f"{name}.png"]
+    files.append(out / "probabilities" / f"{name}.npy")
+  return [*files, out / "masks" / f"{name}.png"]
 
 
 def _file_cases(
-  paths: Sequence[pathlib.Path], size: int, tile: str | int, unreadable: list
+  files: Sequence[pathlib.Path], size: int, tile: str | int, unreadable: list
 ) -> Iterator[_Case]:
-  for path in paths:
+  for path in files:
     try:
       rgb, original, _ = images.load_rgb(path)
     except images.DECODE_ERRORS as e:
@@ -198,7 +201,7 @@ def _load_variable_sets(workdirs: Sequence[str]) -> list[dict[str, Any]]:
 def predict(
   config: ml_collections.ConfigDict,
   workdirs: str | Sequence[str],
-  out_dir: str,
+  out_dir: str | os.PathLike,
   inputs: Sequence[str] = (),
   split: str = "",
   limit: int = 0,
@@ -234,11 +237,11 @@ def predict(
       raise errors.UserError(f"--split {split}: {e}") from None
     names = inference.share(names, num_parts, part_id)
   else:
-    paths = inference.share(collect_images(inputs), num_parts, part_id)
-    names = [p.stem for p in paths]
+    inputs_share = inference.share(collect_images(inputs), num_parts, part_id)
+    names = [p.stem for p in inputs_share]
   if limit:
     names = names[:limit]
-  out = pathlib.Path(out_dir)
+  out = paths.as_path(out_dir)
   todo = {
     n
     for n in names
@@ -262,7 +265,7 @@ def predict(
   if split:
     cases = _split_cases(config, split, batch_size, num_parts, part_id)
   else:
-    cases = _file_cases([p for p in paths if p.stem in todo], size, tile, result.unreadable)
+    cases = _file_cases([p for p in inputs_share if p.stem in todo], size, tile, result.unreadable)
   # A split is read whole: stop once every case still to do has come by.
   cases = itertools.islice((case for case in cases if case.name in todo), len(todo))
   panels: list[np.ndarray] = []

@@ -2,7 +2,8 @@
 
 A *variables directory* holds `variables/` (an Orbax checkpoint of the two collections) and
 `config.json` (the resolved config that built the model). `convert` writes one; `train`
-starts from one (`config.init_from`); `evaluate`, `predict` and `export-torch` read one.
+starts from one (`config.init_from`); `evaluate`, `predict` and `export-torch` read one. Every
+directory here may be a local path or a `gs://` URL (`sgdnet_jax.paths`).
 """
 
 import json
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sgdnet_jax import errors
+from sgdnet_jax import errors, paths
 
 VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
@@ -22,38 +23,42 @@ LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 
 
-def save_variables(directory: str, variables: dict[str, Any], config_dict: dict | None = None):
-  """Writes `variables` (and the config that built them) into `directory`, atomically.
+def save_variables(
+  directory: str | os.PathLike, variables: dict[str, Any], config_dict: dict | None = None
+):
+  """Writes `variables` (and, from process 0, the config that built them) into `directory`.
 
-  Orbax writes to a temporary folder and renames it on success, so an interrupted save never
-  leaves a half-written `variables/`.
+  Orbax writes to a temporary folder and renames it on success (or commits it with a marker
+  file in an object store), so an interrupted save never leaves a half-written `variables/`.
   """
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  target = os.path.join(directory, VARIABLES_SUBDIR)
-  if os.path.exists(target):
+  directory = paths.as_path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  target = directory / VARIABLES_SUBDIR
+  if target.exists():
     raise FileExistsError(f"{target} already exists; choose an empty --out directory")
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(target, jax.tree_util.tree_map(np.asarray, tree))
   checkpointer.wait_until_finished()
-  if config_dict is not None:
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-      json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+  if config_dict is not None and jax.process_index() == 0:
+    paths.write_text_atomic(
+      directory / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True, default=str)
+    )
 
 
-def load_variables(directory: str) -> dict[str, Any]:
+def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
   """Reads variables as numpy arrays from a variables directory or a training workdir.
 
   A training workdir gives its best checkpoint by validation Dice, else its latest one.
   """
-  if not os.path.isdir(directory):
+  directory = paths.as_path(directory)
+  if not directory.is_dir():
     raise errors.UserError(
       f"{directory} does not exist or is not a folder; pass a training workdir or the --out "
       f"folder of `convert`"
     )
-  target = os.path.join(os.path.abspath(directory), VARIABLES_SUBDIR)
-  if os.path.isdir(target):
+  target = directory / VARIABLES_SUBDIR
+  if target.is_dir():
     restored = dict(ocp.StandardCheckpointer().restore(target))
   else:
     try:
@@ -67,20 +72,19 @@ def load_variables(directory: str) -> dict[str, Any]:
   return jax.tree_util.tree_map(np.asarray, restored)
 
 
-def load_config_dict(directory: str) -> dict | None:
+def load_config_dict(directory: str | os.PathLike) -> dict | None:
   """The config stored beside the variables, or None when there is none."""
-  path = os.path.join(directory, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = paths.as_path(directory) / CONFIG_FILE
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
-def restore_workdir_variables(workdir: str, which: str = "best") -> dict[str, Any]:
+def restore_workdir_variables(workdir: str | os.PathLike, which: str = "best") -> dict[str, Any]:
   """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
-  workdir = os.path.abspath(workdir)
-  best_dir, latest_dir = os.path.join(workdir, BEST_DIR), os.path.join(workdir, LATEST_DIR)
-  if which == "best" and os.path.isdir(best_dir):
+  workdir = paths.as_path(workdir)
+  best_dir, latest_dir = workdir / BEST_DIR, workdir / LATEST_DIR
+  if which == "best" and best_dir.is_dir():
     with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
       step = manager.latest_step()
       if step is not None:
@@ -88,7 +92,7 @@ def restore_workdir_variables(workdir: str, which: str = "best") -> dict[str, An
           step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
         )
         return dict(restored["variables"])
-  if os.path.isdir(latest_dir):
+  if latest_dir.is_dir():
     with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:
       step = manager.latest_step()
       if step is not None:

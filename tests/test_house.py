@@ -1,7 +1,7 @@
 """The shape of the house: import layers without cycles, a documented config, every experiment.
 
-Layers, lowest first: `errors` < `models`, `data`, `metrics`, `variables_io` < `porting` <
-`train`, `evaluate`, `predict`, `study` < `demo`, `sweep`, `ablate`, `cli`, `main`. A module
+Layers, lowest first: `errors`, `paths` < `models`, `data`, `metrics`, `variables_io` < `porting`
+< `train`, `evaluate`, `predict`, `study` < `demo`, `sweep`, `ablate`, `cli`, `main`. A module
 imports only its own layer or lower ones (function-level imports included), and no two modules
 import each other.
 """
@@ -18,7 +18,7 @@ from sgdnet_jax import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sgdnet_jax"
-LOWER_LAYERS = ("models", "data", "metrics", "variables_io", "errors", "compilation_cache")
+LOWER_LAYERS = ("models", "data", "metrics", "variables_io", "errors", "paths", "compilation_cache")
 HIGHER_MODULES = ("train", "evaluate", "predict", "main", "cli", "demo", "study", "sweep", "ablate")
 
 

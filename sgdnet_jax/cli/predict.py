@@ -4,7 +4,6 @@ Exit status 0 when every image was predicted (or already was), 1 when some image
 read (the others are predicted and the unreadable ones listed), 2 for a usage error.
 """
 
-import os
 import sys
 
 from sgdnet_jax import cli, config_utils
@@ -55,12 +54,12 @@ def main(argv) -> int:
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import predict  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import paths, predict  # After argument errors, which should not wait for JAX.
 
   result = predict.predict(
     config,
     args.workdir,
-    args.out or os.path.join(args.workdir[0], "predictions"),
+    args.out or paths.as_path(args.workdir[0]) / "predictions",
     args.images,
     args.split,
     args.limit,

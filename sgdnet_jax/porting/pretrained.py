@@ -7,7 +7,7 @@
   - `none`: the encoder keeps its random initialisation;
   - a local file (.pth/.pt, .safetensors, .npz) holding a Res2Net v1b encoder state dict, in the
     `res2net50_v1b` or `timm_res2net50d` layout (the same keys), `fc.*` ignored;
-  - an http(s):// URL of such a file.
+  - an http(s):// URL of such a file, or an object-store URL (`gs://`, see `sgdnet_jax.paths`).
 A URL (a name resolves to one) is downloaded once into `$SGDNET_JAX_CACHE` (default
 `~/.cache/sgdnet_jax/weights`): into a temporary file in that folder, checked, then renamed into
 place, so the cache never holds a partial, corrupt or foreign file. A file name that carries a
@@ -31,7 +31,7 @@ from typing import Any
 
 import tqdm
 
-from sgdnet_jax import errors
+from sgdnet_jax import errors, paths
 from sgdnet_jax.porting import port, state_dicts
 
 NAMED_WEIGHTS = {
@@ -54,6 +54,7 @@ ENCODER = "resnet"
 HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 READABLE = state_dicts.TORCH_EXTENSIONS + (".safetensors", ".npz")
 CHUNK_BYTES = 1 << 20
+HTTP_SCHEMES = ("http://", "https://")
 TIMEOUT_S = 60
 
 Barrier = Callable[[], None]
@@ -71,15 +72,17 @@ def resolve(spec: str) -> str | None:
     return None
   if spec in NAMED_WEIGHTS:
     return NAMED_WEIGHTS[spec]
-  if spec.startswith(("http://", "https://")):
+  if spec.startswith(HTTP_SCHEMES):
     return spec
-  path = os.path.abspath(os.path.expanduser(spec))
-  if not os.path.isfile(path):
+  path = paths.as_path(spec)
+  if not paths.is_local(path):
+    return str(path)  # An object-store URL: fetched into the cache like an http one.
+  if not path.is_file():
     raise errors.ConfigError(
       f"model.pretrained={spec!r} is neither {NONE!r}, a name ({', '.join(NAMED_WEIGHTS)}), "
-      f"an http(s):// URL nor an existing file; give one of those"
+      f"a URL nor an existing file; give one of those"
     )
-  return path
+  return str(path)
 
 
 def expected_hash_prefix(file_name: str) -> str | None:
@@ -105,11 +108,22 @@ def _ways_out(url: str, cached: str) -> str:
   )
 
 
+@contextlib.contextmanager
+def _remote_file(url: str):
+  """(readable binary stream, size in bytes as text or None) of an http(s) or object-store URL."""
+  if url.startswith(HTTP_SCHEMES):
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+      yield response, response.headers.get("Content-Length")
+  else:
+    path = paths.as_path(url)
+    with path.open("rb") as stream:
+      yield stream, str(path.stat().length)
+
+
 def _download(url: str, part: str, progress: bool) -> str:
   """Streams `url` into the file `part`; returns its SHA-256 hex digest."""
   digest = hashlib.sha256()
-  with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(part, "wb") as out:
-    total = response.headers.get("Content-Length")
+  with _remote_file(url) as (response, total), open(part, "wb") as out:
     with tqdm.tqdm(
       total=int(total) if total and total.isdigit() else None,
       desc=f"download {url}",
@@ -281,7 +295,7 @@ def initialize_encoder(
       f"model.pretrained={spec!r} is a {NAMED_DEPTH[spec]}-layer encoder but model.backbone_depth "
       f"is {depth}; use --config.model.pretrained={other[0] if other else NONE}"
     )
-  if not source.startswith(("http://", "https://")):
+  if paths.is_local(source):
     result = _load_encoder(source, variables, source)
     return result.variables, _summary(result, source)
   if is_main is None:

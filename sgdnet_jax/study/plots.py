@@ -4,8 +4,12 @@
   a box plot with every case drawn as a point over it;
 * `R/curves.png`: training loss and validation Dice against the step, one line per run, from
   each run's `metrics.jsonl`.
+
+The root may be a `gs://` URL: figures are drawn into memory and written through
+`sgdnet_jax.paths`.
 """
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -13,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdnet_jax import paths
 from sgdnet_jax.study import report
 
 
@@ -25,7 +30,15 @@ def _pyplot():
   return pyplot
 
 
-def case_plot(path: str, metric: str, values: dict[str, np.ndarray], title: str) -> None:
+def _save(figure, path: str | os.PathLike) -> None:
+  encoded = io.BytesIO()
+  figure.savefig(encoded, format="png", dpi=100)
+  paths.write_bytes_atomic(path, encoded.getvalue())
+
+
+def case_plot(
+  path: str | os.PathLike, metric: str, values: dict[str, np.ndarray], title: str
+) -> None:
   """Box plot with jittered points of per-case values (NaN dropped), one box per variant."""
   pyplot = _pyplot()
   names = list(values)
@@ -40,20 +53,15 @@ def case_plot(path: str, metric: str, values: dict[str, np.ndarray], title: str)
   axes.set_ylabel(metric)
   axes.set_title(title, fontsize=9)
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  _save(figure, path)
   pyplot.close(figure)
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  records = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        records.append(json.loads(line))
-  return records
+def _read_jsonl(path: paths.Path) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curves_plot(path: str, runs: Sequence[report.Run]) -> None:
+def curves_plot(path: str | os.PathLike, runs: Sequence[report.Run]) -> None:
   """Training loss and validation Dice per run against the step, one colour per variant.
 
   Runs without a `metrics.jsonl` are skipped.
@@ -63,8 +71,8 @@ def curves_plot(path: str, runs: Sequence[report.Run]) -> None:
   colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(r.variant for r in runs))}
   labelled = set()
   for run in runs:
-    log = os.path.join(run.path, "metrics.jsonl")
-    if not os.path.exists(log):
+    log = paths.as_path(run.path) / "metrics.jsonl"
+    if not log.exists():
       continue
     records = _read_jsonl(log)
     for axes, key in ((loss_axes, "loss"), (dice_axes, "val_dice")):
@@ -82,24 +90,27 @@ def curves_plot(path: str, runs: Sequence[report.Run]) -> None:
   if not labelled:
     figure.suptitle("no run under the root has a metrics.jsonl with loss or val_dice")
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  _save(figure, path)
   pyplot.close(figure)
 
 
-def write_plots(root: str, runs: Sequence[report.Run], result: dict[str, Any]) -> list[str]:
+def write_plots(
+  root: str | os.PathLike, runs: Sequence[report.Run], result: dict[str, Any]
+) -> list[str]:
   """Writes R/report_<metric>.png for each metric and R/curves.png; returns their paths."""
   groups = report.group_runs(runs, result["metrics"])
   variants = [row["variant"] for row in result["tables"][result["metrics"][0]]]
-  paths = []
+  root = paths.as_path(root)
+  written = []
   for metric in result["metrics"]:
     values = {
       variant: np.concatenate([groups[variant][f].cases[metric] for f in sorted(groups[variant])])
       for variant in variants
     }
-    path = os.path.join(root, f"report_{metric}.png")
+    path = root / f"report_{metric}.png"
     title = f"{metric} per case, split {result['split']} ({result['directions'][metric]})"
     case_plot(path, metric, values, title)
-    paths.append(path)
-  path = os.path.join(root, "curves.png")
+    written.append(str(path))
+  path = root / "curves.png"
   curves_plot(path, runs)
-  return [*paths, path]
+  return [*written, str(path)]

@@ -10,7 +10,8 @@ deviation (ddof=1) over folds, the mean of the per-case values of all folds pool
 cases with a value. Against the baseline: the per-case differences variant - baseline, matched by
 fold and case id, with pairs holding a NaN on either side (a case the empty policy excluded)
 dropped and counted; their mean, a 95 % percentile-bootstrap interval (seeded), the two-sided
-Wilcoxon signed-rank p-value and the Holm-adjusted p-values across the variants compared.
+Wilcoxon signed-rank p-value and the Holm-adjusted p-values across the variants compared. The
+root may be a local folder or a `gs://` URL (`sgdnet_jax.paths`).
 """
 
 import csv
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax import errors, paths
 
 DEFAULT_METRICS = ("dice", "iou", "hd95", "assd")
 RESAMPLES = 10_000
@@ -42,6 +43,9 @@ HD95_COLUMNS = {
 }
 _FOLD = re.compile(r"fold(\d+)")
 _SEED = re.compile(r"seed(\d+)")
+# Runs are found at most this many folders below the root (`<variant>/fold<k>/seed<s>` is 3):
+# one listing per depth, also in an object store, instead of a walk through every checkpoint.
+RUN_DEPTH = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +77,19 @@ class FoldCases:
 
 
 def load_runs(
-  root: str, split: str = "test", metrics: Sequence[str] = DEFAULT_METRICS
+  root: str | os.PathLike, split: str = "test", metrics: Sequence[str] = DEFAULT_METRICS
 ) -> list[Run]:
   """Every run under `root` with `eval/<split>.json`, sorted by variant, fold and seed."""
-  if not os.path.isdir(root):
+  root = paths.as_path(root)
+  if not root.is_dir():
     raise errors.UserError(f"sweep root {root} is not a directory; pass --root R of a sweep")
   workdirs = sorted(
-    os.path.dirname(directory)
-    for directory, _, files in os.walk(root)
-    if os.path.basename(directory) == "eval" and f"{split}.json" in files
+    {
+      found.parent.parent
+      for depth in range(RUN_DEPTH + 1)
+      for found in root.glob("/".join(["*"] * depth + ["eval", f"{split}.json"]))
+    },
+    key=str,
   )
   if not workdirs:
     raise errors.UserError(
@@ -101,19 +109,18 @@ def load_runs(
   return sorted(runs, key=lambda r: (r.variant, r.fold, -1 if r.seed is None else r.seed))
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: paths.Path) -> Any:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise errors.UserError(
       f"{path} is not valid JSON ({error}); re-run the step that wrote it"
     ) from None
 
 
-def _identity(root: str, workdir: str, config: dict) -> tuple[str, int, int | None]:
+def _identity(root: paths.Path, workdir: paths.Path, config: dict) -> tuple[str, int, int | None]:
   """(variant, fold, seed) from the path `<variant>/fold<k>[/seed<s>]`, else from config.json."""
-  parts = os.path.relpath(workdir, root).split(os.sep)
+  parts = workdir.relative_to(root).parts
   if len(parts) == 2 and _FOLD.fullmatch(parts[1]):
     return parts[0], int(parts[1][4:]), None
   if len(parts) == 3 and _FOLD.fullmatch(parts[1]) and _SEED.fullmatch(parts[2]):
@@ -139,11 +146,11 @@ def _case_column(metric: str, convention: dict[str, str]) -> str:
   )
 
 
-def _load_run(root: str, workdir: str, split: str, metrics: Sequence[str]) -> Run:
-  config_path = os.path.join(workdir, "config.json")
-  config = _read_json(config_path) if os.path.exists(config_path) else {}
+def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequence[str]) -> Run:
+  config_path = workdir / "config.json"
+  config = _read_json(config_path) if config_path.exists() else {}
   variant, fold, seed = _identity(root, workdir, config)
-  json_path = os.path.join(workdir, "eval", f"{split}.json")
+  json_path = workdir / "eval" / f"{split}.json"
   result = _read_json(json_path)
   available = sorted(k for k, v in result.items() if isinstance(v, (int, float)) and k != "n_total")
   missing = [m for m in metrics if m not in available]
@@ -157,13 +164,13 @@ def _load_run(root: str, workdir: str, split: str, metrics: Sequence[str]) -> Ru
     convention["column"] = _case_column(metric, convention)
     conventions[metric] = convention
   case_ids, cases = _read_cases(
-    os.path.join(workdir, "eval", f"{split}_cases.csv"), [c["column"] for c in conventions.values()]
+    workdir / "eval" / f"{split}_cases.csv", [c["column"] for c in conventions.values()]
   )
   return Run(
     variant=variant,
     fold=fold,
     seed=seed,
-    path=workdir,
+    path=str(workdir),
     split=split,
     split_name=str(result.get("split", split)),
     resolution=str(result.get("resolution", "unknown")),
@@ -175,9 +182,10 @@ def _load_run(root: str, workdir: str, split: str, metrics: Sequence[str]) -> Ru
   )
 
 
-def _read_cases(path: str, columns: Sequence[str]) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
+def _read_cases(
+  path: paths.Path, columns: Sequence[str]
+) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+  rows = list(csv.DictReader(io.StringIO(path.read_text(), newline="")))
   fields = list(rows[0]) if rows else []
   missing = [c for c in ("case_id", *columns) if c not in fields]
   if missing:
@@ -617,7 +625,7 @@ def json_ready(value: Any) -> Any:
   return value
 
 
-def write_tables(root: str, result: dict[str, Any]) -> list[str]:
+def write_tables(root: str | os.PathLike, result: dict[str, Any]) -> list[str]:
   """Writes R/report.md, .csv, .json and .tex; returns their paths."""
   contents = {
     "report.md": format_markdown(result),
@@ -625,11 +633,9 @@ def write_tables(root: str, result: dict[str, Any]) -> list[str]:
     "report.json": json.dumps(json_ready(result), indent=2) + "\n",
     "report.tex": format_latex(result),
   }
-  paths = []
+  root = paths.as_path(root)
+  written = []
   for name, text in contents.items():
-    path = os.path.join(root, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
-    paths.append(path)
-  return paths
+    paths.write_text_atomic(root / name, text)
+    written.append(str(root / name))
+  return written

@@ -3,10 +3,11 @@
   W/checkpoints/<step>/  state (TrainState), data (input iterator state), meta (epoch, best Dice)
   W/best/<step>/         variables ({'params', 'batch_stats'}) of the best validation Dice
 
-Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it), so a
-crash mid-save leaves the previous checkpoint intact. A checkpoint damaged later (a truncated
-file, a lost `_METADATA`) is moved aside to `checkpoints/<step>.corrupt` at the next resume, which
-continues from the newest intact one.
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it, or in an
+object store marks it complete with a commit file), so a crash mid-save leaves the previous
+checkpoint intact. A checkpoint damaged later (a truncated file, a lost `_METADATA`) is moved
+aside to `checkpoints/<step>.corrupt` at the next resume, which continues from the newest intact
+one. W may be a local folder or a `gs://` URL (`sgdnet_jax.paths`).
 """
 
 import logging
@@ -16,7 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from sgdnet_jax import distributed
+from sgdnet_jax import distributed, paths
 from sgdnet_jax.variables_io import BEST_DIR, LATEST_DIR
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -25,16 +26,16 @@ CORRUPT_SUFFIX = ".corrupt"
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-    workdir = os.path.abspath(workdir)
+  def __init__(self, workdir: str | os.PathLike, keep: int = 2, async_save: bool = True):
+    workdir = paths.as_path(workdir)
     options = lambda keep: ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
     self.latest = ocp.CheckpointManager(
-      os.path.join(workdir, LATEST_DIR), options=options(keep), item_names=("state", "data", "meta")
+      workdir / LATEST_DIR, options=options(keep), item_names=("state", "data", "meta")
     )
     self.best = ocp.CheckpointManager(
-      os.path.join(workdir, BEST_DIR), options=options(1), item_names=("variables",)
+      workdir / BEST_DIR, options=options(1), item_names=("variables",)
     )
 
   def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):
@@ -90,17 +91,17 @@ class WorkdirCheckpoints:
 
   def _move_aside(self, step: int) -> str:
     """Renames checkpoint `step` to `<step>.corrupt` (process 0); every process forgets it."""
-    source = os.path.join(self.latest.directory, str(step))
-    target = f"{source}{CORRUPT_SUFFIX}"
+    source = paths.as_path(self.latest.directory) / str(step)
+    target = source.parent / f"{step}{CORRUPT_SUFFIX}"
     suffix = 1
-    while os.path.exists(target):
-      target = f"{source}{CORRUPT_SUFFIX}-{suffix}"
+    while target.exists():
+      target = source.parent / f"{step}{CORRUPT_SUFFIX}-{suffix}"
       suffix += 1
     if jax.process_index() == 0:
-      os.rename(source, target)
+      source.rename(target)
     distributed.barrier(f"checkpoint_aside:{step}")
     self.latest.reload()
-    return target
+    return str(target)
 
   def wait(self):
     self.latest.wait_until_finished()

@@ -2,9 +2,9 @@
 
 One code path for one CPU, fake CPU devices and multi-host pods: per-host batches become global
 arrays over the mesh's batch axes, the update is jitted with donated state, BN statistics are
-global under jit. The workdir holds config.json, metrics.jsonl, TensorBoard events and the
-checkpoints; starting again in the same workdir resumes where the last checkpoint left off and
-continues the identical loss sequence.
+global under jit. The workdir (a local folder or a `gs://` URL, see `sgdnet_jax.paths`) holds
+config.json, metrics.jsonl, TensorBoard events and the checkpoints; starting again in the same
+workdir resumes where the last checkpoint left off and continues the identical loss sequence.
 """
 
 import contextlib
@@ -28,6 +28,7 @@ from sgdnet_jax import (
   evaluate,
   metrics,
   models,
+  paths,
   variables_io,
 )
 from sgdnet_jax.data import pipeline
@@ -131,7 +132,7 @@ def _load_initial_variables(path: str, state, shardings):
   return state.replace(params=params, batch_stats=batch_stats)
 
 
-def _check_finite(pending, checkpoints, workdir: str):
+def _check_finite(pending, checkpoints, workdir: paths.Path):
   """Raises NonFiniteLossError at the first (step, metrics) whose loss or weights are not finite."""
   for step, scalars in pending:
     loss, param_norm = float(scalars["loss"]), float(scalars["param_norm"])
@@ -207,7 +208,9 @@ def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return steps_per_epoch, config.total_steps or config.epochs * steps_per_epoch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome.
 
   The workdir is locked for the run (`workdir.locked`), and its recorded config is checked
@@ -216,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   distributed.initialize(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
-  workdir = os.path.abspath(workdir)
+  workdir = paths.as_path(workdir)
   config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
   with contextlib.ExitStack() as stack:
     refusal = ""

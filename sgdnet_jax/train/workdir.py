@@ -4,9 +4,12 @@
   W/config.json             the config of the run that wrote W's checkpoints
   W/config.<time>.json      an earlier config.json, kept when a resume changed non-model fields
 
-The lock is created atomically (O_EXCL) and removed when the run ends, exceptions included. A
-lock left by a killed run on this host (its pid is no longer alive) is taken over with a
-warning; one held by a live process, or by another host, refuses the second run at once.
+The lock is created atomically (O_EXCL) on a local disk and removed when the run ends, exceptions
+included. A lock left by a killed run on this host (its pid is no longer alive) is taken over
+with a warning; one held by a live process, or by another host, refuses the second run at once.
+In an object store (a `gs://` workdir) there is no exclusive create: the lock is checked, then
+written, which guards against a second run started later but not against two started within
+the same second.
 
 A resume must build the same parameter tree as the checkpoints: every `model.*` field counts
 except `NON_STRUCTURAL_MODEL_FIELDS`, which change how the model is initialised or computed but
@@ -23,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax import config_utils, errors
+from sgdnet_jax import config_utils, errors, paths
 
 LOCK_FILE = "train.lock"
 CONFIG_FILE = "config.json"
@@ -58,21 +61,25 @@ def _describe(holder: dict[str, Any]) -> str:
   )
 
 
-def _read_holder(path: str) -> dict[str, Any]:
+def _read_holder(path: paths.Path) -> dict[str, Any]:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except (OSError, ValueError):
     return {}
 
 
-def _create_lock(path: str) -> bool:
+def _create_lock(path: paths.Path) -> bool:
   """Creates the lock file with this process as holder; False when it exists already."""
   holder = {
     "host": socket.gethostname(),
     "pid": os.getpid(),
     "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
   }
+  if not paths.is_local(path):  # object stores: check, then write (see the module docstring)
+    if path.exists():
+      return False
+    path.write_text(json.dumps(holder))
+    return True
   try:
     descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
@@ -84,7 +91,7 @@ def _create_lock(path: str) -> bool:
   return True
 
 
-def _writable_error(workdir: str, error: OSError) -> errors.UserError:
+def _writable_error(workdir: paths.Path, error: OSError) -> errors.UserError:
   reason = error.strerror or type(error).__name__
   return errors.UserError(
     f"cannot write in workdir {workdir} ({reason}); choose a writable --workdir"
@@ -92,11 +99,12 @@ def _writable_error(workdir: str, error: OSError) -> errors.UserError:
 
 
 @contextlib.contextmanager
-def locked(workdir: str):
+def locked(workdir: str | os.PathLike):
   """Holds `workdir/train.lock` for the duration of the block (see the module docstring)."""
-  path = os.path.join(workdir, LOCK_FILE)
+  workdir = paths.as_path(workdir)
+  path = workdir / LOCK_FILE
   try:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     taken = _create_lock(path)
     if not taken:
       holder = _read_holder(path)
@@ -115,7 +123,7 @@ def locked(workdir: str):
         path,
         _describe(holder),
       )
-      os.remove(path)
+      path.unlink()
       if not _create_lock(path):
         raise errors.UserError(
           f"workdir {workdir} was just locked by another train run "
@@ -127,7 +135,7 @@ def locked(workdir: str):
     yield
   finally:
     with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+      path.unlink()
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -162,20 +170,22 @@ def _show(flat: dict[str, Any], key: str) -> str:
   return repr(flat[key]) if key in flat else "absent"
 
 
-def check_and_record_config(workdir: str, config: ml_collections.ConfigDict, write: bool):
+def check_and_record_config(
+  workdir: str | os.PathLike, config: ml_collections.ConfigDict, write: bool
+):
   """Refuses a config whose model does not fit the workdir's; records `config` as config.json.
 
   Runs before anything is written: a refused run leaves config.json as it was. A changed
   non-model field is logged, and the previous config.json is kept as config.<time>.json. Only
   the process that `write`s touches files.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  workdir = paths.as_path(workdir)
+  path = workdir / CONFIG_FILE
   config_dict = config.to_dict()
   recorded = None
-  if os.path.exists(path):
+  if path.exists():
     try:
-      with open(path) as f:
-        recorded = json.load(f)
+      recorded = json.loads(path.read_text())
     except ValueError as error:
       raise errors.UserError(
         f"{path} is not valid JSON ({error}); restore it or use another --workdir"
@@ -198,12 +208,12 @@ def check_and_record_config(workdir: str, config: ml_collections.ConfigDict, wri
     )
     if write:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-      kept = os.path.join(workdir, f"config.{stamp}.json")
+      kept = workdir / f"config.{stamp}.json"
       suffix = 1
-      while os.path.exists(kept):
-        kept = os.path.join(workdir, f"config.{stamp}-{suffix}.json")
+      while kept.exists():
+        kept = workdir / f"config.{stamp}-{suffix}.json"
         suffix += 1
-      os.replace(path, kept)
+      path.rename(kept)
       logging.warning("kept the previous config as %s", kept)
   if write:
     config_utils.save_config(config, path)

@@ -1,15 +1,27 @@
 """Metric writing: clu's default writer (TensorBoard events + logging) and `metrics.jsonl`.
 
-Only process 0 writes files; other processes log only.
+Only process 0 writes files; other processes log only. The workdir may be a local folder or an
+object-store URL (`sgdnet_jax.paths`): TensorBoard events go through TensorFlow's file systems,
+which write `gs://` natively. `metrics.jsonl` is appended to, a line per call, on a local file
+system. Object stores cannot append, so there the writer keeps the whole file in memory (the
+lines of earlier runs in the same workdir included) and uploads it again at most every
+`OBJECT_STORE_UPLOAD_S` seconds and at `close`: one file to read wherever the workdir lives, at
+the cost of losing at most that many seconds of lines if the process dies.
 """
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+
+from sgdnet_jax import paths
+
+METRICS_FILE = "metrics.jsonl"
+OBJECT_STORE_UPLOAD_S = 30.0
 
 
 def _jsonable(value: Any):
@@ -17,27 +29,61 @@ def _jsonable(value: Any):
   return value.item() if value.ndim == 0 else value.tolist()
 
 
+class _JsonLines:
+  """One JSON object per line in a file that is appended to (local) or re-uploaded (objects)."""
+
+  def __init__(self, path: paths.Path):
+    self.path = path
+    self.appendable = paths.is_local(path)
+    if self.appendable:
+      # Held open for the whole run (closed in `close`), so no context manager here.
+      self._file = path.open("a")
+    else:
+      self._text = path.read_text() if path.exists() else ""
+      self._uploaded_at = time.monotonic()
+      self._unsent = False
+
+  def write(self, record: Mapping[str, Any]):
+    line = json.dumps(record) + "\n"
+    if self.appendable:
+      self._file.write(line)
+      self._file.flush()
+      return
+    self._text += line
+    self._unsent = True
+    if time.monotonic() - self._uploaded_at >= OBJECT_STORE_UPLOAD_S:
+      self._upload()
+
+  def _upload(self):
+    paths.write_text_atomic(self.path, self._text)
+    self._uploaded_at, self._unsent = time.monotonic(), False
+
+  def close(self):
+    if self.appendable:
+      self._file.close()
+    elif self._unsent:
+      self._upload()
+
+
 class MetricsWriter:
   """Scalars to clu's writer and, on process 0, one JSON object per call to metrics.jsonl."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str | os.PathLike):
     import tensorflow as tf
     from clu import metric_writers  # Imports TensorFlow: only the training loop pays for it.
 
     tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory.
+    workdir = paths.as_path(workdir)
     self.is_main = jax.process_index() == 0
     self._clu = metric_writers.create_default_writer(
-      workdir, just_logging=not self.is_main, asynchronous=False
+      str(workdir), just_logging=not self.is_main, asynchronous=False
     )
-    # Held open for the whole run (closed in `close`), so no context manager here.
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self.is_main else None  # noqa: SIM115
+    self._jsonl = _JsonLines(workdir / METRICS_FILE) if self.is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     self._clu.write_scalars(step, scalars)
     if self._jsonl:
-      record = {"step": int(step), **{key: _jsonable(value) for key, value in scalars.items()}}
-      self._jsonl.write(json.dumps(record) + "\n")
-      self._jsonl.flush()
+      self._jsonl.write({"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}})
 
   def close(self):
     self._clu.close()

@@ -1,0 +1,215 @@
+"""Workdirs anywhere Orbax can write: a `gs://` workdir end to end, and no local path tricks.
+
+The `gs://` bucket is a local folder behind the three clients a run uses, each at its public
+seam: etils.epath (through fsspec, with the `gs` protocol registered to a folder), TensorStore
+(Orbax's GCS kvstore spec, pointed at a `file` kvstore on that folder) and TensorFlow's summary
+writer (TensorBoard events). Like a real bucket, the fake refuses appends. Everything else —
+the loop, the checkpoint managers, the writers, evaluation — runs unchanged on the URL; a plain
+`open()` or `os.makedirs` on it would leave a `gs:` folder in the working directory instead.
+"""
+
+import ast
+import json
+import pathlib
+
+import pytest
+from fsspec.implementations import dirfs, local
+
+from sgdnet_jax import config_utils, evaluate, paths, variables_io
+from sgdnet_jax.study import plots, report
+from sgdnet_jax.train import loop, writers
+from tests import train_helpers
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sgdnet_jax"
+BUCKET_URL = "gs://bucket/sweep/baseline/fold0"
+
+
+def _bucket_filesystem(root: pathlib.Path):
+  """An fsspec `gs` file system that keeps objects under `root` and, like GCS, cannot append."""
+
+  class BucketFolder(dirfs.DirFileSystem):
+    protocol = ("gs", "gcs")
+    cachable = False
+
+    def __init__(self, *args, **kwargs):
+      del args, kwargs  # gcsfs options (finalize_on_close=...) mean nothing here
+      super().__init__(path=str(root), fs=local.LocalFileSystem())
+
+    def open(self, path, mode="rb", *args, **kwargs):
+      if "a" in mode:
+        raise OSError(f"{path}: an object store cannot append")
+      return super().open(path, mode, *args, **kwargs)
+
+  return BucketFolder
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """`gs://<bucket>/<key>` served from `tmp_path/bucket-root/<bucket>/<key>`; the cwd is empty."""
+  import tensorflow as tf
+  from etils.epath import gpath
+  from fsspec.registry import _registry
+  from orbax.checkpoint._src.path import gcs_utils
+
+  root = tmp_path / "bucket-root"
+  root.mkdir()
+  local_of = lambda url: str(root / str(url).removeprefix("gs://"))
+
+  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath: fsspec for gs://, read once and cached
+  gpath._is_tf_installed.cache_clear()
+  for protocol in ("gs", "gcs"):  # what fsspec.register_implementation does, undone afterwards
+    monkeypatch.setitem(_registry, protocol, _bucket_filesystem(root))
+  monkeypatch.setattr(
+    gcs_utils, "get_kvstore_for_gcs", lambda url: {"driver": "file", "path": local_of(url)}
+  )
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda url: False)
+  create_file_writer = tf.summary.create_file_writer
+  monkeypatch.setattr(
+    tf.summary, "create_file_writer", lambda logdir, **kw: create_file_writer(local_of(logdir))
+  )
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  yield root
+  gpath._is_tf_installed.cache_clear()  # read again once monkeypatch restored the environment
+
+
+def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert str(paths.as_path("gs://b/run")) == "gs://b/run"
+  assert str(paths.as_path("gs://b/run") / "checkpoints") == "gs://b/run/checkpoints"
+  assert not paths.is_local(paths.as_path("gs://b/run"))
+  assert str(paths.as_path("runs/x")) == str(tmp_path / "runs" / "x")
+  assert str(paths.as_path(f"file://{tmp_path}/a%20b")) == str(tmp_path / "a b")
+  assert paths.is_local("runs/x") and paths.is_local(tmp_path)
+  with pytest.raises(paths.errors.UserError, match="unsupported URL scheme"):
+    paths.as_path("memory://run")
+
+
+def test_write_text_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+  target = tmp_path / "out.json"
+  paths.write_text_atomic(target, "old")
+  paths.write_text_atomic(str(target), "new")
+  assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+# Modules that handle workdir-derived paths: none may reach them through os.path or open().
+WORKDIR_MODULES = (
+  "train/loop.py",
+  "train/checkpointing.py",
+  "train/writers.py",
+  "variables_io.py",
+  "evaluate.py",
+  "predict.py",
+  "demo.py",
+  "study/report.py",
+  "study/plots.py",
+  "cli/predict.py",
+)
+LOCAL_ONLY_CALLS = {
+  ("os", "makedirs"),
+  ("os", "replace"),
+  ("os", "rename"),
+  ("os", "walk"),
+  ("os", "listdir"),
+  ("os.path", "abspath"),
+  ("os.path", "join"),
+  ("os.path", "exists"),
+  ("os.path", "isdir"),
+  ("os.path", "isfile"),
+  ("os.path", "relpath"),
+  ("os.path", "dirname"),
+}
+
+
+def _local_only_calls(source: str) -> list[str]:
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if not isinstance(node, ast.Call):
+      continue
+    function = node.func
+    if isinstance(function, ast.Name) and function.id == "open":
+      found.append(f"open() at line {node.lineno}")
+    elif isinstance(function, ast.Attribute):
+      owner = ast.unparse(function.value)
+      if (owner, function.attr) in LOCAL_ONLY_CALLS:
+        found.append(f"{owner}.{function.attr}() at line {node.lineno}")
+  return found
+
+
+def test_the_finder_sees_local_only_calls():
+  source = "import os\nos.makedirs(w)\nopen(os.path.join(w, 'x'))\nos.path.abspath(w)\n"
+  assert len(_local_only_calls(source)) == 4
+
+
+@pytest.mark.parametrize("module", WORKDIR_MODULES)
+def test_workdir_modules_never_use_local_only_path_calls(module):
+  assert _local_only_calls((PACKAGE / module).read_text()) == []
+
+
+def test_save_config_writes_through_the_path_type():
+  text = (PACKAGE / "config_utils.py").read_text()
+  save_config = text[text.index("def save_config") :]
+  assert "paths.write_text_atomic" in save_config and _local_only_calls(save_config) == []
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return train_helpers.tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _config(data_dir: str, total_steps: int):
+  return config_utils.load_config(
+    str(train_helpers.REPO / train_helpers.TRAIN_CONFIG),  # the test runs in an empty cwd
+    train_helpers.overrides(data_dir, total_steps=total_steps, checkpoint_every_steps=1),
+  )
+
+
+def test_a_gs_workdir_trains_resumes_evaluates_and_reports_without_local_folders(
+  fake_gcs, data_dir
+):
+  first = loop.train_and_evaluate(_config(data_dir, 2), BUCKET_URL)
+  assert first["step"] == 2 and first["best_step"] > 0
+  second = loop.train_and_evaluate(_config(data_dir, 3), BUCKET_URL)
+  assert second["step"] == 3
+  evaluation = evaluate.evaluate(_config(data_dir, 3), BUCKET_URL, "test")
+
+  assert list(pathlib.Path.cwd().iterdir()) == []  # no ./gs:/bucket/... and nothing else
+  workdir = paths.as_path(BUCKET_URL)
+  # Read back through the path type, as another machine would.
+  assert json.loads((workdir / "config.json").read_text())["total_steps"] == 3
+  records = [json.loads(line) for line in (workdir / writers.METRICS_FILE).read_text().splitlines()]
+  # Both runs' lines: the resumed run re-uploaded the first run's lines with its own.
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "3"]  # keep 2
+  assert [p.name for p in (workdir / "best").iterdir()] == [str(second["best_step"])]
+  assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
+  variables = variables_io.load_variables(BUCKET_URL)
+  assert set(variables) == {"params", "batch_stats"}
+  saved = json.loads((workdir / "eval" / "test.json").read_text())
+  assert saved["dice"] == pytest.approx(evaluation["dice"])
+  assert (workdir / "eval" / "test_cases.csv").read_text().startswith("case_id,")
+
+  runs = report.load_runs("gs://bucket/sweep", "test", ("dice",))
+  assert [(r.variant, r.fold, r.path) for r in runs] == [("baseline", 0, BUCKET_URL)]
+  result = report.compare(runs, "baseline", 0)
+  written = report.write_tables("gs://bucket/sweep", result)
+  written += plots.write_plots("gs://bucket/sweep", runs, result)
+  assert "gs://bucket/sweep/report.md" in written and "gs://bucket/sweep/curves.png" in written
+  for name in ("report.md", "report_dice.png", "curves.png"):
+    assert (fake_gcs / "bucket" / "sweep" / name).is_file(), name
+  assert list(pathlib.Path.cwd().iterdir()) == []
+
+
+def test_a_pretrained_file_in_a_bucket_is_fetched_into_the_cache_once(fake_gcs, tmp_path):
+  from sgdnet_jax.porting import pretrained
+
+  (fake_gcs / "bucket" / "weights").mkdir(parents=True)
+  (fake_gcs / "bucket" / "weights" / "encoder.npz").write_bytes(b"weights")
+  url = "gs://bucket/weights/encoder.npz"
+  assert pretrained.resolve(url) == url
+  cache = tmp_path / "cache"
+  cached = pretrained.fetch(url, cache=str(cache), progress=False)
+  assert pathlib.Path(cached).read_bytes() == b"weights" and pathlib.Path(cached).parent == cache
+  (fake_gcs / "bucket" / "weights" / "encoder.npz").unlink()  # the cached copy is used
+  assert pretrained.fetch(url, cache=str(cache), progress=False) == cached
