@@ -25,7 +25,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
   "sgdc_paper_eq": {"sgdc.form": "paper"},
 }
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 is for tests (needs jax_enable_x64): parameters, BN statistics and losses follow it.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def default_model_config(

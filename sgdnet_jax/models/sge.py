@@ -16,7 +16,7 @@ from sgdnet_jax.models import layers
 def sobel_gate(x: jax.Array, gx: jax.Array, gy: jax.Array) -> jax.Array:
   """`sigmoid(sqrt(gx^2 + gy^2)) * x` with a finite gradient where the magnitude is 0."""
   magnitude = layers.safe_sqrt(jnp.square(gx) + jnp.square(gy))
-  return (jax.nn.sigmoid(magnitude) * x.astype(jnp.float32)).astype(x.dtype)
+  return (jax.nn.sigmoid(magnitude) * x.astype(layers.param_dtype(x.dtype))).astype(x.dtype)
 
 
 class BottleneckRefiner(nn.Module):
