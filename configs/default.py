@@ -64,7 +64,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Convolution lowering: lax (everywhere), cpu_matmul (faster CPU training) or auto (the CPU
   # one when traced on a CPU backend); `export` chooses it from its target platforms.
   model.conv_impl = "auto"
-  model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and BN stats stay float32)
+  model.dtype = "float32"  # compute: float32 | bfloat16 (params, BN stats stay float32) | float64
   # Functional lesions of the forward pass (docs/ablations.md; set by `ablate`): guidance=zero,
   # guidance=shuffle, sgdc.dynamic=off, sgdc.local=off, sgdc=identity, edge=off. Same parameters.
   model.lesions = ()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import default
 from sgdnet_jax import errors
 from sgdnet_jax import main as cli
 from sgdnet_jax.data import pipeline, prepare
@@ -58,7 +59,7 @@ def test_prepare_without_size_prints_its_choice_and_writes_it(prepared_at_defaul
   out, exit_code, printed = prepared_at_default
   assert exit_code == 0
   assert "--size 96: the median shorter side of the 5 images is 100 px" in printed
-  config = pipeline.default_data_config()
+  config = default.get_config().data
   config.dir, config.image_size = str(out), 0
   assert pipeline.image_size(config) == 96
 
@@ -67,7 +68,7 @@ def test_image_size_0_trains_at_the_prepared_size_and_a_different_one_is_an_erro
   prepared_at_default,
 ):
   out, _, _ = prepared_at_default
-  config = pipeline.default_data_config()
+  config = default.get_config().data
   config.dir, config.image_size, config.read_threads = str(out), 0, 1
   batch = next(pipeline.make_train_iterator(config, 2, seed=0, process_index=0, process_count=1))
   assert batch["image"].shape == (2, 96, 96, 3)

@@ -8,6 +8,8 @@ import pytest
 from configs import common, default
 from sgdnet_jax import models, summary
 from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
+from sgdnet_jax.train import losses
+from tests import tolerances
 
 
 def _params(module, *shapes, **kwargs):
@@ -94,6 +96,55 @@ def test_every_variant_output_shapes(variant, num_classes):
     assert ("guidance" in out["aux"]) == (variant not in ("cto", "baseline"))
 
 
+@pytest.mark.parametrize("variant", ["sgdnet", "cto"])
+def test_float64_model_computes_everything_in_float64(variant, x64):
+  """Parameters, BN statistics, outputs, the loss and its gradient: no float32 on the way (the
+  float32 input image is the only float32 value in the traced train step)."""
+  config = common.tiny_model_config(variant, 1)
+  config.dtype = "float64"
+  module = models.build(config)
+  images = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  mask = jnp.zeros((2, 32, 32), jnp.uint8)
+  variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), images))
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float64")}
+
+  def loss(params, batch_stats):
+    outputs, _ = module.apply(
+      {"params": params, "batch_stats": batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.PRNGKey(1)},
+    )
+    assert outputs["o1"].dtype == jnp.float64
+    return losses.total_loss(outputs, mask, default.get_config().loss)[0]
+
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(variables["params"], variables["batch_stats"])
+  assert jaxpr.out_avals[0].dtype == jnp.float64
+  assert _float32_results(jaxpr.jaxpr) == [], "an operation computes in float32"
+
+
+def _float32_results(jaxpr) -> list[str]:
+  """Primitives with a float32 result anywhere in `jaxpr`, nested jaxprs (loops, jit) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if any(getattr(v.aval, "dtype", None) == jnp.float32 for v in eqn.outvars):
+      found.append(str(eqn.primitive))
+    for param in eqn.params.values():
+      for inner in param if isinstance(param, (tuple, list)) else [param]:
+        inner = getattr(inner, "jaxpr", inner)
+        if hasattr(inner, "eqns"):
+          found += _float32_results(inner)
+  return found
+
+
+def test_float64_needs_64_bit_jax():
+  config = common.tiny_model_config("baseline", 1)
+  config.dtype = "float64"
+  with pytest.raises(ValueError, match="jax_enable_x64"):
+    models.build(config)
+
+
 def test_build_rejects_inconsistent_configs():
   config = common.tiny_model_config("sgdnet", 1)
   config.edge_branch = "none"
@@ -123,24 +174,28 @@ def test_sgdc_dynamic_implementations_agree_in_values_and_gradients(heads, kerne
   x = jnp.asarray(rng.normal(size=(2, 9, 7, 16)), jnp.float32)
   logits = jnp.asarray(rng.normal(size=(2, 9, 7, heads, kernel * kernel)), jnp.float32)
   kernels = jax.nn.softmax(logits, -1)
-  a = sgdc.dynamic_conv_patches(x, kernels)
-  b = sgdc.dynamic_conv_shifted(x, kernels)
-  np.testing.assert_allclose(a, b, atol=1e-5)
-  weights = jnp.asarray(rng.normal(size=a.shape), jnp.float32)
-  loss = lambda fn: lambda x, k: jnp.sum(fn(x, k) * weights)
-  ga = jax.grad(loss(sgdc.dynamic_conv_patches), (0, 1))(x, kernels)
-  gb = jax.grad(loss(sgdc.dynamic_conv_shifted), (0, 1))(x, kernels)
-  for u, v in zip(ga, gb):
-    np.testing.assert_allclose(u, v, atol=1e-5)
+  weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  a, patches_vjp = jax.vjp(sgdc.dynamic_conv_patches, x, kernels)
+  b, shifted_vjp = jax.vjp(sgdc.dynamic_conv_shifted, x, kernels)
+  # float32 sums of products on both sides (kernel^2 taps, or C / heads channels for the kernel
+  # gradient); the same maps on absolute values bound the products' sizes.
+  terms = max(kernel * kernel, x.shape[-1] // heads)
+  sizes = [sgdc.dynamic_conv_patches(jnp.abs(x), kernels)]
+  sizes += jax.vjp(sgdc.dynamic_conv_patches, jnp.abs(x), kernels)[1](jnp.abs(weights))
+  for u, v, size in zip([a, *patches_vjp(weights)], [b, *shifted_vjp(weights)], sizes):
+    bound = 2 * tolerances.rounding(np.float32, terms, np.asarray(size))
+    np.testing.assert_array_less(np.abs(np.asarray(u) - np.asarray(v)), bound + 1e-38)
 
 
-def test_sgdc_module_implementations_agree_end_to_end():
+def test_sgdc_module_implementations_agree_end_to_end(x64):
+  # float64 through LayerNorms, a softmax and the MLP: the two implementations agree to the
+  # float64 bound of tests/conftest.py, relative to the O(1) outputs and gradients.
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
-  g = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float64)
+  g = jnp.asarray(rng.normal(size=(2, 16, 16, 4)), jnp.float64)
   shifted, patches = (
-    sgdc.SGDC(kernel_size=5, impl="shifted"),
-    sgdc.SGDC(kernel_size=5, impl="patches"),
+    sgdc.SGDC(kernel_size=5, impl="shifted", dtype=jnp.float64),
+    sgdc.SGDC(kernel_size=5, impl="patches", dtype=jnp.float64),
   )
   variables = shifted.init(jax.random.PRNGKey(0), x, g, train=False)
   # Large layer scales so the dynamic branch dominates the output.
@@ -148,16 +203,17 @@ def test_sgdc_module_implementations_agree_end_to_end():
     lambda path, v: jnp.ones_like(v) if path[-1].key in ("ls1", "ls2") else v, variables
   )
   loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x, g, train=False)))
+  out = shifted.apply(variables, x, g, train=False)
+  assert out.dtype == jnp.float64
   np.testing.assert_allclose(
-    shifted.apply(variables, x, g, train=False),
-    patches.apply(variables, x, g, train=False),
-    atol=1e-5,
+    out, patches.apply(variables, x, g, train=False), rtol=0, atol=tolerances.FLOAT64_AGREEMENT
   )
   for u, v in zip(
     jax.tree_util.tree_leaves(jax.grad(loss(shifted), (0, 1))(variables, x)),
     jax.tree_util.tree_leaves(jax.grad(loss(patches), (0, 1))(variables, x)),
   ):
-    np.testing.assert_allclose(u, v, atol=1e-5, rtol=1e-5)
+    scale = max(1.0, float(np.max(np.abs(v))))
+    np.testing.assert_allclose(u, v, rtol=0, atol=tolerances.FLOAT64_AGREEMENT * scale)
 
 
 def test_sgdc_ablation_switches_change_the_parameter_head():
@@ -219,7 +275,16 @@ def test_channel_sum_sobel_equals_dense_sobel_convolution():
     ref = jax.lax.conv_general_dilated(
       x, dense, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    np.testing.assert_allclose(jnp.broadcast_to(ours, ref.shape), ref, atol=1e-5)
+    # float32: the dense convolution sums 9 x 5 products, ours 5 channels then 9 taps.
+    size = jax.lax.conv_general_dilated(
+      jnp.abs(x),
+      jnp.abs(dense),
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    bound = 2 * tolerances.rounding(np.float32, 9 * 5, np.asarray(size))
+    np.testing.assert_array_less(np.abs(jnp.broadcast_to(ours, ref.shape) - ref), bound + 1e-38)
 
 
 def test_patch_tokens_round_trip():

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from configs import default
 from sgdnet_jax.train import optimizer
 
 POWER = 0.9
@@ -11,7 +12,7 @@ POWER = 0.9
 def _rates(steps_per_epoch: int, total_steps: int) -> np.ndarray:
   """The learning rate of every step, relative to lr0 (set to 1: float32 rates are then exact
   at 1 and within a few float32 ulps elsewhere)."""
-  config = optimizer.default_optimizer_config()
+  config = default.get_config().optimizer
   config.lr = 1.0
   _, schedule = optimizer.make_optimizer(config, steps_per_epoch, total_steps)
   return np.array([float(schedule(step)) for step in range(total_steps)])
@@ -37,4 +38,4 @@ def test_a_total_steps_run_reaches_the_end_value_on_its_last_step(total_steps):
 
 def test_a_run_without_steps_is_refused():
   with pytest.raises(ValueError, match="expected positive"):
-    optimizer.make_optimizer(optimizer.default_optimizer_config(), 3, 0)
+    optimizer.make_optimizer(default.get_config().optimizer, 3, 0)

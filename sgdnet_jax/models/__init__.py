@@ -13,7 +13,8 @@ import ml_collections
 from sgdnet_jax.models import lesions as lesion_lib
 from sgdnet_jax.models.sgdnet import SGDNet
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 is for tests (needs jax_enable_x64): parameters, BN statistics and losses follow it.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def build(model_config: ml_collections.ConfigDict) -> SGDNet:

@@ -58,7 +58,7 @@ def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
   Output i averages inputs [floor(i*in/out), ceil((i+1)*in/out)), as PyTorch does; windows may
   overlap or repeat when the sizes do not divide.
   """
-  matrix = np.zeros((out_size, in_size), np.float32)
+  matrix = np.zeros((out_size, in_size))  # float64; cast to the accumulation dtype on use.
   for i in range(out_size):
     start = (i * in_size) // out_size
     end = -(-((i + 1) * in_size) // out_size)
@@ -72,9 +72,10 @@ def adaptive_avg_pool(x: Array, size: Sequence[int]) -> Array:
   out_h, out_w = size
   if (height, width) == (out_h, out_w):
     return x
-  pool_h = jnp.asarray(_adaptive_pool_matrix(height, out_h))
-  pool_w = jnp.asarray(_adaptive_pool_matrix(width, out_w))
-  pooled = jnp.einsum("oh,bhwc,pw->bopc", pool_h, x.astype(jnp.float32), pool_w)
+  accumulate = layers.param_dtype(x.dtype)
+  pool_h = jnp.asarray(_adaptive_pool_matrix(height, out_h), accumulate)
+  pool_w = jnp.asarray(_adaptive_pool_matrix(width, out_w), accumulate)
+  pooled = jnp.einsum("oh,bhwc,pw->bopc", pool_h, x.astype(accumulate), pool_w)
   return pooled.astype(x.dtype)
 
 
@@ -121,7 +122,7 @@ def relative_position_bias(rpb: Array, height: int, width: int, kernel_size: int
 
 
 def neighborhood_aggregate(attn: Array, value: Array, kernel_size: int) -> Array:
-  """NATTEN `na2d_av` with border-shifted windows, accumulated in float32.
+  """NATTEN `na2d_av` with border-shifted windows, accumulated in float32 (float64 for float64).
 
   attn (B, H, W, G, K*K) holds row-major window taps, value (B, H, W, G, c); returns
   (B, H, W, G, c). Tap (a, b) of pixel (i, j) reads value[s_i + a, s_j + b] with the window start
@@ -144,6 +145,7 @@ def neighborhood_aggregate(attn: Array, value: Array, kernel_size: int) -> Array
   # (K rows, B, H, W, K cols, G): the weights of one window row, laid out like the gathered taps.
   attn_rows = attn.reshape(batch, height, width, groups, kernel_size, kernel_size)
   attn_rows = attn_rows.transpose(4, 0, 1, 2, 5, 3)
+  accumulate = layers.param_dtype(value.dtype)
 
   @jax.checkpoint
   def add_window_row(out, row):
@@ -151,9 +153,9 @@ def neighborhood_aggregate(attn: Array, value: Array, kernel_size: int) -> Array
     window_row = jnp.take(
       jnp.take(value, rows, axis=1, mode="clip"), col_index, axis=2, mode="clip"
     ).reshape(batch, height, width, kernel_size, groups, channels)
-    return out + jnp.sum(weights[..., None].astype(jnp.float32) * window_row, axis=3), None
+    return out + jnp.sum(weights[..., None].astype(accumulate) * window_row, axis=3), None
 
-  out, _ = jax.lax.scan(add_window_row, jnp.zeros(value.shape, jnp.float32), (row_index, attn_rows))
+  out, _ = jax.lax.scan(add_window_row, jnp.zeros(value.shape, accumulate), (row_index, attn_rows))
   return out
 
 
@@ -171,9 +173,10 @@ class GRN(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     channels = x.shape[-1]
-    gamma = self.param("gamma", nn.initializers.zeros, (channels,))
-    beta = self.param("beta", nn.initializers.zeros, (channels,))
-    x32 = x.astype(jnp.float32)
+    dtype = layers.param_dtype(self.dtype or x.dtype)
+    gamma = self.param("gamma", nn.initializers.zeros, (channels,), dtype)
+    beta = self.param("beta", nn.initializers.zeros, (channels,), dtype)
+    x32 = x.astype(dtype)
     # Spatial L2 norm per channel; exact value, zero gradient for an all-zero channel.
     norm = layers.safe_sqrt(jnp.sum(jnp.square(x32), axis=(1, 2), keepdims=True), eps=0.0)
     normalised = norm / (jnp.mean(norm, axis=-1, keepdims=True) + 1e-6)
@@ -253,7 +256,8 @@ class SqueezeExcite(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = max(16, x.shape[-1] // 8)
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    pooled = jnp.mean(x.astype(layers.param_dtype(x.dtype)), axis=(1, 2), keepdims=True)
+    pooled = pooled.astype(x.dtype)
     hidden = gelu(layers.Conv2d(width, 1, dtype=self.dtype, name="proj_1")(pooled))
     gate = jax.nn.sigmoid(layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name="proj_3")(hidden))
     return x * gate
@@ -270,7 +274,8 @@ class DynamicConvBlock(nn.Module):
     smk_size: small dynamic kernel k.
     num_heads: upstream's argument; the block uses G = 2 * num_heads kernel groups.
     mlp_ratio: MLP width multiplier (hidden = int(C * mlp_ratio)).
-    dtype: computation dtype (None: the input's); BN/LN/softmax statistics stay float32.
+    dtype: computation dtype (None: the input's); BN/LN/softmax statistics are float32
+      (float64 for float64).
   """
 
   dim: int
@@ -314,8 +319,10 @@ class DynamicConvBlock(nn.Module):
     groups = 2 * self.num_heads
     scale = (channels // groups) ** -0.5
     dtype = self.dtype
-    rpb_small = self.param("rpb1", nn.initializers.zeros, (groups, 2 * small - 1, 2 * small - 1))
-    rpb_large = self.param("rpb2", nn.initializers.zeros, (groups, 2 * large - 1, 2 * large - 1))
+    accumulate = layers.param_dtype(dtype or x.dtype)
+    rpb_shape = lambda size: (groups, 2 * size - 1, 2 * size - 1)
+    rpb_small = self.param("rpb1", nn.initializers.zeros, rpb_shape(small), accumulate)
+    rpb_large = self.param("rpb2", nn.initializers.zeros, rpb_shape(large), accumulate)
 
     x_f = _residual_dw_conv(jnp.concatenate([x, ctx.astype(x.dtype)], axis=-1), "dwconv1", dtype)
     identity = x_f
@@ -349,7 +356,7 @@ class DynamicConvBlock(nn.Module):
     weights = layers.Conv2d(small * small + large * large, 1, dtype=dtype, name="weight_proj")(
       affinity.reshape(batch, work_h * work_w, groups, POOL_SIZE * POOL_SIZE)
     )
-    weights = weights.reshape(batch, work_h, work_w, groups, -1).astype(jnp.float32)
+    weights = weights.reshape(batch, work_h, work_w, groups, -1).astype(accumulate)
     attn_small = jax.nn.softmax(
       weights[..., : small * small] + relative_position_bias(rpb_small, work_h, work_w, small),
       axis=-1,

@@ -65,7 +65,7 @@ class MultiPatchAttention(nn.Module):
     for p, q, k, v in zip(self.patch_sizes, queries, keys, values):
       q, k, v = (_to_tokens(t, p) for t in (q, k, v))
       scores = jnp.einsum("bqd,bkd->bqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-      attn = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+      attn = jax.nn.softmax(scores.astype(layers.param_dtype(v.dtype)), axis=-1).astype(v.dtype)
       outputs.append(_from_tokens(jnp.einsum("bqk,bkd->bqd", attn, v), p, h, w))
     y = jnp.concatenate(outputs, axis=-1)
     y = layers.Conv2d(c, 3, padding=1, dtype=self.dtype, name="output_linear_0")(y)
@@ -121,10 +121,10 @@ class PositionAttention(nn.Module):
     feat_b = layers.Conv2d(c // 8, 1, dtype=self.dtype, name="conv_b")(x).reshape(b, h * w, -1)
     feat_c = layers.Conv2d(c // 8, 1, dtype=self.dtype, name="conv_c")(x).reshape(b, h * w, -1)
     feat_d = layers.Conv2d(c, 1, dtype=self.dtype, name="conv_d")(x).reshape(b, h * w, c)
-    scores = jnp.einsum("bik,bjk->bij", feat_b, feat_c).astype(jnp.float32)
+    scores = jnp.einsum("bik,bjk->bij", feat_b, feat_c).astype(layers.param_dtype(x.dtype))
     attention = jax.nn.softmax(scores, axis=-1).astype(feat_d.dtype)
     feat_e = jnp.einsum("bij,bjc->bic", attention, feat_d).reshape(b, h, w, c)
-    alpha = self.param("alpha", nn.initializers.zeros, (1,))
+    alpha = self.param("alpha", nn.initializers.zeros, (1,), layers.param_dtype(x.dtype))
     return alpha.astype(x.dtype) * feat_e + x
 
 
@@ -135,11 +135,11 @@ class ChannelAttention(nn.Module):
   def __call__(self, x):
     b, h, w, c = x.shape
     flat = x.reshape(b, h * w, c)
-    affinity = jnp.einsum("bnc,bnd->bcd", flat, flat).astype(jnp.float32)
+    affinity = jnp.einsum("bnc,bnd->bcd", flat, flat).astype(layers.param_dtype(x.dtype))
     affinity = jnp.max(affinity, axis=-1, keepdims=True) - affinity
     attention = jax.nn.softmax(affinity, axis=-1).astype(x.dtype)
     feat_e = jnp.einsum("bcd,bnd->bnc", attention, flat).reshape(b, h, w, c)
-    beta = self.param("beta", nn.initializers.zeros, (1,))
+    beta = self.param("beta", nn.initializers.zeros, (1,), layers.param_dtype(x.dtype))
     return beta.astype(x.dtype) * feat_e + x
 
 

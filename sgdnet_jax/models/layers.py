@@ -31,6 +31,15 @@ def _pair(value: IntPair) -> tuple[int, int]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
 
+def param_dtype(compute_dtype: Dtype) -> Dtype:
+  """Dtype of parameters, BN statistics and accumulations: float64 under float64, else float32.
+
+  float64 (tests only, with `jax_enable_x64`) keeps the whole computation in float64, so layout
+  equivalence can be checked without float32 rounding; bfloat16 and float32 accumulate in float32.
+  """
+  return jnp.promote_types(compute_dtype, jnp.float32)
+
+
 def torch_default_bias_init(fan_in: int) -> Initializer:
   """PyTorch's default bias init, U(+-1/sqrt(fan_in)), which depends on the kernel's fan-in."""
   bound = 1.0 / np.sqrt(fan_in) if fan_in > 0 else 0.0
@@ -97,11 +106,10 @@ class Conv2d(nn.Module):
       raise ValueError(
         f"{self.name}: {in_features} input channels not divisible by groups={self.groups}"
       )
-    kernel = self.param(
-      "kernel", self.kernel_init, (kh, kw, in_features // self.groups, self.features)
-    )
-    padding, stride, dilation = _pair(self.padding), _pair(self.stride), _pair(self.dilation)
     dtype = self.dtype or x.dtype
+    kernel_shape = (kh, kw, in_features // self.groups, self.features)
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, param_dtype(dtype))
+    padding, stride, dilation = _pair(self.padding), _pair(self.stride), _pair(self.dilation)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     if (kh, kw) == (1, 1) and self.groups == 1 and padding == (0, 0):
       y = pointwise_conv(x[:, :: stride[0], :: stride[1]], kernel)
@@ -113,7 +121,8 @@ class Conv2d(nn.Module):
       y = _lax_conv(x, kernel, padding, dilation, stride, self.groups)
     if self.use_bias:
       fan_in = kh * kw * in_features // self.groups
-      bias = self.param("bias", torch_default_bias_init(fan_in), (self.features,))
+      bias_init = torch_default_bias_init(fan_in)
+      bias = self.param("bias", bias_init, (self.features,), param_dtype(dtype))
       y = y + bias.astype(dtype)
     return y
 
@@ -226,13 +235,14 @@ def depthwise_conv(
 ) -> Array:
   """Stride-1 depthwise convolution (kernel (kh, kw, 1, C)) as a sum of shifted views.
 
-  Accumulates in float32 (as a convolution does) and returns x's dtype.
+  Accumulates in float32 (float64 for float64, as a convolution does) and returns x's dtype.
   """
   kh, kw = kernel.shape[:2]
-  taps = kernel[:, :, 0].reshape(kh * kw, -1).astype(jnp.float32)
+  accumulate = param_dtype(x.dtype)
+  taps = kernel[:, :, 0].reshape(kh * kw, -1).astype(accumulate)
   out = 0.0
   for tap, view in zip(taps, _shifted_views(x, (kh, kw), padding, dilation)):
-    out = out + view.astype(jnp.float32) * tap
+    out = out + view.astype(accumulate) * tap
   return out.astype(x.dtype)
 
 
@@ -241,7 +251,7 @@ class BatchNorm(nn.Module):
 
   Normalises with the biased batch variance and updates `batch_stats.var` with the unbiased one,
   exactly as PyTorch does, so running statistics move the same way after a step. Statistics and
-  the normalisation are computed in float32 whatever the compute dtype. Under `jit` with a
+  the normalisation are computed in `param_dtype` (float32 unless float64). Under `jit` with a
   globally sharded batch the mean and variance are global (synchronised BN).
   """
 
@@ -252,11 +262,12 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-    x32 = x.astype(jnp.float32)
+    dtype = param_dtype(self.dtype or x.dtype)
+    scale = self.param("scale", nn.initializers.ones, (features,), dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), dtype)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), dtype))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), dtype))
+    x32 = x.astype(dtype)
     if train:
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x32, axes)
@@ -274,7 +285,7 @@ class BatchNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-  """Channels-last LayerNorm over C (PyTorch `nn.LayerNorm(C)` on NHWC), computed in float32."""
+  """Channels-last LayerNorm over C (PyTorch `nn.LayerNorm(C)` on NHWC), in `param_dtype`."""
 
   epsilon: float = 1e-6
   dtype: Dtype | None = None
@@ -282,9 +293,10 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (features,))
-    bias = self.param("bias", nn.initializers.zeros, (features,))
-    x32 = x.astype(jnp.float32)
+    dtype = param_dtype(self.dtype or x.dtype)
+    scale = self.param("scale", nn.initializers.ones, (features,), dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), dtype)
+    x32 = x.astype(dtype)
     mean = jnp.mean(x32, -1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
@@ -296,7 +308,7 @@ class PReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    slope = self.param("weight", nn.initializers.constant(0.25), (1,))
+    slope = self.param("weight", nn.initializers.constant(0.25), (1,), param_dtype(x.dtype))
     return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
@@ -409,8 +421,8 @@ def sobel_of_channel_sum(x: Array) -> tuple[Array, Array]:
   (out, in) pair computes for each output channel, at a fraction of the cost. The kernels are
   constants, never parameters. Cross-correlation, as in PyTorch.
   """
-  summed = jnp.sum(x.astype(jnp.float32), axis=-1, keepdims=True)
-  kernels = jnp.asarray(np.stack([SOBEL_X, SOBEL_Y], axis=-1)[:, :, None, :])  # (3, 3, 1, 2)
+  summed = jnp.sum(x.astype(param_dtype(x.dtype)), axis=-1, keepdims=True)
+  kernels = np.stack([SOBEL_X, SOBEL_Y], axis=-1)[:, :, None, :].astype(summed.dtype)  # (3,3,1,2)
   g = jax.lax.conv_general_dilated(
     summed, kernels, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
@@ -420,4 +432,4 @@ def sobel_of_channel_sum(x: Array) -> tuple[Array, Array]:
 def sobel_gate(x: jax.Array, gx: jax.Array, gy: jax.Array) -> jax.Array:
   """`sigmoid(sqrt(gx^2 + gy^2)) * x` with a finite gradient where the magnitude is 0."""
   magnitude = safe_sqrt(jnp.square(gx) + jnp.square(gy))
-  return (jax.nn.sigmoid(magnitude) * x.astype(jnp.float32)).astype(x.dtype)
+  return (jax.nn.sigmoid(magnitude) * x.astype(param_dtype(x.dtype))).astype(x.dtype)

@@ -68,13 +68,13 @@ def dynamic_conv_shifted(x: jax.Array, kernels: jax.Array) -> jax.Array:
   image). The backward pass is written out so that memory stays O(B*H*W*C):
     dx[q] = sum_t g[q - d_t] * K[q - d_t, t]   (the same shifted sum, over g and K),
     dK[p, t] = sum_c x[p + d_t, c] * g[p, c]   (one channel reduction per tap).
-  Only x and the kernels are kept for it. Accumulation is in float32; the output has x's dtype
-  and the kernels keep theirs (float32 from the softmax).
+  Only x and the kernels are kept for it. Accumulation is in `layers.param_dtype` (float32,
+  float64 for float64); the output has x's dtype and the kernels keep theirs (the softmax's).
   """
   return _shifted_forward(x, kernels)
 
 
-def _in_row_blocks(height: int, block_sum, shape) -> jax.Array:
+def _in_row_blocks(height: int, block_sum, shape, dtype) -> jax.Array:
   """Assembles (B, height, ...) from `block_sum(start, rows)` over two row blocks, in a loop.
 
   The loop boundary makes XLA materialise the operands and the result of the k*k-term sums:
@@ -87,24 +87,25 @@ def _in_row_blocks(height: int, block_sum, shape) -> jax.Array:
     start = jnp.minimum(i * rows, height - rows)  # an odd height overlaps one row, same values
     return jax.lax.dynamic_update_slice_in_dim(out, block_sum(start, rows), start, axis=1)
 
-  return jax.lax.fori_loop(0, 2, block, jnp.zeros(shape, jnp.float32))
+  return jax.lax.fori_loop(0, 2, block, jnp.zeros(shape, dtype))
 
 
 def _shifted_forward(x: jax.Array, kernels: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   heads, k, r = _geometry(x, kernels)
   padded = _pad_hw(_split_heads(x, heads), r)
+  accumulate = layers.param_dtype(x.dtype)
 
   def block_sum(start, rows):
-    x_rows = jax.lax.dynamic_slice_in_dim(padded, start, rows + 2 * r, axis=1).astype(jnp.float32)
-    k_rows = jax.lax.dynamic_slice_in_dim(kernels, start, rows, axis=1).astype(jnp.float32)
+    x_rows = jax.lax.dynamic_slice_in_dim(padded, start, rows + 2 * r, axis=1).astype(accumulate)
+    k_rows = jax.lax.dynamic_slice_in_dim(kernels, start, rows, axis=1).astype(accumulate)
     out = 0.0
     for ky in range(k):
       for kx in range(k):
         out = out + x_rows[:, ky : ky + rows, kx : kx + w] * k_rows[..., ky * k + kx, None]
     return out
 
-  out = _in_row_blocks(h, block_sum, (b, h, w, heads, c // heads))
+  out = _in_row_blocks(h, block_sum, (b, h, w, heads, c // heads), accumulate)
   return out.reshape(b, h, w, c).astype(x.dtype)
 
 
@@ -116,10 +117,11 @@ def _shifted_bwd(residuals, grad: jax.Array):
   x, kernels = residuals
   b, h, w, c = x.shape
   heads, k, r = _geometry(x, kernels)
-  g = _split_heads(grad, heads).astype(jnp.float32)
+  accumulate = layers.param_dtype(x.dtype)
+  g = _split_heads(grad, heads).astype(accumulate)
   # dx: tap (ky, kx) of output pixel q - d_t lands on q; in padded coordinates that pixel is at
   # q + (2r - ky, 2r - kx). Zero padding of g and K drops the taps of pixels outside the image.
-  g_padded, k_padded = _pad_hw(g, r), _pad_hw(kernels.astype(jnp.float32), r)
+  g_padded, k_padded = _pad_hw(g, r), _pad_hw(kernels.astype(accumulate), r)
 
   def block_sum(start, rows):
     g_rows = jax.lax.dynamic_slice_in_dim(g_padded, start, rows + 2 * r, axis=1)
@@ -132,17 +134,17 @@ def _shifted_bwd(residuals, grad: jax.Array):
         dx = dx + g_rows[:, oy : oy + rows, ox : ox + w] * weight
     return dx
 
-  dx = _in_row_blocks(h, block_sum, g.shape)
+  dx = _in_row_blocks(h, block_sum, g.shape, accumulate)
   # dK: one tap per iteration keeps a single shifted view alive (XLA:CPU materialises the view
   # feeding each channel reduction; unrolled, that would be the patch tensor again).
   x_padded = _pad_hw(_split_heads(x, heads), r)
 
   def tap(t, dk):
     view = jax.lax.dynamic_slice(x_padded, (0, t // k, t % k, 0, 0), g.shape)
-    column = jnp.sum(view.astype(jnp.float32) * g, axis=-1, keepdims=True)
+    column = jnp.sum(view.astype(accumulate) * g, axis=-1, keepdims=True)
     return jax.lax.dynamic_update_slice(dk, column, (0, 0, 0, 0, t))
 
-  dk = jax.lax.fori_loop(0, k * k, tap, jnp.zeros(kernels.shape, jnp.float32))
+  dk = jax.lax.fori_loop(0, k * k, tap, jnp.zeros(kernels.shape, accumulate))
   return dx.reshape(b, h, w, c).astype(x.dtype), dk.astype(kernels.dtype)
 
 
@@ -214,9 +216,11 @@ class SGDC(nn.Module):
     b, h, w, dim = x.shape
     self._check(dim)
     official = self.form == "official"
+    accumulate = layers.param_dtype(self.dtype or x.dtype)
     if official:
-      ls1 = self.param("ls1", nn.initializers.constant(self.layer_scale_init), (dim,))
-      ls2 = self.param("ls2", nn.initializers.constant(self.layer_scale_init), (dim,))
+      layer_scale = nn.initializers.constant(self.layer_scale_init)
+      ls1 = self.param("ls1", layer_scale, (dim,), accumulate)
+      ls2 = self.param("ls2", layer_scale, (dim,), accumulate)
     conv = lambda features, name: layers.Conv2d(features, 1, dtype=self.dtype, name=name)
 
     head_input = x
@@ -245,7 +249,7 @@ class SGDC(nn.Module):
     if dynamic:
       gate2 = jax.nn.sigmoid(params[..., offset : offset + dim])
       logits = params[..., offset + dim :].reshape(b, h, w, self.num_heads, taps)
-      kernels = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      kernels = jax.nn.softmax(logits.astype(accumulate), axis=-1)
       y = y + DYNAMIC_CONV[self.impl](xn, kernels) * gate2
 
     drop = DropPath(self.drop_path)

@@ -129,6 +129,12 @@ class SGDNet(nn.Module):
       raise ValueError(
         f"model.conv_impl must be one of {layers.CONV_IMPLS}, got {self.conv_impl!r}"
       )
+    float64 = self.dtype is not None and jnp.dtype(self.dtype) == jnp.float64
+    if float64 and not jax.config.jax_enable_x64:
+      raise ValueError(
+        "model.dtype='float64' needs 64-bit JAX: call "
+        "jax.config.update('jax_enable_x64', True) first (or set JAX_ENABLE_X64=1)"
+      )
 
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:
     self.check()
@@ -204,9 +210,10 @@ class SGDNet(nn.Module):
       logits = layers.Conv2d(self.num_classes, 1, dtype=dtype, name=f"predictor{level}")(
         decoder_maps[level]
       )
-      outputs[f"o{level}"] = layers.resize_bilinear(logits.astype(jnp.float32), size)
+      logits = logits.astype(layers.param_dtype(logits.dtype))
+      outputs[f"o{level}"] = layers.resize_bilinear(logits, size)
     if edge_logits is not None:
-      aux["edge_logits"] = edge_logits.astype(jnp.float32)
+      aux["edge_logits"] = edge_logits.astype(layers.param_dtype(edge_logits.dtype))
       outputs["edge"] = layers.resize_bilinear(jax.nn.sigmoid(aux["edge_logits"]), size)
     outputs["aux"] = aux
     return outputs

@@ -3,7 +3,8 @@
 The paper's loss: for each decoder output o1..o3, BCE + soft Dice (smoothing 1, per sample, then
 the batch mean) against the mask M, plus lambda x soft Dice of the edge probability against the
 boundary ground truth E = dilate(M, disk(2)) - M. CTO's structure loss (weighted IoU + weighted
-cross-entropy) is an option, without its batch-broadcast bug. Everything is float32.
+cross-entropy) is an option, without its batch-broadcast bug. Everything is float32 (float64
+when the model computes in float64, `layers.param_dtype` of its outputs).
 """
 
 import jax
@@ -12,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from sgdnet_jax import models
+from sgdnet_jax.models import layers
 
 SEG_LOSSES = ("bce_dice", "structure")
 # disk(2) as skimage builds it: the 13-pixel diamond-like footprint of radius 2.
@@ -20,9 +22,9 @@ DISK2 = np.array(
 )
 
 
-def boundary_target(mask: jax.Array) -> jax.Array:
+def boundary_target(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
   """E = dilate(M, disk(2)) - M: the outer 2-pixel ring of every foreground region (B, H, W)."""
-  m = (mask > 0).astype(jnp.float32)[..., None]
+  m = (mask > 0).astype(dtype)[..., None]
   return (_dilate_disk2(m) - m)[..., 0]
 
 
@@ -95,13 +97,14 @@ def total_loss(
   """The training objective and its parts, averaged over samples (weighted by `weights`)."""
   if loss_config.seg not in SEG_LOSSES:
     raise ValueError(f"config.loss.seg must be one of {SEG_LOSSES}, got {loss_config.seg!r}")
-  target = (mask > 0).astype(jnp.float32)
+  dtype = layers.param_dtype(outputs["o1"].dtype)
+  target = (mask > 0).astype(dtype)
   if weights is None:
-    weights = jnp.ones(target.shape[:1], jnp.float32)
+    weights = jnp.ones(target.shape[:1], dtype)
   mean = lambda per_sample: jnp.sum(per_sample * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   parts = {}
   for key in ("o1", "o2", "o3"):
-    logits = outputs[key].astype(jnp.float32)
+    logits = outputs[key].astype(dtype)
     per_sample = (
       bce_dice_loss(logits, target, loss_config.dice_smooth)
       if loss_config.seg == "bce_dice"
@@ -111,7 +114,7 @@ def total_loss(
   loss = parts["loss_o1"] + parts["loss_o2"] + parts["loss_o3"]
   if "edge" in outputs and loss_config.edge_weight > 0:
     edge_dice = soft_dice_loss(
-      outputs["edge"][..., 0].astype(jnp.float32), boundary_target(target), loss_config.dice_smooth
+      outputs["edge"][..., 0].astype(dtype), boundary_target(target, dtype), loss_config.dice_smooth
     )
     parts["loss_edge"] = mean(edge_dice)
     loss = loss + loss_config.edge_weight * parts["loss_edge"]
