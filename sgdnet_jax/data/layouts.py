@@ -1,4 +1,4 @@
-"""Readers for the dataset layouts exactly as users download them (shared/DATA.md).
+"""Readers for the dataset layouts exactly as users download them (docs/data.md).
 
 Each reader takes the folder the user unpacked the download into and returns a `Listing`: the
 image/mask pairs it found (`Case`), the problems it could see from file names alone (unpaired or
@@ -26,7 +26,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Protocol splits (train/val/test) are built from them.
 TRAIN, VALIDATION, TEST, FULL = "train", "validation", "test", "full"
 
-# Case counts of the official releases, per subset (DATA.md). A difference is a warning.
+# Case counts of the official releases, per subset (docs/data.md). A difference is a warning.
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
   "isic2016": {TRAIN: 900, TEST: 379},
   "isic2018": {TRAIN: 2594, VALIDATION: 100, TEST: 1000},
@@ -243,7 +243,7 @@ def _read_image_mask_folders(
         raise LayoutError(
           f"{root}: no folder named {' or '.join(map(repr, missing))} "
           f"(looked up to 2 levels deep); expected the {dataset} layout of "
-          f"DATA.md. Top-level entries: {_top_entries(root)}"
+          f"docs/data.md. Top-level entries: {_top_entries(root)}"
         )
       if image_dir is not None or mask_dir is not None:
         listing.warnings.append(

@@ -195,7 +195,7 @@ class PreparedSegmentation(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in DATASETS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Download the dataset by hand (licences forbid redistribution), "
-    "unpack it and pass that folder as manual_dir (DATA.md)."
+    "unpack it and pass that folder as manual_dir (docs/data.md)."
   )
 
   def __init__(
@@ -469,7 +469,7 @@ def _prepare_into(
     folders = " and ".join(str(source / name) for name in listing.folders.values())
     raise PreparationError(
       f"prepare {dataset}: no image/mask pairs in {folders or source}; expected the images and "
-      f"their masks there (DATA.md); {len(listing.ignored)} other file(s) were ignored"
+      f"their masks there (docs/data.md); {len(listing.ignored)} other file(s) were ignored"
       + "".join(f"; {p.message()}" for p in listing.problems[:5])
     )
   tfds.display_progress_bar(False)

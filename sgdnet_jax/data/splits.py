@@ -1,4 +1,4 @@
-"""Split protocols (DATA.md), persisted as JSON beside the prepared data.
+"""Split protocols (docs/data.md), persisted as JSON beside the prepared data.
 
 A protocol is a JSON file `splits/<name>.json`:
 

@@ -1,6 +1,6 @@
 """Overlap metrics: Dice, IoU, MedISeg mIoU and the ISIC 2018 thresholded Jaccard.
 
-Definitions are those of METRICS.md. Per-image values come from pixel counts,
+Definitions are those of docs/metrics.md. Per-image values come from pixel counts,
 which are exact integers, so every aggregation is computed from counts:
 
 * `per_image_mean`: mean over images of the per-image score (ISIC, MONAI, nnU-Net);

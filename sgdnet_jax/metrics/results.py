@@ -53,7 +53,7 @@ _DISTANCE_EMPTY = {
 
 @dataclasses.dataclass(frozen=True)
 class MetricOptions:
-  """The selectable conventions of METRICS.md; the defaults are the project's."""
+  """The selectable conventions of docs/metrics.md; the defaults are the project's."""
 
   dice: str = "per_image_mean"  # per_image_mean | global
   iou: str = "per_image_mean"  # per_image_mean | global | medi_seg_miou

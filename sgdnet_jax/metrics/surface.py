@@ -1,6 +1,6 @@
 """Surface distances: HD, HD95 (pooled / max_directed), ASSD, ASD — exact, two backends.
 
-Definitions (METRICS.md, medpy 0.5.2 semantics):
+Definitions (docs/metrics.md, medpy 0.5.2 semantics):
 
 * surface(A) = A XOR erode(A, 3x3 cross); pixels outside the image count as
   background, so a mask touching the border keeps its border pixels.
