@@ -1,4 +1,4 @@
-"""ISIC 2018 Task 1, MedISeg/CTO 5-fold protocol (docs/data.md), any variant of the paper's Tables 4-5.
+"""ISIC 2018 Task 1, MedISeg/CTO 5-fold protocol (docs/data.md), any variant of Tables 4-5.
 
   python -m sgdnet_jax.main prepare --dataset isic2018 --source ~/ISIC2018 --out data/isic2018
   python -m sgdnet_jax.main train --config configs/isic2018.py:variant=sgdnet,fold=0 \

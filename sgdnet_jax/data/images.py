@@ -1,6 +1,6 @@
 """Decoding and resizing of images and masks, shared by preparation, evaluation and prediction.
 
-Conventions (SPEC §0.9, docs/data.md): images become 8-bit RGB (grayscale expanded, alpha dropped) and
+Conventions (docs/data.md): images become 8-bit RGB (grayscale expanded, alpha dropped) and
 are resized bilinearly (PIL, antialiased); masks are binarised with `> 0` and resized by nearest
 neighbour. JPEGs are decoded with DCT scaling (`draft`) to the smallest size not below the target
 before the bilinear resize, which is several times faster on large dermoscopy photographs. EXIF
