@@ -47,7 +47,7 @@ def _bucket_filesystem(root: pathlib.Path):
 def fake_gcs(tmp_path, monkeypatch):
   """`gs://<bucket>/<key>` served from `tmp_path/bucket-root/<bucket>/<key>`; the cwd is empty."""
   import tensorflow as tf
-  from etils.epath import gpath
+  from etils.epath import backend, gpath
   from fsspec.registry import _registry
   from orbax.checkpoint._src.path import gcs_utils
 
@@ -55,8 +55,11 @@ def fake_gcs(tmp_path, monkeypatch):
   root.mkdir()
   local_of = lambda url: str(root / str(url).removeprefix("gs://"))
 
-  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath: fsspec for gs://, read once and cached
-  gpath._is_tf_installed.cache_clear()
+  # epath reads EPATH_USE_TF once and keeps one fsspec file system per protocol: both cached.
+  caches = (gpath._is_tf_installed, backend.fsspec_backend._get_filesystem)
+  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath: fsspec for gs://
+  for cache in caches:
+    cache.cache_clear()
   for protocol in ("gs", "gcs"):  # what fsspec.register_implementation does, undone afterwards
     monkeypatch.setitem(_registry, protocol, _bucket_filesystem(root))
   monkeypatch.setattr(
@@ -71,7 +74,8 @@ def fake_gcs(tmp_path, monkeypatch):
   cwd.mkdir()
   monkeypatch.chdir(cwd)
   yield root
-  gpath._is_tf_installed.cache_clear()  # read again once monkeypatch restored the environment
+  for cache in caches:  # filled again from the restored environment and registry
+    cache.cache_clear()
 
 
 def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
@@ -161,27 +165,30 @@ def data_dir(tmp_path_factory):
 def _config(data_dir: str, total_steps: int):
   return config_utils.load_config(
     str(train_helpers.REPO / train_helpers.TRAIN_CONFIG),  # the test runs in an empty cwd
-    train_helpers.overrides(data_dir, total_steps=total_steps, checkpoint_every_steps=1),
+    train_helpers.overrides(
+      data_dir, total_steps=total_steps, checkpoint_every_steps=1, keep_checkpoints=1
+    ),
   )
 
 
 def test_a_gs_workdir_trains_resumes_evaluates_and_reports_without_local_folders(
   fake_gcs, data_dir
 ):
-  first = loop.train_and_evaluate(_config(data_dir, 2), BUCKET_URL)
-  assert first["step"] == 2 and first["best_step"] > 0
-  second = loop.train_and_evaluate(_config(data_dir, 3), BUCKET_URL)
-  assert second["step"] == 3
-  evaluation = evaluate.evaluate(_config(data_dir, 3), BUCKET_URL, "test")
+  first = loop.train_and_evaluate(_config(data_dir, 1), BUCKET_URL)
+  assert first["step"] == 1 and first["best_step"] == 1
+  second = loop.train_and_evaluate(_config(data_dir, 2), BUCKET_URL)  # resumes at step 1
+  assert second["step"] == 2
+  evaluation = evaluate.evaluate(_config(data_dir, 2), BUCKET_URL, "test")
 
   assert list(pathlib.Path.cwd().iterdir()) == []  # no ./gs:/bucket/... and nothing else
   workdir = paths.as_path(BUCKET_URL)
   # Read back through the path type, as another machine would.
-  assert json.loads((workdir / "config.json").read_text())["total_steps"] == 3
+  assert json.loads((workdir / "config.json").read_text())["total_steps"] == 2
   records = [json.loads(line) for line in (workdir / writers.METRICS_FILE).read_text().splitlines()]
   # Both runs' lines: the resumed run re-uploaded the first run's lines with its own.
-  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "3"]  # keep 2
+  assert [r["step"] for r in records if "loss" in r] == [1, 2]
+  # Step 1 was deleted in the bucket when step 2 was saved (keep_checkpoints=1).
+  assert [p.name for p in (workdir / "checkpoints").iterdir()] == ["2"]
   assert [p.name for p in (workdir / "best").iterdir()] == [str(second["best_step"])]
   assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
   variables = variables_io.load_variables(BUCKET_URL)
