@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 
 from sgdnet_jax import config_utils, errors, main
@@ -186,7 +187,7 @@ def test_damaged_checkpoints_are_moved_aside_and_the_newest_intact_one_resumed(
   assert "checkpoint 6 cannot be restored" in caplog.text
   assert "checkpoint 4 cannot be restored" in caplog.text
   assert {"4.corrupt", "6.corrupt"} <= set(os.listdir(run_dir / "checkpoints"))
-  assert saved_steps(run_dir) == [4, 6]  # saved again from step 2
+  assert saved_steps(run_dir) == [2, 4, 6]  # 4 and 6 saved again
   resumed_steps = [
     json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
   ]
@@ -194,17 +195,22 @@ def test_damaged_checkpoints_are_moved_aside_and_the_newest_intact_one_resumed(
   assert train_helpers.step_losses(run_dir) == train_helpers.step_losses(reference_dir)
 
 
-def test_no_intact_checkpoint_starts_from_scratch_with_a_warning(reference, tmp_path, caplog):
-  reference_dir, config = reference
-  run_dir = tmp_path / "run"
-  shutil.copytree(reference_dir, run_dir)
-  for step in saved_steps(run_dir):
-    remove_the_metadata(run_dir / "checkpoints" / str(step))
-  with caplog.at_level(logging.WARNING):
-    loop.train_and_evaluate(config.copy_and_resolve_references(), str(run_dir))
-  assert "starting from scratch" in caplog.text
-  assert {"2.corrupt", "4.corrupt", "6.corrupt"} <= set(os.listdir(run_dir / "checkpoints"))
-  assert train_helpers.step_losses(run_dir) == train_helpers.step_losses(reference_dir)
+def test_without_an_intact_checkpoint_there_is_nothing_to_resume(tmp_path, caplog):
+  """The loop then starts from scratch; a small state stands in for a TrainState here."""
+  state = {"w": np.arange(2**16, dtype=np.float32)}  # large enough for a data file
+  checkpoints = checkpointing.WorkdirCheckpoints(str(tmp_path), keep=2, async_save=False)
+  try:
+    for step in (1, 2):
+      checkpoints.save(step, state, {"position": step}, {"best_dice": -1.0, "best_step": -1})
+    for step in (1, 2):
+      truncate_a_data_file(tmp_path / "checkpoints" / str(step))
+    with caplog.at_level(logging.WARNING):
+      assert checkpoints.restore_newest_intact(state) is None
+    assert checkpoints.latest_step() is None
+  finally:
+    checkpoints.close()
+  assert "checkpoint 2 cannot be restored" in caplog.text
+  assert {"1.corrupt", "2.corrupt"} == set(os.listdir(tmp_path / "checkpoints"))
 
 
 def test_a_workdir_of_another_model_is_refused_and_its_config_kept(

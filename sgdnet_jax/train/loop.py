@@ -151,7 +151,7 @@ class _Preemption:
   A second SIGINT raises KeyboardInterrupt at once, except inside `critical()` (a checkpoint
   being handed to Orbax), where it waits for the block to end: the last committed checkpoint
   stays intact either way (Orbax commits a step by renaming its finished folder). Handlers are
-  installed only in the main thread (Python's rule).
+  installed only in the main thread (Python's rule) and not over an ignored signal.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -163,7 +163,8 @@ class _Preemption:
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT under nohup
+          self._previous[signum] = signal.signal(signum, self._handle)
 
   @property
   def requested(self) -> bool:
