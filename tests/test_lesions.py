@@ -12,7 +12,6 @@ import pathlib
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,7 +21,7 @@ from sgdnet_jax.models import lesions, sge
 from tests import train_helpers
 
 BATCH = 3
-SIZE = 32
+SIZE = train_helpers.IMAGE_SIZE
 SKIPS = ("x1", "x2", "x3")
 # float32 rounding of a reordered reduction, relative to the logits' scale: the sliced or
 # re-biased 1x1 convolutions sum the same products in a possibly different order; the difference
@@ -43,21 +42,42 @@ def model_config(variant: str, lesion_names=(), **fields):
 
 @pytest.fixture(scope="module")
 def images():
-  return jax.random.normal(jax.random.PRNGKey(1), (BATCH, SIZE, SIZE, 3), jnp.float32)
+  return np.random.default_rng(1).normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def random_variables(config, images, seed: int) -> dict:
+  """Variables of `config`'s network drawn with numpy (no compiled init: tracing only).
+
+  Kernels ~ N(0, 1 / fan_in), biases and scalar gains small, scales near 1 (layer scales 1, so
+  that the SGDC branches weigh in the output), BN statistics near (0, 1).
+  """
+  network = models.build(config)
+  shapes = jax.eval_shape(lambda k: network.init(k, images, train=False), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name == "kernel":
+      value = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
+    elif name in ("scale", "ls1", "ls2"):
+      value = 1 + 0.1 * rng.normal(size=shape)
+    elif name == "var":
+      value = rng.uniform(0.5, 1.5, size=shape)
+    else:  # biases, BN means, the attention gains
+      value = 0.1 * rng.normal(size=shape)
+    return value.astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, flax.core.unfreeze(shapes))
 
 
 @pytest.fixture(scope="module")
 def sgdnet_variables(images):
-  network = models.build(model_config("sgdnet"))
-  variables = jax.jit(lambda key: network.init(key, images, train=False))(jax.random.PRNGKey(0))
-  return copied(variables)
+  return random_variables(model_config("sgdnet"), images, seed=0)
 
 
 def outputs(config, variables, images) -> np.ndarray:
-  """o1, o2, o3 logits stacked (3, B, H, W, 1)."""
-  network = models.build(config)
-  apply = jax.jit(lambda v, x: network.apply(v, x, train=False))
-  result = apply(variables, images)
+  """o1, o2, o3 logits stacked (3, B, H, W, 1); op by op (a compile costs more than a pass)."""
+  result = models.build(config).apply(variables, images, train=False)
   return np.stack([np.asarray(result[k]) for k in ("o1", "o2", "o3")])
 
 
@@ -179,8 +199,8 @@ def test_guidance_shuffle_is_the_intact_network_fed_permuted_guidance(sgdnet_var
   # No parameters make an image's skips read another image's guidance, so the reference puts
   # the intact guidance maps, permuted as defined, in place of the SGE's output.
   intact = models.build(model_config("sgdnet"))
-  guidance = intact.apply(sgdnet_variables, images, train=False)["aux"]["guidance"]
-  permuted = guidance[lesions.shuffle_sources(BATCH)]
+  intact_outputs = intact.apply(sgdnet_variables, images, train=False)
+  permuted = intact_outputs["aux"]["guidance"][lesions.shuffle_sources(BATCH)]
 
   def swap_guidance(method, args, kwargs, context):
     result = method(*args, **kwargs)
@@ -194,31 +214,27 @@ def test_guidance_shuffle_is_the_intact_network_fed_permuted_guidance(sgdnet_var
   result = lesioned.apply(sgdnet_variables, images, train=False)
   for key in ("o1", "o2", "o3"):
     np.testing.assert_array_equal(np.asarray(result[key]), np.asarray(by_hand[key]))
-  assert not np.array_equal(
-    np.asarray(result["o1"]), np.asarray(intact.apply(sgdnet_variables, images, train=False)["o1"])
-  )
+  assert not np.array_equal(np.asarray(result["o1"]), np.asarray(intact_outputs["o1"]))
 
 
 def test_edge_off_is_the_baseline_network(images):
-  cto = models.build(model_config("cto"))
-  variables = jax.jit(lambda key: cto.init(key, images, train=False))(jax.random.PRNGKey(2))
+  variables = random_variables(model_config("cto"), images, seed=2)
   reference_config = model_config("baseline")
   stripped = copied(variables)
-  for collection in ("params", "batch_stats"):
-    del stripped[collection]["eam"]
+  for collection in ("params", "batch_stats"):  # the EAM and the Sobel gates feeding it
+    for name in [n for n in stripped[collection] if n == "eam" or n.startswith("sobel_")]:
+      del stripped[collection][name]
   assert_fits(reference_config, stripped, images)
   lesioned = outputs(model_config("cto", [lesions.EDGE_OFF]), variables, images)
   np.testing.assert_array_equal(lesioned, outputs(reference_config, stripped, images))
 
 
-def test_ablate_writes_the_report_with_the_intact_evaluation_as_plain_evaluate(tmp_path):
+def test_ablate_writes_the_report_with_the_intact_evaluation_as_plain_evaluate(images, tmp_path):
   data_dir = train_helpers.tiny_dataset(tmp_path / "data")
   config = config_utils.load_config(
     "configs/test.py:variant=cto", train_helpers.overrides(data_dir, eval_batch_size=4)
   )
-  network = models.build(config.model)
-  shape = (1, train_helpers.IMAGE_SIZE, train_helpers.IMAGE_SIZE, 3)
-  variables = jax.jit(lambda k: network.init(k, jnp.zeros(shape), train=False))(jax.random.key(3))
+  variables = random_variables(config.model, images, seed=3)
   workdir = str(tmp_path / "converted")
   variables_io.save_variables(workdir, variables, config.to_dict())
 
