@@ -30,7 +30,7 @@ def main(argv) -> int:
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import ablate  # After argument errors, which should not wait for JAX.
 
-  summary = ablate.ablate(
+  outcome = ablate.ablate(
     config,
     args.workdir,
     args.split,
@@ -39,5 +39,5 @@ def main(argv) -> int:
     [m for m in args.metrics.split(",") if m],
     args.seed,
   )
-  print(json.dumps({"report": summary["report"], "values": summary["values"]}, default=str))
+  print(json.dumps({"report": outcome["report"], "values": outcome["values"]}, default=str))
   return 0
