@@ -31,11 +31,14 @@ from sgdnet_jax import config_utils, errors, paths
 LOCK_FILE = "train.lock"
 CONFIG_FILE = "config.json"
 # model.* fields a resumed run may change: initialisation (pretrained, layer scale), compute
-# dtype, the SGDC implementation (same parameters, another algorithm) and regularisation.
+# dtype, the convolution and SGDC implementations (same parameters, another algorithm),
+# functional lesions (switches of the forward pass) and regularisation.
 NON_STRUCTURAL_MODEL_FIELDS = frozenset(
   {
     "pretrained",
     "dtype",
+    "conv_impl",
+    "lesions",
     "head_dropout",
     "sgdc.impl",
     "sgdc.drop_path",
