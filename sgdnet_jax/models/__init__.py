@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sgdnet_jax.models import lesions as lesion_lib
+from sgdnet_jax.models.lesions import check as check_lesions
 from sgdnet_jax.models.sgdnet import SGDNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,7 +33,7 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
     contmix_options=_frozen(model_config.contmix),
     head_dropout=model_config.head_dropout,
     dtype=DTYPES[model_config.dtype],
-    lesions=lesion_lib.check(model_config),
+    lesions=check_lesions(model_config),
   )
   module.check()
   return module
