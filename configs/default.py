@@ -149,7 +149,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
   """Sets `config.model` to the preset `variant` (see VARIANTS); returns `config`."""
   if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    raise ValueError(f"model.variant={variant!r} is not a variant; known: {sorted(VARIANTS)}")
   config.model.variant = variant
   for dotted, value in VARIANTS[variant].items():
     target = config.model

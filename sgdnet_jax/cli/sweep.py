@@ -1,14 +1,12 @@
 """`sweep`: the runs of a config's `get_sweep`, printed, run here or sent to SLURM.
 
-See docs/ablations.md.
-
   python -m sgdnet_jax.main sweep --config configs/isic2018.py:sweep=table5 --root R \
       (--print | --local | --slurm [--submit] [--sbatch-args "..."]) [--config.x=y ...]
 
 --print: one line per run (its workdir, then its train and evaluate commands). --local: runs
 them here one after another (R/sweep.json holds each run's status; finished runs are skipped,
 interrupted ones resume). --slurm: writes R/sweep.sbatch, a job array with one task per run;
---submit also calls sbatch on it (from the repository root).
+--submit also calls sbatch on it (from the repository root). docs/ablations.md has the details.
 """
 
 import logging

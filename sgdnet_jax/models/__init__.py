@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sgdnet_jax.models import lesions as lesion_lib
+from sgdnet_jax.models.lesions import check as check_lesions
 from sgdnet_jax.models.sgdnet import SGDNet
 
 # float64 is for tests (needs jax_enable_x64): parameters, BN statistics and losses follow it.
@@ -35,7 +35,7 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
     head_dropout=model_config.head_dropout,
     dtype=DTYPES[model_config.dtype],
     conv_impl=model_config.conv_impl,
-    lesions=lesion_lib.check(model_config),
+    lesions=check_lesions(model_config),
   )
   module.check()
   return module
