@@ -7,7 +7,9 @@ commands run in this process through `sgdnet_jax.main.main`; each fails before a
 import errno
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from sgdnet_jax import main
 from sgdnet_jax.train import workdir
@@ -51,9 +53,14 @@ def test_train_without_a_dataset(capsys, tmp_path):
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_evaluate_and_predict_on_a_folder_without_checkpoints(capsys, tmp_path, command):
-  images = ["--images", str(tmp_path)] if command == "predict" else []
-  line = error_line(capsys, [command, "--config", CONFIG, "--workdir", str(tmp_path), *images])
-  assert f"{tmp_path} holds no model variables" in line
+  workdir = tmp_path / "workdir"
+  workdir.mkdir()
+  images = []
+  if command == "predict":  # a readable image, so that the missing model is what stops it
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    images = ["--images", str(tmp_path / "x.png")]
+  line = error_line(capsys, [command, "--config", CONFIG, "--workdir", str(workdir), *images])
+  assert f"{workdir} holds no model variables" in line
 
 
 def test_export_torch_on_a_missing_workdir(capsys, tmp_path):

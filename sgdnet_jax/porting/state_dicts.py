@@ -60,8 +60,9 @@ def _read_torch(path: str) -> Any:
     return torch_files.load(path)
   except torch_files.UnsafePickleError as error:
     raise CheckpointFileError(
-      f"{path}: refused, the file was not loaded: unpickling it would call {error}, which is "
-      f"not part of a plain tensor state dict, and we never unpickle code. Save the weights "
+      f"{path}: refused, the file was not loaded: unpickling it would call {error}, which would "
+      f"execute code (it is not part of a plain tensor state dict), and we never unpickle code. "
+      f"Save the weights "
       f"alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
     ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
