@@ -31,9 +31,10 @@ STATUS_FILE = "sweep.json"
 SCRIPT_FILE = "sweep.sbatch"
 PROGRAM = ("python", "-m", "sgdnet_jax.main")
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The launcher every array task trains through, and its interface: `bash LAUNCHER CONFIG WORKDIR
-# [--config.x=y ...]` trains one run with srun inside the current allocation, and the launcher's
-# `#SBATCH` lines describe the allocation of one run (the array script copies them).
+# The launcher every array task trains through, and its interface: `bash LAUNCHER --config CONFIG
+# --workdir WORKDIR [--config.x=y ...]` (train's arguments) trains one run with srun inside the
+# current allocation, and the launcher's `#SBATCH` lines describe the allocation of one run (the
+# array script copies them).
 LAUNCHER = "launch/slurm_gpu.sbatch"
 # Options the array script sets itself instead of copying them from the launcher.
 OWN_SBATCH_OPTIONS = ("--job-name", "--output", "--error", "--array")
@@ -230,7 +231,7 @@ def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "
     f"# Sweep {spec}: {len(runs)} runs, one SLURM array task each (written by"
     " `python -m sgdnet_jax.main sweep --slurm`).",
     f"# Submit from {REPO}: sbatch [options] {shlex.quote(os.path.join(root, SCRIPT_FILE))}",
-    "# Task i trains run i with the launcher (`bash LAUNCHER CONFIG WORKDIR [--config.x=y ...]`,",
+    "# Task i trains run i with the launcher (`bash LAUNCHER --config C --workdir W [...]`,",
     "# srun in this allocation; the allocation lines below are the launcher's), then evaluates",
     "# each split in this batch step. Resubmitting resumes unfinished runs from their checkpoints.",
     "#SBATCH --job-name=sgdnet_sweep",
@@ -250,7 +251,8 @@ def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "
     "    ;;",
     "esac",
     'echo "run $SLURM_ARRAY_TASK_ID: $workdir"',
-    f'bash {LAUNCHER} "$config" "$workdir" ${{overrides[@]+"${{overrides[@]}}"}}',
+    f'bash {LAUNCHER} --config "$config" --workdir "$workdir" \\',
+    '  ${overrides[@]+"${overrides[@]}"}',
     'for split in "${splits[@]}"; do',
     '  "$python" -m sgdnet_jax.main evaluate --config "$config" --workdir "$workdir"'
     ' --split "$split" \\',

@@ -118,7 +118,11 @@ def test_slurm_array_trains_each_run_through_the_launcher(data_dir, tmp_path, ca
 
   # Task 2 (cto, fold 0) with srun and python stubbed: the launcher's train, then evaluate.
   calls.unlink()
-  slurm = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_SUBMIT_DIR": str(train_helpers.REPO)}
+  slurm = {
+    "SLURM_ARRAY_TASK_ID": "2",
+    "SLURM_JOB_ID": "42",
+    "SLURM_SUBMIT_DIR": str(train_helpers.REPO),
+  }
   result = subprocess.run(["bash", str(script)], env={**env, **slurm}, capture_output=True)
   assert result.returncode == 0, result.stderr.decode()[-2000:]
   srun, evaluate = calls.read_text().splitlines()

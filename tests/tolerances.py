@@ -1,5 +1,6 @@
 """Numeric tolerances derived from the dtype a test computes in (see tests/conftest.py)."""
 
+import ml_dtypes
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -15,4 +16,4 @@ def rounding(dtype, terms: int = 1, magnitude: float = 1.0) -> float:
   Summing n values in any order changes the sum by at most (n - 1) unit roundoffs (eps / 2) of
   the sum of their magnitudes; n * eps also covers the few roundings of each value itself.
   """
-  return terms * float(np.finfo(dtype).eps) * magnitude
+  return terms * float(ml_dtypes.finfo(dtype).eps) * magnitude  # bfloat16 too
