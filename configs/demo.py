@@ -5,6 +5,9 @@
 Same structure as the full SGD-Net (Res2Net, patch transformer, DA head, SGE, three SGDCs, DM
 decoders) at narrow widths and 96x96 inputs, so it trains on a 2-core CPU in a few minutes.
 There are no ImageNet weights here, so the learning rate is higher than CTO's 1e-4.
+
+Sweep `example` (the README's example report, docs/pictures.sh): baseline and sgdnet, seeds 0 and 1
+on the demo split, 4 epochs each.
 """
 
 from configs import common
@@ -29,3 +32,10 @@ def get_config(arg=None):
   config.log_every_steps = 10
   config.keep_checkpoints = 1
   return config
+
+
+def get_sweep(name):
+  example = [
+    {"variant": v, "epochs": 4, "config.seed": s} for v in ("baseline", "sgdnet") for s in range(2)
+  ]
+  return common.select_sweep({"example": example}, name)

@@ -3,7 +3,7 @@
 # stop the run. Run from the repository root.
 #   launch/tpu_pod.sh [--dry-run] setup TPU_NAME ZONE
 #   launch/tpu_pod.sh [--dry-run] run   TPU_NAME ZONE --config CONFIG --workdir WORKDIR [overrides]
-#   launch/tpu_pod.sh [--dry-run] logs  TPU_NAME ZONE [WORKER|all]   (default worker 0; LINES=50)
+#   launch/tpu_pod.sh [--dry-run] logs  TPU_NAME ZONE [WORKER|all]   (default worker 0; LOG_LINES=50)
 #   launch/tpu_pod.sh [--dry-run] stop  TPU_NAME ZONE
 # setup: the repository's files (git ls-files: tracked and untracked, not ignored) go in one archive
 #   to every worker (`gcloud compute tpus tpu-vm scp --worker=all`), are unpacked into REMOTE_DIR
@@ -19,7 +19,7 @@
 # quotes through the remote shell (each is quoted with printf %q).
 # Environment: REMOTE_DIR (default sgdnet_jax, in the workers' home), REMOTE_PYTHON (the workers'
 # Python >= 3.11 with venv, default python3), GCLOUD_FLAGS (extra flags for every gcloud call,
-# e.g. "--project=my-project --tunnel-through-iap"), LINES (lines `logs` shows, default 50).
+# e.g. "--project=my-project --tunnel-through-iap"), LOG_LINES (lines `logs` shows, default 50).
 set -euo pipefail
 usage="usage: launch/tpu_pod.sh [--dry-run] {setup|run|logs|stop} TPU_NAME ZONE [args]"
 dry_run=0
@@ -92,7 +92,7 @@ echo \$! >$log_prefix.pid; }"
     ;;
   logs)
     (($# <= 1)) || { echo "error: logs takes at most a worker index or 'all'; $usage" >&2; exit 2; }
-    on_workers "${1:-0}" "cd $remote_dir_q && tail -n $(printf %q "${LINES:-50}") $log_prefix.log"
+    on_workers "${1:-0}" "cd $remote_dir_q && tail -n $(printf %q "${LOG_LINES:-50}") $log_prefix.log"
     ;;
   stop)
     (($# == 0)) || { echo "error: stop takes no arguments; $usage" >&2; exit 2; }

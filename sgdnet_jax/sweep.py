@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sgdnet_jax import config_utils, errors, evaluate, variables_io
+from sgdnet_jax import config_utils, errors, evaluate, paths, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import loop
 
@@ -46,7 +46,8 @@ class SweepInterrupted(Exception):
 
 
 def workdir(root: str, run: config_utils.SweepRun) -> str:
-  return os.path.join(root, run.name)
+  """`R/<run name>`; R may be a bucket URL (`sgdnet_jax.paths`) for local sweeps."""
+  return str(paths.as_path(root) / run.name)
 
 
 def commands(run: config_utils.SweepRun, directory: str) -> list[list[str]]:
@@ -93,17 +94,17 @@ def _first_difference(recorded: Any, expected: Any, path: str = "") -> str | Non
 
 def _trained_steps(directory: str) -> int | None:
   """The step of the latest finished checkpoint (Orbax names a finished step folder `<step>`)."""
-  checkpoints = os.path.join(directory, variables_io.LATEST_DIR)
-  if not os.path.isdir(checkpoints):
+  checkpoints = paths.as_path(directory) / variables_io.LATEST_DIR
+  if not checkpoints.is_dir():
     return None
-  steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+  steps = [int(child.name) for child in checkpoints.iterdir() if child.name.isdigit()]
   return max(steps) if steps else None
 
 
 def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None) -> bool:
   """Evaluations written, config.json equal to the sweep's, training at its last step."""
   splits = run.config.eval_splits
-  if not all(os.path.exists(os.path.join(directory, "eval", f"{s}.json")) for s in splits):
+  if not all((paths.as_path(directory) / "eval" / f"{s}.json").exists() for s in splits):
     return False
   if recorded != _as_recorded(run.config):
     return False
@@ -125,7 +126,7 @@ def _run_one(run: config_utils.SweepRun, directory: str) -> str:
   if _finished(run, directory, recorded):
     return "skipped"
   outcome = loop.train_and_evaluate(run.config.copy_and_resolve_references(), directory)
-  if outcome["preempted"]:
+  if outcome["signal"]:  # The sweep stops, before this run's evaluation too.
     return "interrupted"
   for split in run.config.eval_splits:
     evaluate.evaluate(run.config.copy_and_resolve_references(), directory, split)
@@ -136,10 +137,8 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def _write_json(path: str, record: dict[str, Any]):
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+def _write_json(path: paths.Path, record: dict[str, Any]):
+  paths.write_text_atomic(path, json.dumps(record, indent=2))
 
 
 def _raise_interrupted(signum, frame):
@@ -156,12 +155,13 @@ def run_local(
   goes on) or interrupted (SIGTERM/SIGINT: the run saved what it could and the sweep stops; the
   same call resumes it). Runs not reached stay pending.
   """
-  os.makedirs(root, exist_ok=True)
-  status_path = os.path.join(root, STATUS_FILE)
+  root_path = paths.as_path(root)
+  root_path.mkdir(parents=True, exist_ok=True)
+  status_path = root_path / STATUS_FILE
   record = {
     "config": spec,
     "overrides": list(overrides),
-    "root": os.path.abspath(root),
+    "root": str(root_path),
     "runs": [
       {"name": run.name, "workdir": workdir(root, run), "status": "pending", "error": None}
       for run in runs
@@ -210,6 +210,11 @@ def _bash_array(values: Sequence[str]) -> str:
 
 def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "") -> str:
   """The job array: task i trains run i through the launcher, then evaluates its splits."""
+  if not paths.is_local(root):
+    raise errors.UserError(
+      f"--root {root}: a SLURM sweep writes its job script and logs there, so it must be a"
+      " folder the cluster's nodes share, not a bucket URL; give such a folder"
+    )
   root = os.path.abspath(root)
   launcher = REPO / LAUNCHER
   if not launcher.is_file():

@@ -26,6 +26,31 @@ compilation_cache.enable("", min_compile_time_secs=0.5)
 jax.config.update("jax_default_prng_impl", "rbg")  # As training does: much faster init compiles.
 
 
+# Files with the longest tests (subprocesses, several meshes or processes, resumed runs), longest
+# first: under `--dist loadfile --no-loadscope-reorder` (the Makefile) the two CI workers take
+# them first and share the short files at the end, so that both finish together.
+LONGEST_FILES_FIRST = (
+  "test_train.py",
+  "test_sharding.py",
+  "test_multiprocess.py",
+  "test_models.py",
+  "test_paths.py",
+  "test_launch.py",
+  "test_robust_training.py",
+  "test_sweep.py",
+  "test_pretrained.py",
+  "test_lesions.py",
+  "test_porting_parity.py",
+  "test_inference.py",
+  "test_export.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order
+
+
 @pytest.fixture
 def x64():
   """64-bit JAX for the test (float64 arrays, `model.dtype='float64'`), restored afterwards."""

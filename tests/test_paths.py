@@ -220,3 +220,25 @@ def test_a_pretrained_file_in_a_bucket_is_fetched_into_the_cache_once(fake_gcs, 
   assert pathlib.Path(cached).read_bytes() == b"weights" and pathlib.Path(cached).parent == cache
   (fake_gcs / "bucket" / "weights" / "encoder.npz").unlink()  # the cached copy is used
   assert pretrained.fetch(url, cache=str(cache), progress=False) == cached
+
+
+def test_a_local_sweep_keeps_its_root_in_the_bucket_and_skips_finished_runs(fake_gcs, data_dir):
+  from sgdnet_jax import config_utils, sweep
+
+  spec = f"{train_helpers.REPO}/configs/test.py:sweep=tiny"  # the test runs in an empty cwd
+  overrides = train_helpers.overrides(data_dir, total_steps=1)
+  runs = [run for run in config_utils.load_sweep(spec, overrides) if run.config.data.fold == 0]
+  root = "gs://bucket/study"
+  for run in runs:  # finished in another machine's session: config, last checkpoint, evaluation
+    workdir = paths.as_path(sweep.workdir(root, run))
+    assert str(workdir) == f"{root}/{run.name}"
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+    (workdir / "eval").mkdir()
+    (workdir / "eval" / "test.json").write_text("{}")
+    (workdir / "config.json").write_text(json.dumps(sweep._as_recorded(run.config)))
+  record = sweep.run_local(runs, root)
+  assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped"]
+  assert json.loads((fake_gcs / "bucket" / "study" / "sweep.json").read_text()) == record
+  assert list(pathlib.Path.cwd().iterdir()) == []
+  with pytest.raises(paths.errors.UserError, match="must be a folder the cluster's nodes share"):
+    sweep.write_slurm(runs, root)

@@ -52,6 +52,7 @@ def test_experiment_sweeps_name_their_runs():
     "configs/isic2018.py:sweep=seeds": (3, "sgdnet/fold0/seed2"),
     "configs/isic2016_ph2.py:sweep=main": (2, "sgdnet/fold0"),
     "configs/conic.py:sweep=main": (2, "cto/fold0"),
+    "configs/demo.py:sweep=example": (4, "sgdnet/fold0/seed1"),
   }
   for spec, (count, name) in expected.items():
     runs = config_utils.load_sweep(spec)

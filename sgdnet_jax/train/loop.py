@@ -356,4 +356,5 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
     "best_step": best.step,
     "last": last_log,
     "stopped_by": preemption.signal_name if step < total_steps else None,
+    "signal": preemption.signal_name,  # received during training, even in its last step
   }
