@@ -55,7 +55,13 @@ def saved_steps(workdir) -> list:
 @pytest.fixture
 def signals_before_step(monkeypatch):
   """signals_before_step(workdir, {2: [SIGTERM]}): the signals arrive while the second step of
-  the next run builds its batch. Returns the lock file contents seen at every step."""
+  the next run builds its batch. Returns the lock file contents seen at every step.
+
+  Ctrl-C as in a terminal: a suite started in the background (`make test &` in a script, nohup)
+  inherits SIGINT ignored, which training rightly leaves alone, so Python's own handler is set
+  for the test.
+  """
+  previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
   lock_holders = []
 
   def arrange(workdir_path, plan: dict):
@@ -72,7 +78,8 @@ def signals_before_step(monkeypatch):
     monkeypatch.setattr(state_lib, "global_batch", global_batch)
     return lock_holders
 
-  return arrange
+  yield arrange
+  signal.signal(signal.SIGINT, previous_sigint)
 
 
 def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes_exactly(
