@@ -27,10 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import default
-from sgdnet_jax.data import (
-  pipeline,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  synthetic,  # pylint: disable=g-import-not-at-top,wrong-import-position
-)
+from sgdnet_jax import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sgdnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def pipeline_rate(data_config, batch: int, batches: int) -> float:
@@ -115,7 +113,7 @@ def main() -> int:
   args = parser.parse_args()
 
   data_dir = args.data or str(
-    synthetic.ensure_demo_dataset(REPO / "runs/demo_data", image_size=args.size, progress=True)
+    demo.ensure_demo_dataset(REPO / "runs/demo_data", image_size=args.size, progress=True)
   )
   config = default.get_config().data
   config.dir, config.image_size = data_dir, args.size

@@ -10,13 +10,8 @@ PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/demo_study}
 OUT=docs/images
 
-"$PY" - <<'EOF'
-from sgdnet_jax import config_utils, demo
-config = config_utils.load_config("configs/demo.py")
-size = config.data.image_size
-demo.ensure_demo_dataset("data/demo", num_cases=config.demo_cases, image_size=2 * size,
-                         prepared_size=size, progress=True)
-EOF
+"$PY" -c 'from sgdnet_jax import config_utils, demo
+demo.ensure_config_data(config_utils.load_config("configs/demo.py"))'
 "$PY" -m sgdnet_jax.main sweep --config configs/demo.py:sweep=example --root "$ROOT" --local
 "$PY" -m sgdnet_jax.main report --root "$ROOT" --baseline baseline --split test
 mkdir -p "$OUT"

@@ -48,10 +48,9 @@ def ensure_demo_dataset(
   return prepared
 
 
-def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Data, training, evaluation and pictures; prints the figures and returns them."""
-  start = time.time()
-  workdir = paths.as_path(workdir)
+def ensure_config_data(config: ml_collections.ConfigDict) -> pathlib.Path:
+  """The demo dataset `config.data.dir` names: `config.demo_cases` cases generated at twice
+  `config.data.image_size` and prepared at it (`ensure_demo_dataset`)."""
   prepared = pathlib.Path(config.data.dir)
   if prepared.name != "prepared":
     raise errors.ConfigError(
@@ -64,9 +63,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     f"prepared at {size} px)",
     flush=True,
   )
-  ensure_demo_dataset(
+  return ensure_demo_dataset(
     prepared.parent, num_cases=config.demo_cases, image_size=2 * size, prepared_size=size
   )
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Data, training, evaluation and pictures; prints the figures and returns them."""
+  start = time.time()
+  workdir = paths.as_path(workdir)
+  ensure_config_data(config)
   outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")
   predicted = predict.predict(

@@ -103,8 +103,8 @@ def _trained_steps(directory: str) -> int | None:
 
 def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None) -> bool:
   """Evaluations written, config.json equal to the sweep's, training at its last step."""
-  splits = run.config.eval_splits
-  if not all((paths.as_path(directory) / "eval" / f"{s}.json").exists() for s in splits):
+  evaluations = paths.as_path(directory) / "eval"
+  if not all((evaluations / f"{s}.json").exists() for s in run.config.eval_splits):
     return False
   if recorded != _as_recorded(run.config):
     return False

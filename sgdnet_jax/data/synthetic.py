@@ -5,9 +5,7 @@ sharp boundary, two-tone pigment with texture and dark dots, on skin with low-fr
 variation, crossed by hairs (which are not lesion), under vignetting and sometimes the dark rim
 of a dermoscope. The mask is exactly where the blob's opacity exceeds one half. Written in the
 `folder` layout (`images/synth_XXXX.jpg`, `masks/synth_XXXX_segmentation.png`), so `make demo`
-needs no download:
-
-    prepared_dir = synthetic.ensure_demo_dataset("data/demo")
+needs no download (`sgdnet_jax.demo.ensure_demo_dataset` generates and prepares it).
 """
 
 import json

@@ -61,9 +61,8 @@ def _read_torch(path: str) -> Any:
   except torch_files.UnsafePickleError as error:
     raise CheckpointFileError(
       f"{path}: refused, the file was not loaded: unpickling it would call {error}, which would "
-      f"execute code (it is not part of a plain tensor state dict), and we never unpickle code. "
-      f"Save the weights "
-      f"alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
+      "execute code (it is not part of a plain tensor state dict), and we never unpickle code. "
+      "Save the weights alone, e.g. torch.save(model.state_dict(), path), or as .safetensors"
     ) from None
   except Exception as error:  # pylint: disable=broad-except  (foreign files raise anything)
     raise CheckpointFileError(
