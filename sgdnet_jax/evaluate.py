@@ -196,7 +196,7 @@ def evaluate(
   `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are written
   under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
   """
-  workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+  workdirs = paths.as_paths(workdir)
   if len(workdirs) > 1 and not out_dir:
     raise errors.ConfigError(
       f"evaluate: {len(workdirs)} workdirs make an ensemble; give --out DIR for its results"
@@ -257,7 +257,7 @@ def evaluate(
   }
   result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = paths.as_path(out_dir or paths.as_path(workdirs[0]) / "eval")
+    out_dir = paths.as_path(out_dir or workdirs[0] / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if resolution == "train" else "_native"
     suffix += "" if tta == "none" else f"_tta-{tta}"

@@ -11,6 +11,7 @@ in one piece (it appears whole or not at all) and rename a temporary file only o
 import os
 import urllib.parse
 import uuid
+from collections.abc import Sequence
 
 from etils import epath
 
@@ -41,6 +42,19 @@ def as_path(path: str | os.PathLike) -> epath.Path:
       f"{', '.join(URL_SCHEMES)} URL"
     )
   return epath.Path(text)
+
+
+def as_paths(
+  value: str | os.PathLike | Sequence[str | os.PathLike],
+) -> list[epath.Path]:
+  """One path or several as a list of `as_path`s: the one rule for arguments such as `workdir`.
+
+  A `str`, an `os.PathLike` (pathlib, `epath.Path`) or a sequence of them; a path is never
+  taken for a sequence of its characters or parts.
+  """
+  if isinstance(value, (str, os.PathLike)):
+    return [as_path(value)]
+  return [as_path(item) for item in value]
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

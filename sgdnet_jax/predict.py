@@ -200,7 +200,7 @@ def _load_variable_sets(workdirs: Sequence[str]) -> list[dict[str, Any]]:
 
 def predict(
   config: ml_collections.ConfigDict,
-  workdirs: str | Sequence[str],
+  workdirs: str | os.PathLike | Sequence[str | os.PathLike],
   out_dir: str | os.PathLike,
   inputs: Sequence[str] = (),
   split: str = "",
@@ -224,7 +224,7 @@ def predict(
   `part_id` of `num_parts` (`inference.share`) of the sorted inputs is predicted, at most
   `limit` of them (0: all).
   """
-  workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+  workdirs = paths.as_paths(workdirs)
   inference.check_tta(tta)
   inference.check_overlap(overlap)
   tile = inference.parse_tile(str(tile))

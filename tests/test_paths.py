@@ -90,6 +90,18 @@ def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch
     paths.as_path("memory://run")
 
 
+def test_as_paths_takes_one_path_of_any_type_or_a_sequence(tmp_path):
+  one = [paths.as_path(tmp_path / "w")]
+  assert paths.as_paths(str(tmp_path / "w")) == one
+  assert paths.as_paths(tmp_path / "w") == one
+  assert paths.as_paths(paths.as_path(tmp_path / "w")) == one  # a path is not a sequence of parts
+  assert paths.as_paths([str(tmp_path / "a"), tmp_path / "b"]) == [
+    paths.as_path(tmp_path / "a"),
+    paths.as_path(tmp_path / "b"),
+  ]
+  assert paths.as_paths(("gs://b/run",)) == [paths.as_path("gs://b/run")]
+
+
 def test_write_text_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
   target = tmp_path / "out.json"
   paths.write_text_atomic(target, "old")
