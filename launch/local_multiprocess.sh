@@ -2,8 +2,20 @@
 # Several JAX processes on one machine over loopback (gloo CPU collectives): a multi-host rehearsal.
 #   launch/local_multiprocess.sh NUM_PROCESSES --config configs/demo.py --workdir runs/mp [--config.x=y]
 # Each process gets one CPU device; process 0 writes metrics and the config. Logs: <workdir>/process_<i>.log
+# --help (anywhere) prints this text; the other arguments after NUM_PROCESSES are train's.
 set -euo pipefail
-num_processes=${1:?usage: $0 NUM_PROCESSES train-args...}
+usage="usage: launch/local_multiprocess.sh NUM_PROCESSES --config CONFIG --workdir DIR [overrides]"
+for arg in "$@"; do
+  if [[ "$arg" == -h || "$arg" == --help ]]; then
+    awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"
+    exit 0
+  fi
+done
+if [[ ! "${1:-}" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: NUM_PROCESSES must be a positive number, got '${1:-}'; $usage" >&2
+  exit 2
+fi
+num_processes=$1
 shift
 workdir=""
 args=("$@")

@@ -15,22 +15,46 @@
 #   `jax: process 0 of N (gcetpu), local devices 4 [tpu:0, ...], global devices 4N (tpu)`.
 #   WORKDIR must be storage every worker shares (e.g. gs://bucket/run); running again resumes.
 # stop: SIGTERM to every worker's run, which saves a checkpoint at the next step and exits.
-# --dry-run prints the exact commands instead of running them. Arguments keep their spaces and
-# quotes through the remote shell (each is quoted with printf %q).
+# --dry-run prints the exact commands instead of running them; --help prints this text. Both may
+# stand anywhere on the line; any other option of this script is refused before gcloud runs.
+# Arguments keep their spaces and quotes through the remote shell (each is quoted with printf %q).
 # Environment: REMOTE_DIR (default sgdnet_jax, in the workers' home), REMOTE_PYTHON (the workers'
 # Python >= 3.11 with venv, default python3), GCLOUD_FLAGS (extra flags for every gcloud call,
 # e.g. "--project=my-project --tunnel-through-iap"), LOG_LINES (lines `logs` shows, default 50).
 set -euo pipefail
 usage="usage: launch/tpu_pod.sh [--dry-run] {setup|run|logs|stop} TPU_NAME ZONE [args]"
+for arg in "$@"; do
+  if [[ "$arg" == -h || "$arg" == --help ]]; then
+    awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"
+    exit 0
+  fi
+done
 dry_run=0
-if [[ "${1:-}" == "--dry-run" ]]; then
-  dry_run=1
-  shift
+words=()
+for arg in "$@"; do
+  if [[ "$arg" == --dry-run ]]; then dry_run=1; else words+=("$arg"); fi
+done
+set -- ${words[@]+"${words[@]}"}
+refuse_option() {
+  echo "error: unknown option '$1' (this script takes --dry-run and --help); $usage" >&2
+  exit 2
+}
+for ((i = 1; i <= 3 && i <= $#; i++)); do
+  [[ "${!i}" != -* ]] || refuse_option "${!i}"
+done
+if (($# < 3)); then
+  echo "error: give a subcommand, TPU_NAME and ZONE; $usage" >&2
+  exit 2
 fi
-subcommand=${1:?$usage}
-tpu=${2:?$usage}
-zone=${3:?$usage}
+subcommand=$1
+tpu=$2
+zone=$3
 shift 3
+if [[ "$subcommand" != run ]]; then  # run's arguments are train's; the others take no options
+  for arg in "$@"; do
+    [[ "$arg" != -* ]] || refuse_option "$arg"
+  done
+fi
 remote_dir=${REMOTE_DIR:-sgdnet_jax}
 remote_python=${REMOTE_PYTHON:-python3}
 read -ra gcloud_flags <<<"${GCLOUD_FLAGS:-}"
@@ -91,7 +115,10 @@ train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
 echo \$! >$log_prefix.pid; }"
     ;;
   logs)
-    (($# <= 1)) || { echo "error: logs takes at most a worker index or 'all'; $usage" >&2; exit 2; }
+    if (($# > 1)) || [[ ! "${1:-0}" =~ ^([0-9]+|all)$ ]]; then
+      echo "error: logs takes at most a worker index or 'all'; $usage" >&2
+      exit 2
+    fi
     on_workers "${1:-0}" "cd $remote_dir_q && tail -n $(printf %q "${LOG_LINES:-50}") $log_prefix.log"
     ;;
   stop)

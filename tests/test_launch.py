@@ -363,3 +363,98 @@ def test_gke_jobset_runs_the_documented_train_command_on_every_host():
   overrides = [arg for arg in command[4:] if arg.startswith("--config.")]
   config = config_utils.load_config(str(train_helpers.REPO / spec), overrides)
   assert config.distributed == "on" and config.data.dir == "/data/isic2018"
+
+
+# Each launcher with a line it accepts; the flags of the launcher itself are --dry-run and --help.
+_LAUNCHER_LINES = {
+  "tpu_pod.sh": ["run", "my-tpu", "us-central2-b", "--config", "configs/test.py", "--workdir", "w"],
+  "slurm_task.sh": ["train", "--config", "configs/test.py", "--workdir", "w"],
+  "slurm_gpu.sbatch": ["--config", "configs/test.py", "--workdir", "w"],
+  "local_multiprocess.sh": ["2", "--config", "configs/test.py", "--workdir", "w"],
+}
+_CLUSTER_TOOLS = ("gcloud", "srun", "sbatch", "salloc", "kubectl")
+
+
+def _run_without_cluster(tmp_path: pathlib.Path, script: str, args: list[str]):
+  """Runs a launcher outside any cluster with stub cluster tools; returns it and the stub calls."""
+  bin_dir, calls = tmp_path / "bin", tmp_path / "cluster_calls.txt"
+  bin_dir.mkdir(exist_ok=True)
+  for tool in _CLUSTER_TOOLS:
+    stub = bin_dir / tool
+    stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >>{shlex.quote(str(calls))}\nexit 1\n')
+    stub.chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+  result = subprocess.run(
+    ["bash", str(LAUNCH / script), *args],
+    cwd=train_helpers.REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("position", range(8))
+def test_tpu_pod_dry_run_in_any_position_calls_no_gcloud(tmp_path, position):
+  line = _LAUNCHER_LINES["tpu_pod.sh"]
+  result, calls = _run_without_cluster(
+    tmp_path, "tpu_pod.sh", [*line[:position], "--dry-run", *line[position:]]
+  )
+  assert result.returncode == 0, result.stderr
+  assert calls == []
+  [printed] = [shlex.split(text) for text in result.stdout.splitlines()]
+  assert printed[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+  assert "--config configs/test.py --workdir w" in printed[-1]
+  assert "--dry-run" not in printed[-1]
+
+
+@pytest.mark.parametrize("script", ["slurm_task.sh", "slurm_gpu.sbatch"])
+def test_slurm_dry_run_anywhere_prints_the_srun_step_and_calls_nothing(tmp_path, script):
+  line = _LAUNCHER_LINES[script]
+  for position in (0, len(line) // 2, len(line)):
+    result, calls = _run_without_cluster(
+      tmp_path, script, [*line[:position], "--dry-run", *line[position:]]
+    )
+    assert result.returncode == 0, result.stderr
+    assert calls == []
+    printed = shlex.split(result.stdout)
+    assert printed[:2] == ["srun", "--kill-on-bad-exit=1"]
+    train = printed.index("train")
+    assert printed[train + 1 :] == ["--config.distributed=auto", *line[-4:]]
+
+
+@pytest.mark.parametrize("script", sorted(_LAUNCHER_LINES))
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_anywhere_prints_the_usage_and_exits_0(tmp_path, script, flag):
+  line = _LAUNCHER_LINES[script]
+  header = (LAUNCH / script).read_text().splitlines()[1].lstrip("# ")
+  for position in (0, 1, len(line)):
+    result, calls = _run_without_cluster(
+      tmp_path, script, [*line[:position], flag, *line[position:]]
+    )
+    assert (result.returncode, result.stderr, calls) == (0, "", [])
+    assert result.stdout.startswith(header + "\n")
+    assert f"launch/{script}" in result.stdout  # the usage line
+    assert "#" not in result.stdout.split("\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+  "script, args",
+  [
+    ("tpu_pod.sh", ["--dryrun", "run", "my-tpu", "us-central2-b", "--config", "c"]),
+    ("tpu_pod.sh", ["run", "--zone=us-central2-b", "my-tpu", "us-central2-b"]),
+    ("tpu_pod.sh", ["setup", "my-tpu", "us-central2-b", "--project=p"]),
+    ("tpu_pod.sh", ["logs", "my-tpu", "us-central2-b", "--worker=1"]),
+    ("tpu_pod.sh", ["stop", "my-tpu", "us-central2-b", "-f"]),
+    ("tpu_pod.sh", ["run", "my-tpu"]),
+    ("slurm_task.sh", ["--nodes=2", "train", "--config", "c", "--workdir", "w"]),
+    ("local_multiprocess.sh", ["--config", "c", "--workdir", "w"]),
+  ],
+)
+def test_unknown_launcher_flags_exit_2_before_any_cluster_call(tmp_path, script, args):
+  result, calls = _run_without_cluster(tmp_path, script, args)
+  assert (result.returncode, result.stdout, calls) == (2, "", [])
+  [message] = result.stderr.splitlines()
+  assert message.startswith("error: ") and "usage: launch/" in message

@@ -8,13 +8,16 @@ every lesion that acts on the variant. Writes W/ablate/<split>.json, per-case CS
 W/ablate/<lesion>/fold<k>/eval/ and the report W/ablate/<split>/report.md (docs/ablations.md).
 """
 
+import argparse
 import json
 
 from sgdnet_jax import cli, config_utils
 from sgdnet_jax.study import report
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `ablate`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("ablate", __doc__)
   parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
   parser.add_argument("--split", default="test", help="train, val, test or a data.extra_eval name")
@@ -26,6 +29,11 @@ def main(argv) -> int:
     "--metrics", default=",".join(report.DEFAULT_METRICS), help="comma-separated metric names"
   )
   parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import ablate  # After argument errors, which should not wait for JAX.

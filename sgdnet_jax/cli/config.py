@@ -4,6 +4,7 @@ With `:sweep=<name>` it prints the config of every run of that sweep, each heade
 below the sweep root and the command-line arguments that rebuild it.
 """
 
+import argparse
 import json
 
 from sgdnet_jax import cli, config_utils
@@ -13,9 +14,16 @@ def _text(config, as_json: bool) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) if as_json else config
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `config`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("config", __doc__)
   parser.add_argument("--json", action="store_true", help="JSON (as written to config.json)")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   if not config_utils.is_sweep(args.config):
     print(_text(config_utils.load_config(args.config, overrides), args.json))

@@ -10,6 +10,8 @@ random initialisation (`--seed`, default config.seed) for everything else. `sgdc
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
 """
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 
@@ -23,7 +25,9 @@ def _initial_variables(module, image_size: int, seed: int, concrete: bool):
   return jax.jit(init)(images) if concrete else jax.eval_shape(init, images)
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `convert`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("convert", "PyTorch checkpoint -> variables directory.", config=False)
   parser.add_argument("--torch", required=True, help=".pth/.pt/.bin/.ckpt, .safetensors or .npz")
   parser.add_argument("--layout", required=True, choices=sorted(key_tables.LAYOUTS))
@@ -35,6 +39,11 @@ def main(argv) -> int:
     default=None,
     help="init seed of the modules a partial layout does not fill (default: config.seed)",
   )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   layout = key_tables.get_layout(args.layout)

@@ -1,5 +1,6 @@
 """`evaluate`: the paper's metrics on a split (see `sgdnet_jax.evaluate`)."""
 
+import argparse
 import json
 
 from sgdnet_jax import cli, config_utils
@@ -7,7 +8,9 @@ from sgdnet_jax import cli, config_utils
 RESOLUTIONS = ("train", "native")
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `evaluate`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("evaluate", __doc__)
   parser.add_argument(
     "--workdir",
@@ -22,6 +25,11 @@ def main(argv) -> int:
     "--tta", default="none", choices=("none", "flip", "flip_rot"), help="test-time augmentation"
   )
   parser.add_argument("--post", default="", help="post-processing, e.g. largest,fill_holes")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import evaluate  # After argument errors, which should not wait for JAX.

@@ -5,10 +5,14 @@
       [--platforms cpu,cuda,tpu] [--tta none|flip]
 """
 
+import argparse
+
 from sgdnet_jax import cli, config_utils
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `export`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("export", __doc__)
   parser.add_argument("--workdir", required=True, help="training workdir (or a `convert` output)")
   parser.add_argument("--out", required=True, help="folder for the exported model and its card")
@@ -20,6 +24,11 @@ def main(argv) -> int:
   parser.add_argument(
     "--tta", choices=("none", "flip"), default="none", help="mirror test-time augmentation"
   )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import export  # After argument errors, which should not wait for JAX.

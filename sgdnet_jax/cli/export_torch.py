@@ -4,17 +4,26 @@
       --out cto_fold0_roundtrip.safetensors
 """
 
+import argparse
+
 from sgdnet_jax import cli, variables_io
 from sgdnet_jax.porting import key_tables, port, state_dicts
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `export-torch`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser(
     "export-torch", "variables -> PyTorch state dict (upstream layout).", config=False
   )
   parser.add_argument("--workdir", required=True, help="a variables directory (e.g. convert --out)")
   parser.add_argument("--layout", required=True, choices=sorted(key_tables.LAYOUTS))
   parser.add_argument("--out", required=True, help="new .pth/.pt, .safetensors or .npz file")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args = parser.parse_args(argv)
   variables = variables_io.load_variables(args.workdir)
   result = port.export_torch(variables, args.layout)

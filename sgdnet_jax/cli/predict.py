@@ -4,12 +4,15 @@ Exit status 0 when every image was predicted (or already was), 1 when some image
 read (the others are predicted and the unreadable ones listed), 2 for a usage error.
 """
 
+import argparse
 import sys
 
 from sgdnet_jax import cli, config_utils
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `predict`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("predict", __doc__)
   parser.add_argument(
     "--workdir",
@@ -50,6 +53,11 @@ def main(argv) -> int:
   parser.add_argument(
     "--overwrite", action="store_true", help="predict images whose outputs exist again"
   )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")

@@ -1,10 +1,17 @@
 """`prepare`: check a downloaded dataset and write it once (see `sgdnet_jax.data.prepare`)."""
 
+import argparse
+
 from sgdnet_jax import cli
 from sgdnet_jax.data import prepare, synthetic
 
+# Side of the images `--dataset synthetic` generates unless --generated-size says otherwise.
+GENERATED_SIZE = 256
 
-def main(argv) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `prepare`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser(
     "prepare", "Check a downloaded dataset and write it once as a prepared dataset.", config=False
   )
@@ -30,10 +37,28 @@ def main(argv) -> int:
   parser.add_argument("--split-seed", type=int, default=0, help="seed of the seeded protocols")
   parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs)")
   parser.add_argument("--num-cases", type=int, default=300, help="synthetic only: cases to make")
+  parser.add_argument(
+    "--generated-size",
+    type=int,
+    default=None,
+    help=f"synthetic only: side of the generated images (default {GENERATED_SIZE}; the demo "
+    "generates at twice its training size)",
+  )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args = parser.parse_args(argv)
+  if args.generated_size is not None and args.dataset != "synthetic":
+    parser.error("--generated-size goes with --dataset synthetic")
+  if args.generated_size is not None and args.generated_size < 1:
+    parser.error(f"--generated-size {args.generated_size}: give a positive number of pixels")
   prepare.check_output(args.source, args.out, overwrite=args.overwrite)  # before generating
   if args.dataset == "synthetic":
-    synthetic.generate_folder_dataset(args.source, num_cases=args.num_cases)
+    synthetic.generate_folder_dataset(
+      args.source, num_cases=args.num_cases, image_size=args.generated_size or GENERATED_SIZE
+    )
   size = args.size
   if size is None:
     size, reason = prepare.default_size(args.dataset, args.source)

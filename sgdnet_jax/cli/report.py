@@ -7,11 +7,15 @@ Reads every `R/<variant>/fold<k>[/seed<s>]/eval/<split>.json` and `<split>_cases
 R/report.md, .csv, .json, .tex, R/report_<metric>.png and R/curves.png.
 """
 
+import argparse
+
 from sgdnet_jax import cli
 from sgdnet_jax.study import report
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `report`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("report", __doc__, config=False)
   parser.add_argument("--root", required=True, help="the sweep root R")
   parser.add_argument("--baseline", default="cto", help="the variant every other is compared with")
@@ -20,6 +24,11 @@ def main(argv) -> int:
     "--metrics", default=",".join(report.DEFAULT_METRICS), help="comma-separated metric names"
   )
   parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args = parser.parse_args(argv)
   metrics = [m for m in args.metrics.split(",") if m]
   runs = report.load_runs(args.root, args.split, metrics)

@@ -1,17 +1,25 @@
 """`summary`: parameter counts, BN statistics, constants, GMACs (see `sgdnet_jax.summary`)."""
 
+import argparse
 import json
 
 from sgdnet_jax import cli, config_utils
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `summary`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("summary", __doc__)
   parser.add_argument(
     "--image-size", type=int, default=None, help="default: config.data.image_size, else 256"
   )
   parser.add_argument("--no-compile", action="store_true", help="skip the executed-FLOPs compile")
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   from sgdnet_jax import summary  # After argument errors, which should not wait for JAX.

@@ -9,13 +9,16 @@ interrupted ones resume). --slurm: writes R/sweep.sbatch, a job array with one t
 --submit also calls sbatch on it (from the repository root). docs/ablations.md has the details.
 """
 
+import argparse
 import logging
 import shlex
 
 from sgdnet_jax import cli, config_utils
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `sweep`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("sweep", __doc__)
   parser.add_argument("--root", required=True, help="sweep root R: R/<variant>/fold<k>[/seed<s>]")
   mode = parser.add_mutually_exclusive_group(required=True)
@@ -26,6 +29,11 @@ def main(argv) -> int:
   parser.add_argument(
     "--sbatch-args", default="", help='with --submit: options for sbatch, e.g. "--partition=gpu"'
   )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   if (args.submit or args.sbatch_args) and not args.slurm:
     parser.error("--submit and --sbatch-args go with --slurm")

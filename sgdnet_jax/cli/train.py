@@ -4,17 +4,25 @@ SIGTERM or Ctrl-C save a checkpoint after the current step and exit 0 (a second 
 once, keeping the last saved checkpoint); the same command resumes.
 """
 
+import argparse
 import json
 import logging
 
 from sgdnet_jax import cli, config_utils
 
 
-def main(argv) -> int:
+def build_parser() -> argparse.ArgumentParser:
+  """The arguments of `train`, built without running it (tests check the documented
+  command lines against it)."""
   parser = cli.parser("train", __doc__)
   parser.add_argument(
     "--workdir", required=True, help="checkpoints, metrics and config.json go here"
   )
+  return parser
+
+
+def main(argv) -> int:
+  parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
