@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import demo
+from sgdnet_jax import demo, main
 from sgdnet_jax.data import dataset as dataset_lib
 from sgdnet_jax.data import synthetic
 
@@ -52,3 +52,31 @@ def test_ensure_demo_dataset_prepares_once(tmp_path):
   assert (prepared_dir / "dataset.json").stat().st_mtime_ns == stamp
   smaller = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=32, prepared_size=16)
   assert dataset_lib.PreparedDataset(smaller).image_size == 16
+
+
+def test_prepare_synthetic_by_hand_makes_the_demo_data(tmp_path, capsys):
+  """`prepare --dataset synthetic` at the demo's two sizes writes the data the demo then reuses."""
+  source, prepared = tmp_path / "source", tmp_path / "prepared"
+  argv = ["prepare", "--dataset", "synthetic", "--source", str(source), "--out", str(prepared)]
+  argv += ["--num-cases", "10", "--generated-size", "64", "--size", "32"]
+  assert main.main(argv) == 0
+  assert "prepared synthetic" in capsys.readouterr().out
+  with Image.open(source / "images/synth_0003.jpg") as image:
+    assert image.size == (64, 64)
+  assert dataset_lib.PreparedDataset(prepared).image_size == 32
+  stamp = (prepared / "dataset.json").stat().st_mtime_ns
+  # What the demo makes of a config with data.image_size=32: the same data, so nothing is redone.
+  reused = demo.ensure_demo_dataset(tmp_path, num_cases=10, image_size=64, prepared_size=32)
+  assert reused == prepared and (prepared / "dataset.json").stat().st_mtime_ns == stamp
+
+
+def test_prepare_refuses_a_generated_size_without_synthetic_data(tmp_path, capsys):
+  argv = ["prepare", "--source", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+  with pytest.raises(SystemExit) as exit_info:
+    main.main([*argv, "--dataset", "folder", "--generated-size", "64"])
+  assert exit_info.value.code == 2
+  assert "--generated-size goes with --dataset synthetic" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    main.main([*argv, "--dataset", "synthetic", "--generated-size", "0"])
+  assert "give a positive number of pixels" in capsys.readouterr().err
+  assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()

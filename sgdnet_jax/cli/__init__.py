@@ -1,6 +1,8 @@
 """Command-line front ends: one module per command, `main(argv) -> exit code`.
 
 Each module only parses arguments and calls a library function (which never sees argparse);
+`build_parser()` returns its parser without running anything (tests/test_documented_commands.py
+checks every command line of the docs against it), and `main` parses with it.
 `sgdnet_jax.main` dispatches to them and turns `errors.UserError` into a one-line message.
 Heavy imports (JAX, the data stack) happen inside `main`, after the arguments are checked.
 """

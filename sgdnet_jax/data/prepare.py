@@ -3,7 +3,7 @@
     python -m sgdnet_jax.main prepare --dataset isic2018 --source ~/downloads/isic2018 \
         --out data/isic2018 [--size 256] [--no-strict] [--overwrite]
     python -m sgdnet_jax.main prepare --dataset synthetic --source data/demo_source \
-        --out data/demo [--num-cases 300]
+        --out data/demo [--num-cases 300] [--generated-size 256]
 
 Output folder (written under a temporary name beside it, renamed into place only on success):
 
