@@ -53,6 +53,8 @@ DEFAULT_CONFIG = "configs/default.py"
 # `python -m sgdnet_jax.main` as the docs and scripts write it (python3, .venv/bin/python, "$PY").
 _PROGRAM = re.compile(r"(?:\S*python3?|\$\{?PY\}?)$")
 _COMMAND_START = re.compile(r"-m\s+sgdnet_jax\.main\b|(?:^|[\s`])launch/[\w.-]+")
+# An indented Markdown line that is a command (not a list item's prose that names one).
+_INDENTED_COMMAND = re.compile(r"\s+(?:\S*python3?\s+-m\s+sgdnet_jax\.main|(?:bash\s+)?launch/)")
 _COMMENT = re.compile(r"(?:^|\s)#(?:\s.*)?$")
 _INLINE_CODE = re.compile(r"`((?:[^`\n]|\n(?![ \t]*\n))+)`")
 _FENCE = re.compile(r"^\s*```")
@@ -103,7 +105,7 @@ def _code_pieces(path: pathlib.Path) -> list[tuple[int, str]]:
       code_lines.append((number, None))
       prose.append("")
       continue
-    indented_command = line.startswith("    ") and _COMMAND_START.search(line)
+    indented_command = line.startswith("    ") and _INDENTED_COMMAND.match(line)
     is_code = not is_markdown or in_fence or indented_command
     code_lines.append((number, line if is_code else None))
     prose.append("" if is_code else line)
