@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test lint format venv venv-test clean
+.PHONY: demo test test-durations lint format venv venv-test clean
 
 $(VENV)/.runtime-stamp: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(VENV)/.runtime-stamp
 
 test: $(VENV)/.test-stamp
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# The whole suite, recording each file's time in tests/durations.json (the order CI runs files in).
+test-durations: $(VENV)/.test-stamp
+	$(PY) -m pytest $(PYTEST_ARGS) --record-durations tests
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff format --check .

@@ -38,6 +38,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.log_every_steps = 10  # progress line and scalars every this many steps
   config.eval_every_epochs = 1  # validation Dice every this many epochs (0: none, no best ckpt)
   config.checkpoint_every_steps = 0  # checkpoint period in steps (0: at the end of every epoch)
+  config.tensorboard = True  # TensorBoard event files beside metrics.jsonl (imports TensorFlow)
   config.keep_checkpoints = 2  # latest checkpoints kept in <workdir>/checkpoints
   config.eval_splits = ("test",)  # splits a `sweep` evaluates after training each run
   # Params + BN statistics from a `convert` output or another workdir; wins over

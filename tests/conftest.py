@@ -9,7 +9,10 @@ near-ties, long chains of layers), both sides compute in float64 (`model.dtype='
 `jax.enable_x64`) and agree to 1e-9 or better.
 """
 
+import collections
+import json
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
@@ -26,29 +29,42 @@ compilation_cache.enable("", min_compile_time_secs=0.5)
 jax.config.update("jax_default_prng_impl", "rbg")  # As training does: much faster init compiles.
 
 
-# Files with the longest tests (subprocesses, several meshes or processes, resumed runs), longest
-# first: under `--dist loadfile --no-loadscope-reorder` (the Makefile) the two CI workers take
-# them first and share the short files at the end, so that both finish together.
-LONGEST_FILES_FIRST = (
-  "test_train.py",
-  "test_sharding.py",
-  "test_multiprocess.py",
-  "test_models.py",
-  "test_paths.py",
-  "test_launch.py",
-  "test_robust_training.py",
-  "test_sweep.py",
-  "test_pretrained.py",
-  "test_lesions.py",
-  "test_porting_parity.py",
-  "test_inference.py",
-  "test_export.py",
-)
+# Seconds each test file took in the last recorded run (`make test-durations`). Under
+# `--dist loadfile --no-loadscope-reorder` (the Makefile) the two CI workers take whole files in
+# the order collected: the longest first, so that both finish together. A file not yet recorded
+# counts as DEFAULT_FILE_SECONDS.
+DURATIONS_FILE = pathlib.Path(__file__).with_name("durations.json")
+DEFAULT_FILE_SECONDS = 30.0
+
+
+def pytest_addoption(parser):
+  parser.addoption(
+    "--record-durations",
+    action="store_true",
+    help=f"write each test file's total time (setup, call, teardown) to {DURATIONS_FILE.name}",
+  )
 
 
 def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order
+  seconds = json.loads(DURATIONS_FILE.read_text()) if DURATIONS_FILE.exists() else {}
+  # Stable: a file's tests stay together and in their order.
+  items.sort(key=lambda item: -seconds.get(item.path.name, DEFAULT_FILE_SECONDS))
+
+
+_file_seconds: collections.Counter = collections.Counter()
+
+
+def pytest_runtest_logreport(report):
+  _file_seconds[pathlib.Path(report.location[0]).name] += report.duration
+
+
+def pytest_sessionfinish(session):
+  is_worker = hasattr(session.config, "workerinput")  # xdist: the controller gets every report
+  if session.config.getoption("record_durations") and not is_worker:
+    recorded = json.loads(DURATIONS_FILE.read_text()) if DURATIONS_FILE.exists() else {}
+    recorded.update({name: round(total, 1) for name, total in _file_seconds.items()})
+    ordered = dict(sorted(recorded.items(), key=lambda item: -item[1]))
+    DURATIONS_FILE.write_text(json.dumps(ordered, indent=2) + "\n")
 
 
 @pytest.fixture

@@ -178,7 +178,11 @@ def _config(data_dir: str, total_steps: int):
   return config_utils.load_config(
     str(train_helpers.REPO / train_helpers.TRAIN_CONFIG),  # the test runs in an empty cwd
     train_helpers.overrides(
-      data_dir, total_steps=total_steps, checkpoint_every_steps=1, keep_checkpoints=1
+      data_dir,
+      total_steps=total_steps,
+      checkpoint_every_steps=1,
+      keep_checkpoints=1,
+      tensorboard=True,
     ),
   )
 

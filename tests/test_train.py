@@ -17,7 +17,7 @@ import torch
 
 from configs import default
 from sgdnet_jax import config_utils, evaluate, variables_io
-from sgdnet_jax.train import checkpointing, loop, losses, optimizer
+from sgdnet_jax.train import checkpointing, loop, losses, optimizer, writers
 from tests import tolerances, train_helpers
 
 
@@ -134,7 +134,7 @@ def reference_run(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("reference")
   config = config_utils.load_config(
     train_helpers.TRAIN_CONFIG,
-    train_helpers.overrides(data_dir, total_steps=6, checkpoint_every_steps=2),
+    train_helpers.overrides(data_dir, total_steps=6, checkpoint_every_steps=2, tensorboard=True),
   )
   summary = loop.train_and_evaluate(config, str(workdir))
   return workdir, config, summary
@@ -152,6 +152,14 @@ def test_training_writes_config_metrics_events_and_checkpoints(reference_run):
   assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [4, 6]
   written = json.loads((workdir / "config.json").read_text())
   assert written["total_steps"] == 6 and written["model"]["variant"] == config.model.variant
+
+
+def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path):
+  writer = writers.MetricsWriter(tmp_path, tensorboard=False)
+  writer.write_scalars(1, {"loss": np.float32(0.5)})
+  writer.close()
+  assert os.listdir(tmp_path) == [writers.METRICS_FILE]
+  assert train_helpers.step_losses(tmp_path) == {1: 0.5}
 
 
 def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, tmp_path):

@@ -27,6 +27,8 @@ def overrides(data_dir: str, **fields) -> list:
     "eval_batch_size": 4,
     "log_every_steps": 1,
     "compilation_cache_dir": "",
+    # metrics.jsonl only: TensorFlow's import (~6 s a process) is paid by the tests of the writer.
+    "tensorboard": False,
   }
   base.update(fields)
   return [f"--config.data.dir={data_dir}"] + [

@@ -293,7 +293,7 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
   validate_every = config.eval_every_epochs * steps_per_epoch
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
   is_main = jax.process_index() == 0
-  writer = writers.MetricsWriter(workdir)
+  writer = writers.MetricsWriter(workdir, tensorboard=config.tensorboard)
   step = int(state.step)
   pending = []  # (step, metrics) not yet checked: reading them waits for the device.
   window_start, window_steps = time.time(), 0

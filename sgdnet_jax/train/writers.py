@@ -1,6 +1,8 @@
-"""Metric writing: clu's default writer (TensorBoard events + logging) and `metrics.jsonl`.
+"""Metric writing: `metrics.jsonl` and, with `config.tensorboard`, clu's default writer.
 
-Only process 0 writes files; other processes log only. The workdir may be a local folder or an
+clu's writer (TensorBoard events + logging) imports TensorFlow, about 6 s of start-up, so it is
+created at the first write, and only when TensorBoard events are asked for. Only process 0 writes
+files; other processes log only. The workdir may be a local folder or an
 object-store URL (`sgdnet_jax.paths`): TensorBoard events go through TensorFlow's file systems,
 which write `gs://` natively. `metrics.jsonl` is appended to, a line per call, on a local file
 system. Object stores cannot append, so there the writer keeps the whole file in memory (the
@@ -65,27 +67,37 @@ class _JsonLines:
       self._upload()
 
 
+def _clu_writer(workdir: paths.Path, is_main: bool):
+  """clu's default writer: TensorBoard events on process 0, logging only on the others."""
+  import tensorflow as tf
+  from clu import metric_writers  # Imports TensorFlow.
+
+  tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory.
+  return metric_writers.create_default_writer(
+    str(workdir), just_logging=not is_main, asynchronous=False
+  )
+
+
 class MetricsWriter:
-  """Scalars to clu's writer and, on process 0, one JSON object per call to metrics.jsonl."""
+  """Scalars to metrics.jsonl (process 0) and, when `tensorboard`, to clu's writer."""
 
-  def __init__(self, workdir: str | os.PathLike):
-    import tensorflow as tf
-    from clu import metric_writers  # Imports TensorFlow: only the training loop pays for it.
-
-    tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory.
-    workdir = paths.as_path(workdir)
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
+    self.workdir = paths.as_path(workdir)
     self.is_main = jax.process_index() == 0
-    self._clu = metric_writers.create_default_writer(
-      str(workdir), just_logging=not self.is_main, asynchronous=False
-    )
-    self._jsonl = _JsonLines(workdir / METRICS_FILE) if self.is_main else None
+    self.tensorboard = tensorboard
+    self._clu = None
+    self._jsonl = _JsonLines(self.workdir / METRICS_FILE) if self.is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    self._clu.write_scalars(step, scalars)
+    if self.tensorboard:
+      if self._clu is None:
+        self._clu = _clu_writer(self.workdir, self.is_main)
+      self._clu.write_scalars(step, scalars)
     if self._jsonl:
       self._jsonl.write({"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}})
 
   def close(self):
-    self._clu.close()
+    if self._clu is not None:
+      self._clu.close()
     if self._jsonl:
       self._jsonl.close()
