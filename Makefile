@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test lint format venv venv-test clean
+.PHONY: demo test lint format venv venv-test clean serving-check
 
 $(VENV)/.runtime-stamp: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(VENV)/.runtime-stamp
 
 test: $(VENV)/.test-stamp
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# The exported serving.py in a fresh venv from requirements-serving.txt alone, against predict.
+serving-check: $(VENV)/.runtime-stamp
+	PY=$(PY) PYTHON=$(PYTHON) bash .ci/serving_check.sh
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff format --check .
