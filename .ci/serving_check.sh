@@ -17,9 +17,15 @@ export JAX_PLATFORMS=cpu
 
 # (a) A tiny model with random weights, and the images.
 "$PY" - "$work" <<'PYTHON'
-import io, pathlib, sys
-import jax, jax.numpy as jnp, numpy as np
+import io
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 from PIL import Image
+
 from sgdnet_jax import config_utils, models, variables_io
 from sgdnet_jax.data import synthetic
 
@@ -90,7 +96,9 @@ cat "$work/serving.err" >&2
 
 # (d) Served masks against predict's probabilities.
 "$PY" - "$work" <<'PYTHON'
-import pathlib, sys
+import pathlib
+import sys
+
 import numpy as np
 from PIL import Image
 
