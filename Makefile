@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test test-durations lint format venv venv-test clean
+.PHONY: demo test test-durations serving-check lint format venv venv-test clean
 
 $(VENV)/.runtime-stamp: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.test-stamp
 # The whole suite, recording each file's time in tests/durations.json (the order CI runs files in).
 test-durations: $(VENV)/.test-stamp
 	$(PY) -m pytest $(PYTEST_ARGS) --record-durations tests
+
+# The exported serving.py in a fresh venv from requirements-serving.txt alone, against predict.
+serving-check: $(VENV)/.runtime-stamp
+	PY=$(PY) PYTHON=$(PYTHON) bash .ci/serving_check.sh
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff format --check .

@@ -7,8 +7,9 @@
 `[N, H, W, 3]` (any N; H, W the training size) -> foreground probabilities `[N, H, W, 1]`
 float32. ImageNet normalisation, the network with its weights as constants, the foreground
 probability of the finest output `o1` and, with `tta='flip'`, the mirror test-time augmentation
-are all inside. `DIR/model.json` is the model card and `DIR/serving.py` a copy of
-`sgdnet_jax/serving.py`, which runs the model with jax, numpy and pillow only.
+are all inside. `DIR/model.json` is the model card, `DIR/serving.py` a copy of
+`sgdnet_jax/serving.py`, which runs the model with jax, numpy and pillow only, and
+`DIR/requirements-serving.txt` a copy of the repository's: what serving.py needs, pinned.
 
 The convolution implementation is chosen from the target platforms, never from the machine that
 traces: the CPU-only matrix-product path (`layers.conv2d_cpu`) only when every target is a CPU.
@@ -33,6 +34,9 @@ from sgdnet_jax.data import augment
 MODEL_FILE = "model.jax_export"
 CARD_FILE = "model.json"
 SERVING_FILE = "serving.py"
+REQUIREMENTS_FILE = "requirements-serving.txt"
+# What serving.py needs (the repository's requirements-serving.txt), pinned as requirements.txt is.
+SERVING_REQUIREMENTS = pathlib.Path(__file__).resolve().parents[1] / REQUIREMENTS_FILE
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 TTA_MODES = ("none", "flip")
 # Mirror TTA: the identity, horizontal, vertical and both flips (the image axes of NHWC).
@@ -99,6 +103,12 @@ def _flip(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return jnp.flip(x, axes) if axes else x
 
 
+def serving_requirements() -> list[str]:
+  """The requirement lines of SERVING_REQUIREMENTS, without comments."""
+  lines = (line.split("#")[0].strip() for line in SERVING_REQUIREMENTS.read_text().splitlines())
+  return [line for line in lines if line]
+
+
 def export_model(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -107,8 +117,12 @@ def export_model(
   tta: str = "none",
   variables: dict[str, Any] | None = None,
 ) -> pathlib.Path:
-  """Writes MODEL_FILE, CARD_FILE and SERVING_FILE into `out_dir`; returns the folder."""
+  """Writes MODEL_FILE, CARD_FILE, SERVING_FILE and REQUIREMENTS_FILE into `out_dir`.
+
+  Returns the folder.
+  """
   platforms = check_platforms(platforms)
+  requirements = serving_requirements()
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   model_config.conv_impl = conv_impl_for(model_config.get("conv_impl", "auto"), platforms)
   module = models.build(model_config)
@@ -121,9 +135,10 @@ def export_model(
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   _write_atomic(out / MODEL_FILE, bytes(exported.serialize()))
-  card = model_card(config, workdir, variables, exported, model_config.conv_impl, tta)
+  card = model_card(config, workdir, variables, exported, model_config.conv_impl, tta, requirements)
   _write_atomic(out / CARD_FILE, json.dumps(card, indent=2, default=str).encode())
   shutil.copyfile(pathlib.Path(__file__).with_name(SERVING_FILE), out / SERVING_FILE)
+  shutil.copyfile(SERVING_REQUIREMENTS, out / REQUIREMENTS_FILE)
   return out
 
 
@@ -134,6 +149,7 @@ def model_card(
   exported: jax.export.Exported,
   conv_impl: str,
   tta: str,
+  requirements: Sequence[str],
 ) -> dict[str, Any]:
   """What the exported program is, what it expects and returns, and how it was trained."""
   size = inference.training_size(config, [workdir])
@@ -166,6 +182,8 @@ def model_card(
     "data_protocol": {
       "image_size": size,
       "resize": "bilinear (PIL), images converted to 8-bit RGB",
+      "decoding": "8-bit RGB: grayscale expanded, alpha dropped, more than 8 bits per sample "
+      "stretched linearly from the image's own range to 0..255 (serving.py decode_rgb, as predict)",
       "dataset_dir": config.data.dir,
       "protocol": config.data.protocol,
       "fold": config.data.fold,
@@ -174,6 +192,13 @@ def model_card(
         "val": config.data.val_split,
         "test": config.data.test_split,
       },
+    },
+    "serving": {
+      "script": SERVING_FILE,
+      "requirements_file": REQUIREMENTS_FILE,
+      "requirements": list(requirements),
+      "usage": f"pip install -r {REQUIREMENTS_FILE}; python {SERVING_FILE} --model <this folder> "
+      "--images FOLDER --out MASKS",
     },
     "evaluation": evaluation_results(workdir),
     "workdir": os.path.abspath(workdir),

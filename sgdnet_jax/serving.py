@@ -1,16 +1,23 @@
 """Masks for a folder of images from an exported model (`export`), without the rest of sgdnet_jax.
 
 RULE: this file imports only the Python standard library, jax, numpy and pillow (PIL) - never
-another sgdnet_jax module - so that it runs wherever those are installed; `export` copies it into
-the model folder. tests/test_export.py checks the rule.
+another sgdnet_jax module - so that it runs wherever `requirements-serving.txt` is installed (those
+three, jaxlib, and flatbuffers, which `jax.export.deserialize` needs); `export` copies both files
+into the model folder. tests/test_export.py checks the rule.
 
   python -m sgdnet_jax.serving --model DIR --images FOLDER --out OUT [--batch-size 8]
   python DIR/serving.py --model DIR --images FOLDER --out OUT
 
-Every image is converted to 8-bit RGB (grayscale expanded, alpha dropped) and resized to the
-model's input size with bilinear resampling (PIL), as in training; its foreground probability is
-resized back to the image's own size (bilinear) and thresholded at 0.5. `OUT/<image name>.png`
-is the 0/255 mask.
+Images are decoded exactly as `predict` decodes them (`decode_rgb` repeats
+`sgdnet_jax.data.images.load_rgb`; tests/test_export.py compares the two): 8-bit RGB, grayscale
+expanded, alpha dropped, images with more than 8 bits per sample stretched linearly from their own
+range to 0..255. Each is resized to the model's input size with bilinear resampling (PIL), as in
+training; its foreground probability is resized back to the image's own size (bilinear) and
+thresholded at 0.5. `OUT/<image stem>.png` is the 0/255 mask.
+
+Exit status 0 when every image's mask was written, 1 when some image could not be read (it is
+skipped and named on stderr, the others are written), 2 for a missing or unusable model folder,
+image folder or option.
 """
 
 import argparse
@@ -25,10 +32,14 @@ from PIL import Image
 
 CARD_FILE = "model.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# What PIL raises on a missing, truncated or corrupt file (as sgdnet_jax.data.images).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# Single-channel PIL modes with more than 8 bits per sample.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ServingError(Exception):
-  """A missing or unusable model folder, image folder or image; printed as one line."""
+  """A missing or unusable model folder, image folder or option; printed as one line."""
 
 
 class ExportedModel:
@@ -59,13 +70,59 @@ class ExportedModel:
     return np.asarray(self._call(images))
 
 
+def _decoded_from_16_bits(image: Image.Image) -> bool:
+  """Whether PIL will decode this (not yet loaded) image to 8 bits from 16-bit samples.
+
+  PIL has no 16-bit colour modes: a 48-bit RGB (or 16-bit grey+alpha) PNG or TIFF loads as 8-bit
+  RGB / LA made of each sample's high byte; only the tile's raw mode (`RGB;16B`) tells.
+  """
+  if image.mode in HIGH_BIT_DEPTH_MODES or not image.tile:
+    return False
+  args = image.tile[0].args
+  raw_mode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+  return isinstance(raw_mode, str) and ";16" in raw_mode
+
+
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+  """`values` mapped linearly from their own finite range onto 0..255 (uint8, same shape).
+
+  All channels share one range, so colours keep their balance; an image of a single value, NaN
+  and infinities become 0.
+  """
+  values = np.asarray(values)
+  # float32 is exact for 16-bit samples times 255; wider types need float64.
+  values = values.astype(np.float32 if values.dtype.itemsize <= 2 else np.float64)
+  finite = np.isfinite(values)
+  if not finite.any():
+    return np.zeros(values.shape, np.uint8)
+  low, high = values[finite].min(), values[finite].max()
+  if high == low:
+    return np.zeros(values.shape, np.uint8)
+  scaled = (values - low) * 255 / (high - low)
+  return np.rint(np.where(finite, scaled, 0)).astype(np.uint8)
+
+
+def decode_rgb(path: pathlib.Path) -> Image.Image:
+  """The image decoded completely as 8-bit RGB, as `sgdnet_jax.data.images.load_rgb` does.
+
+  Raises one of DECODE_ERRORS if the file cannot be read completely.
+  """
+  with Image.open(path) as image:
+    from_16_bits = _decoded_from_16_bits(image)
+    image.load()
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+      return Image.fromarray(stretch_to_uint8(np.asarray(image))).convert("RGB")
+    if from_16_bits:
+      return Image.fromarray(stretch_to_uint8(np.asarray(image.convert("RGB"))))
+    return image.copy() if image.mode == "RGB" else image.convert("RGB")
+
+
 def load_image(path: pathlib.Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-  """The image as uint8 RGB at `size` (bilinear) and its original (height, width)."""
-  try:
-    with Image.open(path) as image:
-      image = image.convert("RGB")
-  except (OSError, SyntaxError, ValueError) as error:
-    raise ServingError(f"{path}: cannot read this image ({error})") from None
+  """The image as uint8 RGB at `size` (bilinear) and its original (height, width).
+
+  Raises one of DECODE_ERRORS if the file cannot be read completely.
+  """
+  image = decode_rgb(path)
   original = (image.height, image.width)
   if original != size:
     image = image.resize((size[1], size[0]), Image.BILINEAR)
@@ -82,10 +139,11 @@ def mask_at(probability: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def predict_folder(
   model: ExportedModel, images_dir: str, out_dir: str, batch_size: int = 8
-) -> list[pathlib.Path]:
-  """Writes one mask per image of `images_dir` into `out_dir`; returns the mask paths.
+) -> tuple[list[pathlib.Path], list[tuple[pathlib.Path, str]]]:
+  """Writes one mask per readable image of `images_dir` into `out_dir`.
 
-  Batches are padded to `batch_size`, so the program compiles once.
+  Returns the mask paths and the unreadable images with the reason. Batches are padded to
+  `batch_size`, so the program compiles once.
   """
   folder = pathlib.Path(images_dir)
   if not folder.is_dir():
@@ -97,18 +155,24 @@ def predict_folder(
     raise ServingError(f"--batch-size {batch_size}: expected at least 1")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  written = []
+  written, unreadable = [], []
   for start in range(0, len(paths), batch_size):
-    chunk = paths[start : start + batch_size]
-    loaded = [load_image(path, model.size) for path in chunk]
+    loaded = []
+    for path in paths[start : start + batch_size]:
+      try:
+        loaded.append((path, *load_image(path, model.size)))
+      except DECODE_ERRORS as error:
+        unreadable.append((path, " ".join(str(error).split()) or type(error).__name__))
+    if not loaded:
+      continue
     batch = np.zeros((batch_size, *model.size, 3), np.uint8)
-    batch[: len(chunk)] = [image for image, _ in loaded]
+    batch[: len(loaded)] = [image for _, image, _ in loaded]
     probabilities = model.probabilities(batch)
-    for path, (_, original), probability in zip(chunk, loaded, probabilities):
+    for (path, _, original), probability in zip(loaded, probabilities):
       target = out / f"{path.stem}.png"
       Image.fromarray(mask_at(probability[..., 0], original)).save(target)
       written.append(target)
-  return written
+  return written, unreadable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,11 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
   args = parser.parse_args(argv)
   try:
-    written = predict_folder(ExportedModel(args.model), args.images, args.out, args.batch_size)
+    written, unreadable = predict_folder(
+      ExportedModel(args.model), args.images, args.out, args.batch_size
+    )
   except (ServingError, OSError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   print(f"wrote {len(written)} masks to {args.out}")
+  if unreadable:
+    print(f"skipped {len(unreadable)} unreadable images:", file=sys.stderr)
+    for path, reason in unreadable:
+      print(f"  {path}: {reason}", file=sys.stderr)
+    return 1
   return 0
 
 

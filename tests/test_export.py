@@ -2,10 +2,14 @@
 
 One export for cpu,cuda,tpu (the `lax` convolutions) is loaded by a subprocess through the copy
 of `serving.py` in the model folder, while this process computes `module.apply`; a CPU-only
-export with flip TTA provides the CPU convolution path to contrast with.
+export with flip TTA provides the CPU convolution path to contrast with. serving.py's image
+decoder is compared with `predict`'s (`sgdnet_jax.data.images`) on every kind of image.
+.ci/serving_check.sh runs serving.py in a venv built from requirements-serving.txt alone.
 """
 
 import ast
+import importlib.metadata
+import io
 import json
 import pathlib
 import subprocess
@@ -16,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
-from sgdnet_jax import config_utils, errors, export, main, models, variables_io
+from sgdnet_jax import config_utils, errors, export, main, models, serving, variables_io
 from sgdnet_jax.data import augment
+from sgdnet_jax.data import images as images_lib
 from sgdnet_jax.models import layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,6 +34,9 @@ SIZE = 64  # configs/test.py's image size.
 # Probabilities in [0, 1] after ~60 float32 layers whose convolutions lower differently.
 PROBABILITY_TOLERANCE = 1e-5
 SERVING_MODULES = {"jax", "numpy", "PIL"}
+# Distributions serving.py needs beyond those it imports: jax's backend, and the reader of the
+# serialized program (jax.export.deserialize imports flatbuffers, which jax does not install).
+SERVING_EXTRA_DISTRIBUTIONS = {"jaxlib", "flatbuffers"}
 # The subprocess: loads the model folder's serving.py by path with an isolated interpreter
 # (-I: no PYTHONPATH, no current folder on sys.path), so sgdnet_jax cannot even be imported.
 SERVE_SCRIPT = textwrap.dedent(
@@ -42,7 +51,9 @@ SERVE_SCRIPT = textwrap.dedent(
   images = np.load(work / "images.npy")
   np.save(work / "batch1.npy", model.probabilities(images[:1]))
   np.save(work / "batch3.npy", model.probabilities(images))
-  serving.predict_folder(model, work / "folder", work / "masks", batch_size=3)
+  serving.ExportedModel = lambda directory: model  # main() reuses the compiled program.
+  argv = ["--model", str(model_dir), "--images", str(work / "folder"), "--out", str(work / "masks")]
+  print("SERVING_STATUS", serving.main(argv + ["--batch-size", "3"]))
   loaded = sorted(n for n in sys.modules if n == "sgdnet_jax" or n.startswith("sgdnet_jax."))
   print("SGDNET_MODULES", loaded)
   """
@@ -117,6 +128,9 @@ def served(portable, images, tmp_path_factory):
   Image.fromarray(images[0]).save(work / "folder" / "square.png")
   Image.fromarray(images[1]).resize((80, 48)).save(work / "folder" / "wide.png")
   Image.fromarray(images[2][..., 0]).save(work / "folder" / "gray.png")
+  # 16-bit samples whose own range stretches back to images[1]'s red channel exactly.
+  Image.fromarray(1000 + 8 * images[1][..., 0].astype(np.uint16)).save(work / "folder" / "deep.png")
+  (work / "folder" / "corrupt.png").write_bytes(_truncated_png(images[0]))
   process = subprocess.Popen(
     [sys.executable, "-I", "-c", SERVE_SCRIPT, str(portable), str(work)],
     cwd=work,
@@ -157,6 +171,13 @@ def test_model_card_describes_the_export(portable, trained):
   assert (portable / export.SERVING_FILE).read_bytes() == (
     ROOT / "sgdnet_jax" / "serving.py"
   ).read_bytes()
+  # The folder says what serving.py needs: the card's list and the requirements file beside it.
+  requirements = (ROOT / export.REQUIREMENTS_FILE).read_text()
+  assert (portable / export.REQUIREMENTS_FILE).read_text() == requirements
+  assert card["serving"]["requirements_file"] == export.REQUIREMENTS_FILE
+  assert card["serving"]["requirements"] == export.serving_requirements()
+  assert all(line in requirements.splitlines() for line in card["serving"]["requirements"])
+  assert any(line.startswith("flatbuffers==") for line in card["serving"]["requirements"])
 
 
 @pytest.mark.usefixtures("served")  # Started first: the subprocess compiles meanwhile.
@@ -182,10 +203,15 @@ def test_cuda_export_traced_on_cpu_has_no_cpu_convolution_path(portable, cpu_fli
 
 def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference, images):
   expected = reference(images)  # Computed while the subprocess compiles.
+  # The red channels as grayscale RGB, what gray.png and deep.png decode to.
+  expected_gray = reference(np.repeat(images[..., :1], 3, axis=-1))
   process, work = served
   stdout, stderr = process.communicate(timeout=600)
   assert process.returncode == 0, stderr
   assert "SGDNET_MODULES []" in stdout
+  # The corrupt image is skipped and named, the others are written, and main() says 1.
+  assert "SERVING_STATUS 1" in stdout, stderr
+  assert "skipped 1 unreadable images:" in stderr and "corrupt.png: " in stderr
   assert np.ptp(expected) > 100 * PROBABILITY_TOLERANCE  # Outputs vary: the comparison can fail.
   for name, count in (("batch1.npy", 1), ("batch3.npy", 3)):
     got = np.load(work / name)
@@ -196,12 +222,18 @@ def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference,
     "square": (SIZE, SIZE),
     "wide": (48, 80),
     "gray": (SIZE, SIZE),
+    "deep": (SIZE, SIZE),
   }
   assert set(np.unique(np.concatenate([m.ravel() for m in masks.values()]))) <= {0, 255}
-  decided = np.abs(expected[0, ..., 0] - 0.5) > PROBABILITY_TOLERANCE
-  np.testing.assert_array_equal(
-    masks["square"][decided], np.where(expected[0, ..., 0] > 0.5, 255, 0)[decided]
-  )
+  for name, probability in (
+    ("square", expected[0]),
+    ("gray", expected_gray[2]),
+    ("deep", expected_gray[1]),
+  ):
+    decided = np.abs(probability[..., 0] - 0.5) > PROBABILITY_TOLERANCE
+    np.testing.assert_array_equal(
+      masks[name][decided], np.where(probability[..., 0] > 0.5, 255, 0)[decided], err_msg=name
+    )
 
 
 def _stablehlo_text(model_dir: pathlib.Path) -> str:
@@ -209,7 +241,8 @@ def _stablehlo_text(model_dir: pathlib.Path) -> str:
   return jax.export.deserialize(bytearray(serialized)).mlir_module()
 
 
-def test_serving_imports_only_the_standard_library_jax_numpy_and_pillow():
+def _serving_imports() -> set[str]:
+  """The top-level modules sgdnet_jax/serving.py imports."""
   tree = ast.parse((ROOT / "sgdnet_jax" / "serving.py").read_text())
   imported = set()
   for node in ast.walk(tree):
@@ -218,7 +251,91 @@ def test_serving_imports_only_the_standard_library_jax_numpy_and_pillow():
     elif isinstance(node, ast.ImportFrom):
       assert node.level == 0, "serving.py must not import relatively"
       imported.add(node.module.split(".")[0])
-  assert imported - set(sys.stdlib_module_names) <= SERVING_MODULES
+  return imported
+
+
+def test_serving_imports_only_the_standard_library_jax_numpy_and_pillow():
+  assert _serving_imports() - set(sys.stdlib_module_names) <= SERVING_MODULES
+
+
+def _pins(path: pathlib.Path) -> dict[str, str]:
+  """{distribution name: pinned version} of a requirements file's `name==version` lines."""
+  lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+  return {
+    name.strip().lower(): version.strip()
+    for name, version in (line.split("==") for line in lines if "==" in line)
+  }
+
+
+def test_serving_requirements_are_what_serving_needs_pinned_as_requirements_txt():
+  serving_pins = _pins(ROOT / export.REQUIREMENTS_FILE)
+  assert len(serving_pins) == len(export.serving_requirements())  # Every line is pinned.
+  distributions = importlib.metadata.packages_distributions()
+  imported = _serving_imports() - set(sys.stdlib_module_names)
+  needed = {distributions[module][0].lower() for module in imported}
+  assert set(serving_pins) == needed | SERVING_EXTRA_DISTRIBUTIONS
+  runtime_pins = _pins(ROOT / "requirements.txt")
+  shared = set(serving_pins) & set(runtime_pins)
+  assert shared == needed | {"jaxlib"}  # flatbuffers comes with requirements.txt's TensorFlow.
+  assert {name: serving_pins[name] for name in shared} == {n: runtime_pins[n] for n in shared}
+
+
+def _truncated_png(pixels: np.ndarray) -> bytes:
+  """The first half of a PNG file: PIL opens it, then fails to decode it."""
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, format="PNG")
+  return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def _images_of_every_kind(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+  """One file per decoding path of `images.load_rgb`, with pixels that fill their range."""
+  rng = np.random.default_rng(7)
+  rgb = rng.integers(0, 256, (40, 56, 3), np.uint8)
+  ramp = np.linspace(1000, 3000, 40 * 56).reshape(40, 56)
+  writers = {
+    "rgb.png": lambda p: Image.fromarray(rgb).save(p),
+    "rgb.jpg": lambda p: Image.fromarray(rgb).save(p, quality=90),
+    "gray.png": lambda p: Image.fromarray(rgb[..., 0]).save(p),
+    "rgba.png": lambda p: Image.fromarray(np.dstack([rgb, rgb[..., 1]])).save(p),
+    "gray_alpha.png": lambda p: Image.fromarray(rgb[..., :2].copy(), "LA").save(p),
+    "palette.png": lambda p: Image.fromarray(rgb).quantize(16).save(p, transparency=0),
+    "gray16.png": lambda p: Image.fromarray(ramp.astype(np.uint16)).save(p),  # PIL mode I;16
+    "rgb48.tif": lambda p: tifffile.imwrite(
+      p, np.stack([ramp, ramp / 2, ramp / 4], -1).astype(np.uint16), photometric="rgb"
+    ),
+    "int32.tif": lambda p: Image.fromarray((ramp * 1000).astype(np.int32)).save(p),  # mode I
+    "float.tif": lambda p: Image.fromarray((ramp / 3000).astype(np.float32)).save(p),  # mode F
+  }
+  paths = {}
+  for name, write in writers.items():
+    paths[name] = folder / name
+    write(paths[name])
+  return paths
+
+
+def test_serving_decodes_images_exactly_as_predict_does(tmp_path):
+  for name, path in _images_of_every_kind(tmp_path).items():
+    expected, original, _ = images_lib.load_rgb(path)
+    decoded = serving.decode_rgb(path)
+    assert decoded.mode == "RGB", name
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(expected), err_msg=name)
+    resized, served_original = serving.load_image(path, (SIZE, SIZE))
+    assert served_original == original == (40, 56), name
+    np.testing.assert_array_equal(resized, images_lib.resize_image(expected, SIZE), err_msg=name)
+    if name in ("gray16.png", "rgb48.tif", "int32.tif", "float.tif"):
+      # What a plain PIL conversion would give (saturated or the high bytes) is not the same.
+      with Image.open(path) as image:
+        assert not np.array_equal(np.asarray(image.convert("RGB")), resized), name
+
+
+def test_serving_names_an_unreadable_image_as_predict_does(tmp_path):
+  corrupt = tmp_path / "corrupt.png"
+  corrupt.write_bytes(_truncated_png(np.zeros((32, 32, 3), np.uint8)))
+  for decode in (serving.decode_rgb, images_lib.load_rgb):
+    with pytest.raises(serving.DECODE_ERRORS):
+      decode(corrupt)
+  assert serving.DECODE_ERRORS == images_lib.DECODE_ERRORS
+  assert serving.HIGH_BIT_DEPTH_MODES == images_lib.HIGH_BIT_DEPTH_MODES
 
 
 def test_conv_impl_follows_the_export_platforms():
