@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -152,6 +153,33 @@ def test_training_writes_config_metrics_events_and_checkpoints(reference_run):
   assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [4, 6]
   written = json.loads((workdir / "config.json").read_text())
   assert written["total_steps"] == 6 and written["model"]["variant"] == config.model.variant
+
+
+def test_compilation_is_announced_and_left_out_of_the_throughput(data_dir, tmp_path, capsys):
+  # Two steps, logged at the second only and validated there: the step-2 rate must not hold the
+  # first step, which compiles.
+  config = config_utils.load_config(
+    train_helpers.TRAIN_CONFIG,
+    train_helpers.overrides(data_dir, total_steps=2, log_every_steps=2, eval_every_epochs=1),
+  )
+  assert loop.train_and_evaluate(config, str(tmp_path))["step"] == 2
+  lines = capsys.readouterr().out.splitlines()
+  order = [
+    "compiling the train step (first step only)…",
+    "compiled the train step: step 1 took",
+    "step 2/2  loss",
+    "compiling the validation step (first validation only)…",
+    "step 2: validation Dice",
+  ]
+  found = [next(i for i, line in enumerate(lines) if line.startswith(o)) for o in order]
+  assert found == sorted(found), lines
+  first_step_seconds = float(re.search(r"took ([\d.]+) s", lines[found[1]]).group(1))
+  assert re.fullmatch(r"step 2/2  loss [\d.]+  [\d.]+ img/s  ETA 0\.0 min", lines[found[2]])
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  (rate,) = [r["images_per_sec"] for r in records if "images_per_sec" in r]
+  # The rate times step 2 alone (one batch); with the compiling first step in its window it would
+  # be two batches over more than first_step_seconds.
+  assert config.global_batch_size / rate < first_step_seconds / 2, (rate, first_step_seconds)
 
 
 def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, tmp_path):
