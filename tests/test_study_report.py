@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -371,8 +372,10 @@ def test_seed_spread_matches_numpy_and_flags_a_difference_within_it(tmp_path):
     f"| {rows['sgdnet']['seed_std']:.4f} | {rows['sgdnet']['comparison']['mean_difference']:.4f} |"
     in lines["sgdnet"]
   )
-  assert lines["sgdnet"].endswith("seeds per fold: 1/2/3; |Δ| < seed std |")
+  assert lines["sgdnet"].endswith("seeds per fold: 1/2/3; \\|Δ\\| < seed std |")
   assert lines["sge_add"].endswith("seeds per fold: 2 |")
+  table = [lines[name] for name in ("variant", *VARIANTS)]
+  assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1  # cells stay apart
   written = json.loads((tmp_path / "report.json").read_text())["tables"]["dice"]
   assert [row["seed_std"] for row in written] == [rows[v]["seed_std"] for v in VARIANTS]
   assert [row["comparison"]["within_seed_spread"] for row in written[1:]] == [True, False]
@@ -387,19 +390,18 @@ def test_seed_spread_matches_numpy_and_flags_a_difference_within_it(tmp_path):
 
 def test_curves_mark_a_single_validation_point(tmp_path):
   make_sweep(tmp_path, skip=(("sge_add", 2),))
-  once = tmp_path / "sge_add" / "fold0" / "metrics.jsonl"
-  once.write_text(
-    json.dumps({"step": 1, "loss": 0.9}) + "\n" + json.dumps({"step": 2, "val_dice": 0.6}) + "\n"
-  )
+  log = tmp_path / "sge_add" / "fold0" / "metrics.jsonl"
+  long_loss = [{"step": step, "loss": 1.0 / step} for step in range(1, plots.MARKED_POINTS + 2)]
+  log.write_text("".join(json.dumps(r) + "\n" for r in [*long_loss, {"step": 9, "val_dice": 0.6}]))
   runs = report.load_runs(str(tmp_path), "test", ("dice",))
-  figure = plots.curves_figure([run for run in runs if run.path == str(once.parent)])
+  figure = plots.curves_figure([run for run in runs if run.path == str(log.parent)])
   try:
     loss_axes, dice_axes = figure.axes
     (line,) = dice_axes.get_lines()
-    assert list(line.get_xdata()) == [2] and list(line.get_ydata()) == [0.6]
-    assert line.get_visible() and line.get_marker() not in ("None", "", " ", None)
-    assert line.get_markersize() > 0
-    (loss_line,) = loss_axes.get_lines()
-    assert loss_line.get_marker() == line.get_marker()
+    assert list(line.get_xdata()) == [9] and list(line.get_ydata()) == [0.6]
+    assert line.get_visible() and line.get_marker() == "o" and line.get_markersize() > 0
+    (loss_line,) = loss_axes.get_lines()  # too many points to mark: a plain line
+    assert len(loss_line.get_xdata()) == plots.MARKED_POINTS + 1
+    assert loss_line.get_marker() == "None"
   finally:
     plots._pyplot().close(figure)

@@ -2,9 +2,9 @@
 
 * `R/report_<metric>.png`: the per-case values of each variant (all folds pooled, seeds averaged),
   a box plot with every case drawn as a point over it;
-* `R/curves.png`: training loss and validation Dice against the step, one line per run with a
-  marker on every logged point (a run validated once is a single point), from each run's
-  `metrics.jsonl`.
+* `R/curves.png`: training loss and validation Dice against the step, one line per run, from
+  each run's `metrics.jsonl`; a curve of few points (validation Dice, a short run) marks each
+  point, so that a run validated once shows.
 
 The root may be a `gs://` URL: figures are drawn into memory and written through
 `sgdnet_jax.paths`.
@@ -20,6 +20,10 @@ import numpy as np
 
 from sgdnet_jax import paths
 from sgdnet_jax.study import report
+
+# A curve of at most this many points marks each one (a single point draws no line); a longer
+# one (the training loss of a real run: hundreds of points) is a plain line.
+MARKED_POINTS = 100
 
 
 def _pyplot():
@@ -65,8 +69,9 @@ def _read_jsonl(path: paths.Path) -> list[dict[str, Any]]:
 def curves_figure(runs: Sequence[report.Run]):
   """Training loss and validation Dice per run against the step, one colour per variant.
 
-  Every point has a marker, so a curve of one point (a single validation) shows. Runs without a
-  `metrics.jsonl` are skipped. Returns the matplotlib figure (close it after use).
+  A curve of at most MARKED_POINTS points has a marker on each, so a curve of one point (a single
+  validation) shows. Runs without a `metrics.jsonl` are skipped. Returns the matplotlib figure
+  (close it after use).
   """
   pyplot = _pyplot()
   figure, (loss_axes, dice_axes) = pyplot.subplots(1, 2, figsize=(10.0, 4.0))
@@ -89,7 +94,7 @@ def curves_figure(runs: Sequence[report.Run]):
           color=colours[run.variant],
           label=label,
           linewidth=1,
-          marker="o",
+          marker="o" if len(points) <= MARKED_POINTS else None,
           markersize=3,
           alpha=0.7,
         )

@@ -479,7 +479,7 @@ def _status(row: dict[str, Any], baseline: str) -> str:
   if seeds != [1]:
     parts.append(f"seeds per fold: {'/'.join(map(str, seeds))}")
   if (row["comparison"] or {}).get("within_seed_spread"):
-    parts.append("|Δ| < seed std")
+    parts.append(r"\|Δ\| < seed std")  # Escaped: a bare | ends a Markdown table cell.
   return "; ".join(parts)
 
 
