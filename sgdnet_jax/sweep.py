@@ -8,14 +8,17 @@
 Run i lives in `R/<variant>/fold<k>[/seed<s>]` (`SweepRun.name`): train it, then evaluate each
 split of its `config.eval_splits`. Locally, a run whose evaluations exist, whose `config.json`
 equals the sweep's config and whose training reached its last step is skipped; any other resumes
-(training continues from its checkpoint). On SLURM, each array task trains through the launcher
-`launch/slurm_gpu.sbatch` (see `LAUNCHER`) and then evaluates.
+(training continues from its checkpoint). Each run's log opens with a header line,
+`=== run 3/8: sgdnet fold 0 seed 1 → R/sgdnet/fold0/seed1 ===`; a skipped run's header says so.
+On SLURM, each array task trains through the launcher `launch/slurm_gpu.sbatch` (see
+`LAUNCHER`) and then evaluates.
 """
 
 import json
 import logging
 import os
 import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -113,8 +116,16 @@ def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None)
   return steps is not None and steps >= total_steps
 
 
-def _run_one(run: config_utils.SweepRun, directory: str) -> str:
-  """Trains and evaluates one run unless it is finished; returns its status."""
+def describe(run: config_utils.SweepRun) -> str:
+  """The run in words: `sgdnet fold 0 seed 1` for `sgdnet/fold0/seed1`."""
+  return re.sub(r"/(fold|seed)(\d+)", r" \1 \2", run.name)
+
+
+def _run_one(run: config_utils.SweepRun, directory: str, header: str) -> str:
+  """Trains and evaluates one run unless it is finished; returns its status.
+
+  Prints `header` with what happens: the run starting, or skipped as finished (one line).
+  """
   recorded = variables_io.load_config_dict(directory)
   if recorded is not None:
     difference = _first_difference(recorded, _as_recorded(run.config))
@@ -124,7 +135,9 @@ def _run_one(run: config_utils.SweepRun, directory: str) -> str:
         " that workdir or choose another --root"
       )
   if _finished(run, directory, recorded):
+    print(f"=== {header}: finished before, skipped ===", flush=True)
     return "skipped"
+  print(f"=== {header} ===", flush=True)
   outcome = loop.train_and_evaluate(run.config.copy_and_resolve_references(), directory)
   if outcome["signal"]:  # The sweep stops, before this run's evaluation too.
     return "interrupted"
@@ -169,12 +182,13 @@ def run_local(
   }
   previous = signal.signal(signal.SIGTERM, _raise_interrupted)
   try:
-    for run, entry in zip(runs, record["runs"]):
+    for number, (run, entry) in enumerate(zip(runs, record["runs"]), start=1):
       entry["status"] = "running"
       _write_json(status_path, record)
       start = time.time()
+      header = f"run {number}/{len(runs)}: {describe(run)} → {entry['workdir']}"
       try:
-        entry["status"] = _run_one(run, entry["workdir"])
+        entry["status"] = _run_one(run, entry["workdir"], header)
       except (SweepInterrupted, KeyboardInterrupt):
         entry["status"] = "interrupted"
       except Exception as error:  # A failed run is recorded; the sweep goes on.

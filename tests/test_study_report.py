@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from scipy import stats
 
 from sgdnet_jax import errors, main, metrics
-from sgdnet_jax.study import report
+from sgdnet_jax.study import plots, report
 
 VARIANTS = ("cto", "sgdnet", "sge_add")
 FOLDS = (0, 1, 2)
@@ -153,6 +154,7 @@ def test_every_number_matches_numpy_and_scipy(tmp_path):
         np.sum(~np.isnan(pooled[variant])),
         len(FOLDS) * CASES_PER_FOLD,
       )
+      assert math.isnan(row["seed_std"]) and row["seed_std_folds"] == {}  # one seed per fold
       if variant == "cto":
         assert row["comparison"] is None
         continue
@@ -166,6 +168,7 @@ def test_every_number_matches_numpy_and_scipy(tmp_path):
       low, high = np.percentile(kept[draws].mean(axis=1), [2.5, 97.5])
       assert (comparison["ci_low"], comparison["ci_high"]) == close((low, high), kept)
       assert comparison["p_wilcoxon"] == stats.wilcoxon(kept).pvalue
+      assert comparison["within_seed_spread"] is None
       p_values.append(comparison["p_wilcoxon"])
     adjusted = [rows[v]["comparison"]["p_holm"] for v in VARIANTS[1:]]
     assert adjusted == pytest.approx(holm_by_hand(p_values), rel=1e-15)
@@ -307,3 +310,98 @@ def test_cli_user_error_prints_one_line_and_exits_2(tmp_path, capsys, argv, word
   error = capsys.readouterr().err
   assert error.startswith("error: ") and error.count("\n") == 1 and words in error
   assert not os.path.exists(tmp_path / "report.md")
+
+
+def write_seeds(root: pathlib.Path, variant: str, fold: int, scales: tuple[float, ...]) -> None:
+  """One run per seed s of `variant` on `fold`: the sweep's per-case values times scales[s]."""
+  columns = sweep_values()[variant, fold]
+  for seed, scale in enumerate(scales):
+    scaled = {name: values * scale for name, values in columns.items()}
+    workdir = root / variant / f"fold{fold}" / f"seed{seed}"
+    write_run(workdir, variant, fold, scaled, case_ids(fold))
+
+
+def test_seed_spread_matches_numpy_and_flags_a_difference_within_it(tmp_path):
+  # sgdnet: seeds far apart (3 on fold 0, 2 on fold 1, 1 on fold 2); sge_add and the baseline:
+  # seeds close together.
+  seed_scales = {
+    ("cto", 0): (1.0, 0.999),
+    ("cto", 1): (1.0, 0.998),
+    ("cto", 2): (1.0,),
+    ("sgdnet", 0): (1.0, 0.85, 1.1),
+    ("sgdnet", 1): (0.9, 1.05),
+    ("sgdnet", 2): (1.0,),
+    ("sge_add", 0): (1.0, 1.001),
+    ("sge_add", 1): (1.0, 1.002),
+    ("sge_add", 2): (1.0, 1.001),
+  }
+  for (variant, fold), scales in seed_scales.items():
+    write_seeds(tmp_path, variant, fold, scales)
+  result = report.compare(report.load_runs(str(tmp_path), "test", ("dice",)), "cto")
+  rows = {row["variant"]: row for row in result["tables"]["dice"]}
+  values = sweep_values()
+  for variant in VARIANTS:
+    seed_values = {
+      f: [np.mean(values[variant, f]["dice"] * scale) for scale in seed_scales[variant, f]]
+      for f in FOLDS
+    }
+    several = {f: v for f, v in seed_values.items() if len(v) > 1}
+    row = rows[variant]
+    assert set(row["seed_std_folds"]) == {str(f) for f in several}
+    for f, fold_values in several.items():
+      assert row["seed_std_folds"][str(f)] == close(np.std(fold_values, ddof=1), fold_values)
+    weights = [len(v) - 1 for v in several.values()]
+    variances = [np.var(v, ddof=1) for v in several.values()]
+    pooled = np.sqrt(np.average(variances, weights=weights))
+    assert row["seed_std"] == close(pooled, list(seed_values.values())[0])
+  for variant, within in (("sgdnet", True), ("sge_add", False)):
+    comparison = rows[variant]["comparison"]
+    assert comparison["seed_spread"] == max(rows[variant]["seed_std"], rows["cto"]["seed_std"])
+    assert (abs(comparison["mean_difference"]) < comparison["seed_spread"]) is within
+    assert comparison["within_seed_spread"] is within
+  # sgdnet's spread is its own, sge_add's the baseline's.
+  assert rows["sgdnet"]["comparison"]["seed_spread"] == rows["sgdnet"]["seed_std"]
+  assert rows["sge_add"]["comparison"]["seed_spread"] == rows["cto"]["seed_std"]
+
+  report.write_tables(tmp_path, result)
+  lines = {
+    line.split(" | ")[0][2:]: line for line in (tmp_path / "report.md").read_text().split("\n")
+  }
+  assert "| seed std | Δ = variant − cto |" in lines["variant"]
+  assert (
+    f"| {rows['sgdnet']['seed_std']:.4f} | {rows['sgdnet']['comparison']['mean_difference']:.4f} |"
+    in lines["sgdnet"]
+  )
+  assert lines["sgdnet"].endswith("seeds per fold: 1/2/3; \\|Δ\\| < seed std |")
+  assert lines["sge_add"].endswith("seeds per fold: 2 |")
+  table = [lines[name] for name in ("variant", *VARIANTS)]
+  assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1  # cells stay apart
+  written = json.loads((tmp_path / "report.json").read_text())["tables"]["dice"]
+  assert [row["seed_std"] for row in written] == [rows[v]["seed_std"] for v in VARIANTS]
+  assert [row["comparison"]["within_seed_spread"] for row in written[1:]] == [True, False]
+  with open(tmp_path / "report.csv") as f:
+    csv_rows = {row["variant"]: row for row in csv.DictReader(f)}
+  assert float(csv_rows["sgdnet"]["seed_std"]) == rows["sgdnet"]["seed_std"]
+  assert csv_rows["sgdnet"]["within_seed_spread"] == "True"
+  tex = (tmp_path / "report.tex").read_text()
+  assert f"{rows['sgdnet']['comparison']['mean_difference']:.4f}$^\\dagger$" in tex
+  assert f"{rows['sge_add']['comparison']['mean_difference']:.4f}$^\\dagger$" not in tex
+
+
+def test_curves_mark_a_single_validation_point(tmp_path):
+  make_sweep(tmp_path, skip=(("sge_add", 2),))
+  log = tmp_path / "sge_add" / "fold0" / "metrics.jsonl"
+  long_loss = [{"step": step, "loss": 1.0 / step} for step in range(1, plots.MARKED_POINTS + 2)]
+  log.write_text("".join(json.dumps(r) + "\n" for r in [*long_loss, {"step": 9, "val_dice": 0.6}]))
+  runs = report.load_runs(str(tmp_path), "test", ("dice",))
+  figure = plots.curves_figure([run for run in runs if run.path == str(log.parent)])
+  try:
+    loss_axes, dice_axes = figure.axes
+    (line,) = dice_axes.get_lines()
+    assert list(line.get_xdata()) == [9] and list(line.get_ydata()) == [0.6]
+    assert line.get_visible() and line.get_marker() == "o" and line.get_markersize() > 0
+    (loss_line,) = loss_axes.get_lines()  # too many points to mark: a plain line
+    assert len(loss_line.get_xdata()) == plots.MARKED_POINTS + 1
+    assert loss_line.get_marker() == "None"
+  finally:
+    plots._pyplot().close(figure)

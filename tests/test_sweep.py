@@ -151,7 +151,20 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
   for entry in record["runs"]:
     assert entry["status"] == "failed" and missing in entry["error"], entry
     assert "\n" not in entry["error"]
-  assert "4 failed" in capsys.readouterr().out
+  output = capsys.readouterr().out
+  assert "4 failed" in output
+  assert headers(output) == [header(root, i) for i in range(4)]
+
+
+def header(root: pathlib.Path, index: int, skipped: bool = False) -> str:
+  """The line a local sweep prints before run `index` of RUN_NAMES (or instead, if skipped)."""
+  words = RUN_NAMES[index].replace("/fold", " fold ")
+  what = ": finished before, skipped" if skipped else ""
+  return f"=== run {index + 1}/{len(RUN_NAMES)}: {words} → {root / RUN_NAMES[index]}{what} ==="
+
+
+def headers(output: str) -> list[str]:
+  return [line for line in output.splitlines() if line.startswith("=== run ")]
 
 
 def _mtimes(root: pathlib.Path, name: str) -> dict[str, int]:
@@ -159,7 +172,9 @@ def _mtimes(root: pathlib.Path, name: str) -> dict[str, int]:
   return {str(path): path.stat().st_mtime_ns for path in paths}
 
 
-def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(data_dir, tmp_path):
+def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(
+  data_dir, tmp_path, capsys
+):
   root = tmp_path / "R"
   argv = ["sweep", "--config", SPEC, "--root", str(root), "--local", *sweep_overrides(data_dir)]
   process = subprocess.Popen(
@@ -181,8 +196,17 @@ def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(d
   statuses = [entry["status"] for entry in record["runs"]]
   assert statuses == ["done", "done", "interrupted", "pending"], output[-3000:]
   finished = {name: _mtimes(root, name) for name in RUN_NAMES[:2]}
+  # Each run's log opens with its header; the training of a finished run (the third may stop
+  # before it compiles) announces the compilation.
+  lines = output.splitlines()
+  assert headers(output) == [header(root, i) for i in range(3)], output[-3000:]
+  starts = [lines.index(header(root, i)) for i in range(3)]
+  for start, end in zip(starts[:2], starts[1:]):
+    assert "compiling the train step (first step only)…" in lines[start:end]
 
   assert main.main(argv) == 0
+  resumed = [header(root, 0, skipped=True), header(root, 1, skipped=True)]
+  assert headers(capsys.readouterr().out) == [*resumed, header(root, 2), header(root, 3)]
   record = json.loads((root / "sweep.json").read_text())
   assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped", "done", "done"]
   for name, mtimes in finished.items():  # neither trained nor evaluated again

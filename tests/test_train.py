@@ -1,10 +1,13 @@
 """Training: losses, optimiser parity, exact resume after a kill, non-finite stop, evaluation
 (signals and preemption: tests/test_robust_training.py)."""
 
+import contextlib
+import io
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import time
 
@@ -129,15 +132,29 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, data_dir):
-  """An uninterrupted 6-step run (checkpoints every 2 steps), in this process."""
+def reference_training(tmp_path_factory, data_dir):
+  """An uninterrupted 6-step run (checkpoints every 2 steps), in this process; what it printed."""
   workdir = tmp_path_factory.mktemp("reference")
   config = config_utils.load_config(
     train_helpers.TRAIN_CONFIG,
     train_helpers.overrides(data_dir, total_steps=6, checkpoint_every_steps=2, tensorboard=True),
   )
-  summary = loop.train_and_evaluate(config, str(workdir))
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    summary = loop.train_and_evaluate(config, str(workdir))
+  return workdir, config, summary, printed.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_training):
+  workdir, config, summary, _ = reference_training
   return workdir, config, summary
+
+
+@pytest.fixture(scope="module")
+def reference_output(reference_training):
+  workdir, config, _, lines = reference_training
+  return workdir, config, lines
 
 
 def test_training_writes_config_metrics_events_and_checkpoints(reference_run):
@@ -160,6 +177,27 @@ def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path):
   writer.close()
   assert os.listdir(tmp_path) == [writers.METRICS_FILE]
   assert train_helpers.step_losses(tmp_path) == {1: 0.5}
+
+
+def test_compilation_is_announced_and_left_out_of_the_throughput(reference_output):
+  # The step-2 rate must not hold the first step, which compiles.
+  workdir, config, lines = reference_output
+  order = [
+    "compiling the train step (first step only)…",
+    "compiled the train step: step 1 took",
+    "step 2/6  loss",
+    "compiling the validation step (first validation only)…",
+    "step 4: validation Dice",
+  ]
+  found = [next(i for i, line in enumerate(lines) if line.startswith(o)) for o in order]
+  assert found == sorted(found), lines
+  first_step_seconds = float(re.search(r"took ([\d.]+) s", lines[found[1]]).group(1))
+  assert re.fullmatch(r"step 2/6  loss [\d.]+  [\d.]+ img/s  ETA [\d.]+ min", lines[found[2]])
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  (rate,) = [r["images_per_sec"] for r in records if r["step"] == 2 and "images_per_sec" in r]
+  # The rate times step 2 alone (one batch); with the compiling first step in its window it would
+  # be two batches over more than first_step_seconds.
+  assert config.global_batch_size / rate < first_step_seconds / 2, (rate, first_step_seconds)
 
 
 def test_kill_and_resume_reproduces_the_loss_sequence(reference_run, data_dir, tmp_path):

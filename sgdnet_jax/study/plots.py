@@ -3,7 +3,8 @@
 * `R/report_<metric>.png`: the per-case values of each variant (all folds pooled, seeds averaged),
   a box plot with every case drawn as a point over it;
 * `R/curves.png`: training loss and validation Dice against the step, one line per run, from
-  each run's `metrics.jsonl`.
+  each run's `metrics.jsonl`; a curve of few points (validation Dice, a short run) marks each
+  point, so that a run validated once shows.
 
 The root may be a `gs://` URL: figures are drawn into memory and written through
 `sgdnet_jax.paths`.
@@ -19,6 +20,10 @@ import numpy as np
 
 from sgdnet_jax import paths
 from sgdnet_jax.study import report
+
+# A curve of at most this many points marks each one (a single point draws no line); a longer
+# one (the training loss of a real run: hundreds of points) is a plain line.
+MARKED_POINTS = 100
 
 
 def _pyplot():
@@ -61,10 +66,12 @@ def _read_jsonl(path: paths.Path) -> list[dict[str, Any]]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def curves_plot(path: str | os.PathLike, runs: Sequence[report.Run]) -> None:
+def curves_figure(runs: Sequence[report.Run]):
   """Training loss and validation Dice per run against the step, one colour per variant.
 
-  Runs without a `metrics.jsonl` are skipped.
+  A curve of at most MARKED_POINTS points has a marker on each, so a curve of one point (a single
+  validation) shows. Runs without a `metrics.jsonl` are skipped. Returns the matplotlib figure
+  (close it after use).
   """
   pyplot = _pyplot()
   figure, (loss_axes, dice_axes) = pyplot.subplots(1, 2, figsize=(10.0, 4.0))
@@ -81,7 +88,16 @@ def curves_plot(path: str | os.PathLike, runs: Sequence[report.Run]) -> None:
         steps, values = zip(*points)
         label = None if (axes, run.variant) in labelled else run.variant
         labelled.add((axes, run.variant))
-        axes.plot(steps, values, color=colours[run.variant], label=label, linewidth=1, alpha=0.7)
+        axes.plot(
+          steps,
+          values,
+          color=colours[run.variant],
+          label=label,
+          linewidth=1,
+          marker="o" if len(points) <= MARKED_POINTS else None,
+          markersize=3,
+          alpha=0.7,
+        )
   loss_axes.set(xlabel="step", ylabel="training loss", title="training loss (one line per run)")
   dice_axes.set(xlabel="step", ylabel="validation Dice", title="validation Dice (one line per run)")
   for axes in (loss_axes, dice_axes):
@@ -90,8 +106,14 @@ def curves_plot(path: str | os.PathLike, runs: Sequence[report.Run]) -> None:
   if not labelled:
     figure.suptitle("no run under the root has a metrics.jsonl with loss or val_dice")
   figure.tight_layout()
+  return figure
+
+
+def curves_plot(path: str | os.PathLike, runs: Sequence[report.Run]) -> None:
+  """Writes `curves_figure(runs)` as a PNG to `path`."""
+  figure = curves_figure(runs)
   _save(figure, path)
-  pyplot.close(figure)
+  _pyplot().close(figure)
 
 
 def write_plots(

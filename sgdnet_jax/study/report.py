@@ -6,12 +6,15 @@
 
 Per variant and metric: the per-fold values (the metric as `evaluate` reported it in
 `eval/<split>.json`; the mean over seeds where a fold has several), their mean and sample standard
-deviation (ddof=1) over folds, the mean of the per-case values of all folds pooled and the number of
-cases with a value. Against the baseline: the per-case differences variant - baseline, matched by
+deviation (ddof=1) over folds, the mean of the per-case values of all folds pooled, the number of
+cases with a value and the seed spread (the standard deviation over seeds within a fold, pooled
+over folds). Against the baseline: the per-case differences variant - baseline, matched by
 fold and case id, with pairs holding a NaN on either side (a case the empty policy excluded)
 dropped and counted; their mean, a 95 % percentile-bootstrap interval (seeded), the two-sided
-Wilcoxon signed-rank p-value and the Holm-adjusted p-values across the variants compared. The
-root may be a local folder or a `gs://` URL (`sgdnet_jax.paths`).
+Wilcoxon signed-rank p-value, the Holm-adjusted p-values across the variants compared, and
+whether |mean difference| is smaller than the seed spread of the variant or the baseline (a
+difference retraining with another seed could make). The root may be a local folder or a `gs://`
+URL (`sgdnet_jax.paths`).
 """
 
 import csv
@@ -357,6 +360,7 @@ def compare(
       row["comparison"] = _comparison(
         groups[row["variant"]], groups[baseline], metric, seed, resamples
       )
+      row["comparison"].update(_against_seed_spread(row, rows[0]))
     adjusted = holm([row["comparison"]["p_wilcoxon"] for row in rows[1:]])
     for row, p in zip(rows[1:], adjusted):
       row["comparison"]["p_holm"] = p
@@ -380,12 +384,32 @@ def compare(
   }
 
 
+def seed_spread(fold_cases: dict[int, FoldCases], metric: str) -> tuple[float, dict[str, float]]:
+  """The standard deviation (ddof=1) over seeds of a fold's values, pooled and per fold.
+
+  Only folds with several seeds have one. Pooled: the square root of their variances averaged
+  with their degrees of freedom (seeds - 1) as weights; NaN when no fold has several seeds.
+  """
+  per_fold, weighted_variances, degrees_of_freedom = {}, 0.0, 0
+  for fold in sorted(fold_cases):
+    values = [run.values[metric] for run in fold_cases[fold].runs]
+    if len(values) > STD_DDOF:
+      variance = float(np.var(values, ddof=STD_DDOF))
+      per_fold[str(fold)] = math.sqrt(variance)
+      weighted_variances += (len(values) - STD_DDOF) * variance
+      degrees_of_freedom += len(values) - STD_DDOF
+  if not degrees_of_freedom:
+    return math.nan, per_fold
+  return math.sqrt(weighted_variances / degrees_of_freedom), per_fold
+
+
 def _variant_row(
   variant: str, fold_cases: dict[int, FoldCases], folds: Sequence[int], metric: str
 ) -> dict[str, Any]:
   per_fold = [fold_cases[f].values[metric] for f in sorted(fold_cases)]
   pooled = np.concatenate([fold_cases[f].cases[metric] for f in sorted(fold_cases)])
   used = pooled[~np.isnan(pooled)]
+  seed_std, seed_std_folds = seed_spread(fold_cases, metric)
   return {
     "variant": variant,
     "folds": {str(f): fold_cases[f].values[metric] if f in fold_cases else math.nan for f in folds},
@@ -396,6 +420,8 @@ def _variant_row(
     "case_mean": float(used.mean()) if used.size else math.nan,
     "n_cases": int(used.size),
     "n_total": int(pooled.size),
+    "seed_std": seed_std,
+    "seed_std_folds": seed_std_folds,
     "comparison": None,
   }
 
@@ -418,6 +444,15 @@ def _comparison(
     "ci_high": high,
     "p_wilcoxon": wilcoxon_p(differences),
   }
+
+
+def _against_seed_spread(row: dict[str, Any], baseline_row: dict[str, Any]) -> dict[str, Any]:
+  """The larger seed std of the variant and the baseline, and whether |Δ| is below it."""
+  spreads = [r["seed_std"] for r in (row, baseline_row) if not math.isnan(r["seed_std"])]
+  difference = row["comparison"]["mean_difference"]
+  if not spreads or math.isnan(difference):
+    return {"seed_spread": max(spreads, default=math.nan), "within_seed_spread": None}
+  return {"seed_spread": max(spreads), "within_seed_spread": abs(difference) < max(spreads)}
 
 
 # --- Tables ---------------------------------------------------------------------------------
@@ -443,6 +478,8 @@ def _status(row: dict[str, Any], baseline: str) -> str:
   seeds = sorted(set(row["seeds_per_fold"].values()))
   if seeds != [1]:
     parts.append(f"seeds per fold: {'/'.join(map(str, seeds))}")
+  if (row["comparison"] or {}).get("within_seed_spread"):
+    parts.append(r"\|Δ\| < seed std")  # Escaped: a bare | ends a Markdown table cell.
   return "; ".join(parts)
 
 
@@ -456,6 +493,7 @@ def _cells(row: dict[str, Any], result: dict[str, Any]) -> list[str]:
     ],
     _value(row["case_mean"]),
     f"{row['n_cases']}/{row['n_total']}",
+    _value(row["seed_std"]),
     _value(comparison.get("mean_difference", math.nan)),
     (f"[{_value(comparison['ci_low'])}, {_value(comparison['ci_high'])}]" if comparison else "–"),
     _p(comparison.get("p_wilcoxon", math.nan)),
@@ -473,6 +511,7 @@ def _headers(result: dict[str, Any]) -> list[str]:
     *[f"fold {f}" for f in result["folds"]],
     "mean (cases)",
     "cases",
+    "seed std",
     f"Δ = variant − {result['baseline']}",
     f"{round(100 * result['confidence'])}% CI",
     "p (Wilcoxon)",
@@ -491,11 +530,16 @@ def _footer(result: dict[str, Any]) -> list[str]:
     " where a fold has several).",
     "- mean (cases): mean of the per-case values of all folds pooled; cases: cases with a value /"
     " all cases (a case the empty policy excluded has no value).",
+    "- seed std: sample standard deviation (ddof=1) over seeds of a fold's values, pooled over the"
+    " folds with several seeds (square root of their variances averaged with weights seeds − 1);"
+    " – where every fold has one seed. It is how much retraining with another seed moves the"
+    " metric; the CI and p-values below treat the trained models as fixed and leave it out.",
     f"- Δ = variant − {result['baseline']}: mean of the per-case differences, matched by fold and"
     " case id on the folds both have; a pair with no value on either side (excluded by the empty"
     " policy) is dropped and counted under dropped, the rest are the pairs. Where higher is"
     " better (Dice, IoU) Δ > 0 is an improvement; where lower is better (HD95, ASSD: distances)"
-    " Δ < 0 is.",
+    " Δ < 0 is. Status `|Δ| < seed std`: |Δ| is smaller than the larger seed std of the variant"
+    " and the baseline, so another seed could undo the difference however small p is.",
     f"- {round(100 * result['confidence'])}% CI: percentile bootstrap of the mean difference,"
     f" {result['resamples']} resamples of the pairs, numpy default_rng seed {result['seed']}.",
     "- p (Wilcoxon): two-sided Wilcoxon signed-rank test of the paired differences"
@@ -530,10 +574,14 @@ def format_markdown(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+ROW_FIELDS = ("mean", "std", "case_mean", "n_cases", "n_total", "seed_std")
+COMPARISON_FIELDS = (
+  "mean_difference", "ci_low", "ci_high", "p_wilcoxon", "p_holm", "n_pairs", "n_dropped",
+  "seed_spread", "within_seed_spread",
+)  # fmt: skip
 CSV_FIELDS = (
-  "metric", "variant", "is_baseline", "complete", "missing_folds", "mean", "std",
-  "case_mean", "n_cases", "n_total", "mean_difference", "ci_low", "ci_high", "p_wilcoxon",
-  "p_holm", "n_pairs", "n_dropped",
+  "metric", "variant", "is_baseline", "complete", "missing_folds", *ROW_FIELDS,
+  *COMPARISON_FIELDS,
 )  # fmt: skip
 
 
@@ -553,8 +601,8 @@ def format_csv(result: dict[str, Any]) -> str:
           "is_baseline": row["variant"] == result["baseline"],
           "complete": not row["missing_folds"],
           "missing_folds": " ".join(map(str, row["missing_folds"])),
-          **{k: row[k] for k in ("mean", "std", "case_mean", "n_cases", "n_total")},
-          **{k: comparison.get(k, "") for k in CSV_FIELDS[10:]},
+          **{k: row[k] for k in ROW_FIELDS},
+          **{k: comparison.get(k, "") for k in COMPARISON_FIELDS},
           **{f"fold{f}": row["folds"][str(f)] for f in result["folds"]},
         }
       )
@@ -572,10 +620,10 @@ def format_latex(result: dict[str, Any]) -> str:
   for metric in result["metrics"]:
     folds = result["folds"]
     lines += [
-      f"% {metric}: {result['directions'][metric]}; std over folds with ddof=1;"
+      f"% {metric}: {result['directions'][metric]}; std over folds and seed std with ddof=1;"
       f" Delta = variant - {baseline}, {round(100 * result['confidence'])}\\% bootstrap CI,"
       " Wilcoxon and Holm p.",
-      r"\begin{tabular}{l" + "r" * (len(folds) + 6) + "}",
+      r"\begin{tabular}{l" + "r" * (len(folds) + 7) + "}",
       r"\toprule",
       " & ".join(
         [
@@ -583,6 +631,7 @@ def format_latex(result: dict[str, Any]) -> str:
           r"Mean $\pm$ std",
           *[f"Fold {f}" for f in folds],
           "Case mean",
+          "Seed std",
           rf"$\Delta$ vs {baseline}",
           "95\\% CI",
           "$p$",
@@ -598,12 +647,14 @@ def format_latex(result: dict[str, Any]) -> str:
       ci = (
         f"[{_value(comparison['ci_low'])}, {_value(comparison['ci_high'])}]" if comparison else "--"
       )
+      mark = "$^\\dagger$" if comparison.get("within_seed_spread") else ""
       cells = [
         name,
         rf"{_value(row['mean'])} $\pm$ {_value(row['std'])}",
         *[_value(row["folds"][str(f)]) for f in folds],
         _value(row["case_mean"]),
-        _value(comparison.get("mean_difference", math.nan)),
+        _value(row["seed_std"]),
+        _value(comparison.get("mean_difference", math.nan)) + mark,
         ci,
         _p(comparison.get("p_wilcoxon", math.nan)),
         _p(comparison.get("p_holm", math.nan)),
@@ -611,6 +662,9 @@ def format_latex(result: dict[str, Any]) -> str:
       lines.append(" & ".join(cells).replace("–", "--") + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
   lines.append("% $^*$: incomplete, a fold is missing (see report.md).")
+  lines.append(
+    "% $^\\dagger$: |Delta| is smaller than the seed std of the variant or the baseline."
+  )
   return "\n".join(lines) + "\n"
 
 

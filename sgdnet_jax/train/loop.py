@@ -296,14 +296,29 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
   writer = writers.MetricsWriter(workdir, tensorboard=config.tensorboard)
   step = int(state.step)
   pending = []  # (step, metrics) not yet checked: reading them waits for the device.
-  window_start, window_steps = time.time(), 0
+  # Throughput and ETA count the steps after the first, which compiles the train step: its
+  # minutes would otherwise make the first ETA many times too long.
+  window_start, window_steps = None, 0
+  validation_compiled = False
   last_log: dict[str, Any] = {}
+  if is_main and step < total_steps:
+    print("compiling the train step (first step only)…", flush=True)
+  first_step_start = time.time()
   try:
     while step < total_steps:
       batch = state_lib.global_batch(next(train_iter), mesh)
       state, scalars = train_step(state, batch)
       step += 1
-      window_steps += 1
+      if window_start is None:
+        jax.block_until_ready(scalars)
+        if is_main:
+          print(
+            f"compiled the train step: step {step} took {time.time() - first_step_start:.1f} s",
+            flush=True,
+          )
+        window_start = time.time()
+      else:
+        window_steps += 1
       pending.append((step, scalars))
       log_now = due(step, config.log_every_steps, total_steps)
       validate_now = config.eval_every_epochs > 0 and due(step, validate_every, total_steps)
@@ -317,21 +332,27 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
       pending = [] if syncing else pending[-1:]
 
       if log_now:
-        elapsed = time.time() - window_start
-        rate = window_steps * config.global_batch_size / max(elapsed, 1e-9)
         last_log = {k: float(v) for k, v in scalars.items()}
-        scalars = {**last_log, "images_per_sec": rate, "epoch": step / steps_per_epoch}
+        scalars = {**last_log, "epoch": step / steps_per_epoch}
+        progress = f"step {step}/{total_steps}  loss {last_log['loss']:.4f}"
+        if window_steps:  # No step timed yet right after the first one.
+          elapsed = time.time() - window_start
+          rate = window_steps * config.global_batch_size / max(elapsed, 1e-9)
+          scalars["images_per_sec"] = rate
+          eta = (total_steps - step) * config.global_batch_size / max(rate, 1e-9)
+          progress += f"  {rate:.1f} img/s  ETA {eta / 60:.1f} min"
         writer.write_scalars(step, scalars)
         if is_main:
-          eta = (total_steps - step) * config.global_batch_size / max(rate, 1e-9)
-          print(
-            f"step {step}/{total_steps}  loss {last_log['loss']:.4f}  {rate:.1f} img/s  "
-            f"ETA {eta / 60:.1f} min",
-            flush=True,
-          )
+          print(progress, flush=True)
         window_start, window_steps = time.time(), 0
       if validate_now:
+        validation_start = time.time()
+        if is_main and not validation_compiled:
+          print("compiling the validation step (first validation only)…", flush=True)
         dice = validation_dice(eval_step, state.variables(), config, mesh)
+        if not validation_compiled:  # Its compilation does not count in the throughput either.
+          window_start += time.time() - validation_start
+          validation_compiled = True
         writer.write_scalars(step, {"val_dice": dice, "epoch": step / steps_per_epoch})
         if dice > best.dice:
           best = BestCheckpoint(dice, step)
