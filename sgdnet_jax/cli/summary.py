@@ -14,11 +14,11 @@ def main(argv) -> int:
   parser.add_argument("--json", action="store_true", help="end with one JSON line")
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import summary  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import models, summary  # After argument errors, which should not wait for JAX.
 
-  result = summary.summarize(
-    config, args.image_size or config.data.image_size or 256, compile_flops=not args.no_compile
-  )
+  size = args.image_size or config.data.image_size or 256
+  models.check_input_size(config.model, size, f"image size {size}")
+  result = summary.summarize(config, size, compile_flops=not args.no_compile)
   summary.print_table(result)
   if args.json:
     print(json.dumps(result))

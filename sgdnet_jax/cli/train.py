@@ -18,8 +18,12 @@ def main(argv) -> int:
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  from sgdnet_jax.train import loop  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import models  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.data import pipeline
+  from sgdnet_jax.train import loop
 
+  size = pipeline.image_size(config.data)
+  models.check_input_size(config.model, size, f"data.image_size={size}")
   outcome = loop.train_and_evaluate(config, args.workdir)
   print(json.dumps(outcome))
   if outcome["stopped_by"]:
