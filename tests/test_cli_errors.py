@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import config_utils, main, models, variables_io
+from sgdnet_jax import config_utils, main, models, porting, variables_io
+from sgdnet_jax.models import sgdc
 from sgdnet_jax.train import workdir
 
 CONFIG = "configs/test.py"
@@ -242,6 +243,23 @@ def test_convert_of_a_checkpoint_of_another_network_is_one_line(capsys, tmp_path
   assert f"{checkpoint} does not fit layout 'cto'" in line and "1 unexpected" in line
   assert "e.g. unexpected classifier.weight; missing " in line and "Likely cause:" in line
   assert not (tmp_path / "o").exists()
+
+
+def test_a_full_width_checkpoint_for_a_narrowed_model_names_the_width_fields():
+  def sgdc_variables(channels: int):
+    shapes = [jax.ShapeDtypeStruct((1, 8, 8, c), jnp.float32) for c in (channels, 16)]
+    init = lambda x, g: sgdc.SGDC().init(jax.random.PRNGKey(0), x, g, train=False)
+    return jax.eval_shape(init, *shapes)
+
+  full = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), sgdc_variables(256))
+  state, _ = porting.export_torch(full, "sgdc")
+  with pytest.raises(porting.PortingError) as error:
+    porting.load_torch(state, "sgdc", sgdc_variables(64))
+  summary = error.value.summary
+  assert "\n" not in summary and summary.count(": checkpoint (") == 3
+  assert "Likely cause: the model is narrower than the checkpoint: model.backbone_base_planes" in (
+    summary
+  )
 
 
 # --- The entry point -----------------------------------------------------------------------------

@@ -17,7 +17,8 @@ def main(argv) -> int:
   from sgdnet_jax import models, summary  # After argument errors, which should not wait for JAX.
 
   size = args.image_size or config.data.image_size or 256
-  models.check_input_size(config.model, size, f"image size {size}")
+  what = f"--image-size {size}" if args.image_size else f"data.image_size={size}"
+  models.check_input_size(config.model, size, what)
   result = summary.summarize(config, size, compile_flops=not args.no_compile)
   summary.print_table(result)
   if args.json:
