@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import config_utils, main, models, porting, variables_io
+from sgdnet_jax import config_utils, errors, main, models, porting, variables_io
 from sgdnet_jax.models import sgdc
 from sgdnet_jax.train import workdir
 
@@ -122,10 +122,10 @@ def test_debug_shows_the_traceback_of_a_user_error(capsys):
 # --- A workdir's model against --config ----------------------------------------------------------
 
 
-def recorded_workdir(path, spec: str = CONFIG, *overrides: str):
+def recorded_workdir(path, spec: str = CONFIG):
   """A folder whose config.json records `spec`: enough, since the model check reads only that."""
   path.mkdir(parents=True)
-  config_utils.save_config(config_utils.load_config(spec, overrides), path / "config.json")
+  config_utils.save_config(config_utils.load_config(spec), path / "config.json")
   return path
 
 
@@ -150,7 +150,7 @@ def test_a_config_of_another_model_than_the_workdir_is_refused(capsys, tmp_path,
 def test_debug_shows_the_traceback_of_a_model_mismatch(tmp_path):
   baseline = recorded_workdir(tmp_path / "baseline", f"{CONFIG}:variant=baseline")
   argv = ["predict", "--debug", "--config", CONFIG, "--workdir", str(baseline)]
-  with pytest.raises(Exception, match="holds a different model"):
+  with pytest.raises(errors.UserError, match="holds a different model"):
     main.main([*argv, *image_args(tmp_path)])
 
 
@@ -162,7 +162,7 @@ def test_non_structural_model_fields_and_data_fields_may_differ(tmp_path):
   config.data.image_size = 32
   workdir.check_model_fits(config, [recorded, tmp_path / "no_config_json"])
   config.model.decoder_channels = 8
-  with pytest.raises(Exception, match=r"model.decoder_channels: 16 -> 8"):
+  with pytest.raises(errors.UserError, match=r"model.decoder_channels: 16 -> 8"):
     workdir.check_model_fits(config, [recorded])
 
 
@@ -202,7 +202,7 @@ def test_one_size_rule_for_every_model():
   )
   assert models.size_multiple(tiny) == 32 and models.size_multiple(full) == 128
   models.check_input_size(full, 256, "x")
-  with pytest.raises(Exception, match="not 200; use 128 or 256"):
+  with pytest.raises(errors.ConfigError, match="not 200; use 128 or 256"):
     models.check_input_size(full, 200, "x")
 
 
