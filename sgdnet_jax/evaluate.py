@@ -30,6 +30,7 @@ from PIL import Image
 from sgdnet_jax import distributed, errors, inference, metrics, models, paths, variables_io
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.train import state as state_lib
+from sgdnet_jax.train import workdir as workdir_lib
 
 RESOLUTIONS = ("train", "native")
 DISTANCES_ON = ("host", "device")
@@ -215,8 +216,12 @@ def evaluate(
       "config.metrics.distances_on='device' needs --resolution train and no --post (native "
       "sizes differ per case, post-processing runs on the host); use distances_on='host'"
     )
+  workdir_lib.check_model_fits(config, workdirs)
   distributed.initialize(config.distributed)
   config.data.image_size = pipeline.image_size(config.data)
+  models.check_input_size(
+    config.model, config.data.image_size, f"data.image_size={config.data.image_size}"
+  )
   name = split_name(config, split)
   mesh = state_lib.make_mesh(config.mesh)
   model = models.build(config.model)

@@ -123,11 +123,11 @@ def export_model(
   """
   platforms = check_platforms(platforms)
   requirements = serving_requirements()
+  size = inference.check_model_and_size(config, [workdir])
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   model_config.conv_impl = conv_impl_for(model_config.get("conv_impl", "auto"), platforms)
   module = models.build(model_config)
   variables = variables if variables is not None else variables_io.load_variables(workdir)
-  size = inference.training_size(config, [workdir])
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"n, {size}, {size}, 3"), jnp.uint8)
   function = probability_function(module, variables, tta)
   exported = jax.export.export(jax.jit(function), platforms=platforms)(spec)

@@ -13,6 +13,8 @@
   gives exactly the mask of the float32 map; `postprocess` keeps the largest component, fills
   holes, or drops small components (8-connected, as the instance metrics count components).
 * Work sharing: `share` splits a sorted input list into disjoint shares for several machines.
+* Checks before anything is loaded or traced: `check_model_and_size` (the config builds the
+  workdirs' model, at a size it takes) and `parse_tile` (a window size it takes).
 """
 
 import functools
@@ -28,6 +30,7 @@ from scipy import ndimage
 
 from sgdnet_jax import errors, models, variables_io
 from sgdnet_jax.data import pipeline
+from sgdnet_jax.train import workdir as workdir_lib
 
 TTA_MODES = ("none", "flip", "flip_rot")
 TILE_MODES = ("off", "auto")
@@ -145,8 +148,8 @@ def check_same_structure(variable_sets: Sequence[Any], names: Sequence[str]):
       )
 
 
-def parse_tile(text: str) -> str | int:
-  """`--tile` value: 'off', 'auto' or a window size in pixels."""
+def parse_tile(text: str, model_config: ml_collections.ConfigDict) -> str | int:
+  """`--tile` value: 'off', 'auto' or a window size in pixels that the model takes."""
   if text in TILE_MODES:
     return text
   try:
@@ -157,6 +160,7 @@ def parse_tile(text: str) -> str | int:
     raise errors.UserError(
       f"--tile {text!r}: expected off, auto or a window size in pixels (e.g. 256)"
     )
+  models.check_input_size(model_config, size, f"--tile {size}")
   return size
 
 
@@ -326,3 +330,12 @@ def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) ->
     if recorded and recorded.get("data", {}).get("image_size"):
       return int(recorded["data"]["image_size"])
   return pipeline.image_size(config.data)
+
+
+def check_model_and_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
+  """The training size, once the config is known to build the workdirs' recorded model
+  (`train.workdir.check_model_fits`) and the model to take that size; UserError otherwise."""
+  workdir_lib.check_model_fits(config, workdirs)
+  size = training_size(config, workdirs)
+  models.check_input_size(config.model, size, f"data.image_size={size}")
+  return size

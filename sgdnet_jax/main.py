@@ -1,32 +1,47 @@
-"""Command-line entry point: `python -m sgdnet_jax.main <command> [--debug] ...`.
+"""Command-line entry point: `python -m sgdnet_jax.main <command> [--debug] [--verbose] ...`.
 
 Every command lives in `sgdnet_jax/cli/<command>.py` and is imported only when it runs, so that
 `config` does not pay for JAX and `prepare` does not pay for the model. A mistake the user can
-fix (`errors.UserError`, a missing or unwritable path) prints one line and exits 2; `--debug`
-shows its traceback. Ctrl-C that reaches here prints one line and exits 130. Anything else is a
-bug and keeps its traceback.
+fix (`errors.UserError`, a missing or unwritable path) prints one line and exits 2 (an error
+with a `summary`, such as porting's listing of every key, prints its summary); `--debug` shows
+its traceback. Ctrl-C that reaches here prints one line and exits 130. Anything else is a bug
+and keeps its traceback.
+
+The libraries' own chatter is off unless `--verbose`: TensorFlow's C++ INFO lines and its
+oneDNN notice (TensorFlow only writes TensorBoard events here; its oneDNN kernels compute
+nothing of ours), and the INFO records of absl (Orbax, TFDS, clu), JAX and TensorFlow's Python
+loggers. Their warnings and errors, and this project's own INFO lines, still show. `--verbose`
+shows every INFO record, of any command.
 """
 
 import importlib
+import logging
+import os
 import sys
 
 from sgdnet_jax import errors
 
-COMMANDS = (
-  "ablate",
-  "config",
-  "convert",
-  "demo",
-  "evaluate",
-  "export",
-  "export-torch",
-  "predict",
-  "prepare",
-  "report",
-  "summary",
-  "sweep",
-  "train",
-)
+# Each command and what it does (the first line of `--help`); its module is sgdnet_jax.cli.<name>
+# with '-' as '_'.
+COMMANDS = {
+  "ablate": "evaluate a trained model with components switched off, against itself intact",
+  "config": "print the resolved config of an experiment (or of every run of a sweep)",
+  "convert": "a PyTorch checkpoint -> a variables directory (upstream layouts)",
+  "demo": "the main job end to end on embedded synthetic data: train, evaluate, predict",
+  "evaluate": "the paper's metrics of a trained model on a split",
+  "export": "a trained model as one portable jax.export file with a model card",
+  "export-torch": "a variables directory -> a PyTorch state dict in an upstream layout",
+  "predict": "masks and pictures for image files or a split",
+  "prepare": "check a downloaded dataset and write the prepared copy training reads",
+  "report": "statistics, tables and pictures of an ablation sweep",
+  "summary": "parameter counts, BatchNorm statistics, constants and GMACs of a model",
+  "sweep": "the runs of a config's sweep: printed, run here or sent to SLURM",
+  "train": "train a model in a workdir, resuming it when it holds a checkpoint",
+}
+GLOBAL_FLAGS = {
+  "--debug": "show the traceback of a user error too",
+  "--verbose": "show the libraries' INFO logs (TensorFlow, oneDNN, absl/Orbax, JAX)",
+}
 PATH_ERRORS = (
   FileNotFoundError,
   FileExistsError,
@@ -34,19 +49,67 @@ PATH_ERRORS = (
   IsADirectoryError,
   NotADirectoryError,
 )
+# Python loggers whose INFO records are the libraries' chatter (Orbax, TFDS and clu log
+# through absl).
+LIBRARY_LOGGERS = ("absl", "jax", "tensorflow")
+# Environment read by TensorFlow when it is imported: C++ logs from WARNING up, and oneDNN
+# kernels off (which also drops the notice that they are on).
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def usage() -> str:
+  """What `--help` prints: the synopsis, each command with its description, the flags."""
+  width = max(map(len, COMMANDS))
+  lines = [
+    "usage: python -m sgdnet_jax.main <command> [--debug] [--verbose] [args]",
+    "",
+    "commands:",
+    *(f"  {name:<{width}}  {description}" for name, description in COMMANDS.items()),
+    "",
+    "flags (anywhere on the line):",
+    *(f"  {flag:<{width}}  {description}" for flag, description in GLOBAL_FLAGS.items()),
+    "",
+    "python -m sgdnet_jax.main <command> --help describes a command's arguments.",
+  ]
+  return "\n".join(lines)
+
+
+def configure_logs(verbose: bool):
+  """Silences the libraries' INFO logs unless `verbose` (see the module docstring).
+
+  Runs before any command module is imported: TensorFlow reads its environment once, when it is
+  first imported. A variable the user set is kept.
+  """
+  if not verbose:
+    for name, value in QUIET_TENSORFLOW.items():
+      os.environ.setdefault(name, value)
+  # absl creates its own logger class for "absl" when imported: import it before setting levels.
+  from absl import logging as absl_logging  # noqa: F401  Light: no JAX.
+
+  for name in LIBRARY_LOGGERS:  # NOTSET: the level of the root logger, as without this function.
+    logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+  if verbose:  # Every command shows INFO records, not only those that configure logging.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  debug = "--debug" in argv
-  argv = [arg for arg in argv if arg != "--debug"]
-  if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+  debug, verbose = "--debug" in argv, "--verbose" in argv
+  argv = [arg for arg in argv if arg not in GLOBAL_FLAGS]
+  if argv and argv[0] in ("-h", "--help"):
+    print(usage())
+    return 0
+  if not argv:
+    print(usage(), file=sys.stderr)
+    return 2
+  if argv[0] not in COMMANDS:
     print(
-      f"usage: python -m sgdnet_jax.main <command> [--debug] [args]\n"
-      f"commands: {', '.join(COMMANDS)}",
+      f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} "
+      f"(python -m sgdnet_jax.main --help describes them)",
       file=sys.stderr,
     )
-    return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return 2
+  configure_logs(verbose)
   command = importlib.import_module(f"sgdnet_jax.cli.{argv[0].replace('-', '_')}")
   try:
     return command.main(argv[1:]) or 0
@@ -65,7 +128,7 @@ def main(argv=None) -> int:
 def _one_line(error: BaseException) -> str:
   if isinstance(error, OSError) and error.filename is not None:
     return f"{error.strerror or type(error).__name__}: {error.filename}"
-  return " ".join(str(error).split())
+  return " ".join(str(getattr(error, "summary", None) or error).split())
 
 
 if __name__ == "__main__":

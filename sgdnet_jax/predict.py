@@ -227,9 +227,9 @@ def predict(
   workdirs = paths.as_paths(workdirs)
   inference.check_tta(tta)
   inference.check_overlap(overlap)
-  tile = inference.parse_tile(str(tile))
+  size, batch_size = inference.check_model_and_size(config, workdirs), config.eval_batch_size
+  tile = inference.parse_tile(str(tile), config.model)
   post_steps = inference.parse_post(post)
-  size, batch_size = inference.training_size(config, workdirs), config.eval_batch_size
   if split:
     try:
       _, names = pipeline.resolve_split(config.data, split)

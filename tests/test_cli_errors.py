@@ -2,19 +2,27 @@
 
 No traceback: the mistake is the user's (a config, a path, a permission), not a bug. The
 commands run in this process through `sgdnet_jax.main.main`; each fails before any compile.
+The last tests run the command line in a subprocess: its logs are quiet unless `--verbose`.
 """
 
 import errno
 import os
+import platform
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import main
+from sgdnet_jax import config_utils, errors, main, models, porting, variables_io
+from sgdnet_jax.models import sgdc
 from sgdnet_jax.train import workdir
 
 CONFIG = "configs/test.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def error_line(capsys, argv) -> str:
@@ -109,3 +117,184 @@ def test_report_on_a_missing_root(capsys, tmp_path):
 def test_debug_shows_the_traceback_of_a_user_error(capsys):
   with pytest.raises(Exception, match="no field 'model.nosuch'"):
     main.main(["config", "--debug", "--config", CONFIG, "--config.model.nosuch=1"])
+
+
+# --- A workdir's model against --config ----------------------------------------------------------
+
+
+def recorded_workdir(path, spec: str = CONFIG):
+  """A folder whose config.json records `spec`: enough, since the model check reads only that."""
+  path.mkdir(parents=True)
+  config_utils.save_config(config_utils.load_config(spec), path / "config.json")
+  return path
+
+
+def image_args(tmp_path) -> list:
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+  return ["--images", str(tmp_path / "x.png")]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "ablate"])
+def test_a_config_of_another_model_than_the_workdir_is_refused(capsys, tmp_path, command):
+  baseline = recorded_workdir(tmp_path / "baseline", f"{CONFIG}:variant=baseline")
+  argv = [command, "--config", CONFIG, "--workdir", str(baseline)]
+  argv += {"predict": image_args(tmp_path), "export": ["--out", str(tmp_path / "out")]}.get(
+    command, []
+  )
+  line = error_line(capsys, argv)
+  assert f"workdir {baseline} holds a different model" in line
+  assert "model.edge_branch: 'none' -> 'sge'" in line and "model.variant" in line
+  assert not (tmp_path / "out").exists() and not (baseline / "predictions").exists()
+
+
+def test_debug_shows_the_traceback_of_a_model_mismatch(tmp_path):
+  baseline = recorded_workdir(tmp_path / "baseline", f"{CONFIG}:variant=baseline")
+  argv = ["predict", "--debug", "--config", CONFIG, "--workdir", str(baseline)]
+  with pytest.raises(errors.UserError, match="holds a different model"):
+    main.main([*argv, *image_args(tmp_path)])
+
+
+def test_non_structural_model_fields_and_data_fields_may_differ(tmp_path):
+  recorded = recorded_workdir(tmp_path / "w")
+  config = config_utils.load_config(CONFIG)
+  config.model.conv_impl = "lax"
+  config.model.lesions = ("guidance=zero",)
+  config.data.image_size = 32
+  workdir.check_model_fits(config, [recorded, tmp_path / "no_config_json"])
+  config.model.decoder_channels = 8
+  with pytest.raises(errors.UserError, match=r"model.decoder_channels: 16 -> 8"):
+    workdir.check_model_fits(config, [recorded])
+
+
+# --- Image and window sizes against the model ----------------------------------------------------
+
+
+def test_train_at_a_size_the_patch_sizes_do_not_divide(capsys, tmp_path):
+  full_patches = "--config.model.trans_patch_sizes=(32, 16, 8, 4)"  # the full model's, at 64 px
+  argv = ["train", "--config", CONFIG, full_patches, "--workdir", str(tmp_path / "w")]
+  line = error_line(capsys, argv)
+  assert "data.image_size=64" in line and "multiples of 128" in line and line.endswith("use 128")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "predict"])
+def test_inference_at_a_size_the_encoder_stride_does_not_divide(capsys, tmp_path, command):
+  recorded = recorded_workdir(tmp_path / "w")
+  argv = [command, "--config", CONFIG, "--config.data.image_size=48", "--workdir", str(recorded)]
+  argv += {"predict": image_args(tmp_path), "export": ["--out", str(tmp_path / "out")]}.get(
+    command, []
+  )
+  line = error_line(capsys, argv)
+  assert "data.image_size=48" in line and line.endswith("use 32 or 64")
+
+
+def test_predict_with_a_tile_the_model_does_not_take(capsys, tmp_path):
+  recorded = recorded_workdir(tmp_path / "w")
+  argv = ["predict", "--config", CONFIG, "--workdir", str(recorded), "--tile", "50"]
+  line = error_line(capsys, [*argv, *image_args(tmp_path)])
+  assert line.startswith("error: --tile 50:") and line.endswith("use 32 or 64")
+
+
+def test_one_size_rule_for_every_model():
+  tiny, full = (
+    config_utils.load_config(CONFIG).model,
+    config_utils.load_config("configs/default.py").model,
+  )
+  assert models.size_multiple(tiny) == 32 and models.size_multiple(full) == 128
+  models.check_input_size(full, 256, "x")
+  with pytest.raises(errors.ConfigError, match="not 200; use 128 or 256"):
+    models.check_input_size(full, 200, "x")
+
+
+# --- PyTorch layouts ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def narrow_variables(tmp_path_factory):
+  """The variables of configs/test.py's SGD-Net (zeros; shapes are all the checks read)."""
+  model = models.build(config_utils.load_config(CONFIG).model)
+  abstract = jax.eval_shape(
+    lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+    jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+  )
+  directory = tmp_path_factory.mktemp("narrow") / "variables"
+  variables_io.save_variables(
+    directory, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
+  )
+  return directory
+
+
+def test_export_torch_of_a_narrowed_model_is_one_line(capsys, tmp_path, narrow_variables):
+  out = tmp_path / "out.pth"
+  argv = ["export-torch", "--workdir", str(narrow_variables), "--layout", "sgdnet"]
+  line = error_line(capsys, [*argv, "--out", str(out)])
+  assert f"--workdir {narrow_variables}: variables do not have the 'sgdnet' layout" in line
+  assert "681 differences (681 mis-shaped, 0 missing, 0 unexpected)" in line
+  assert line.count("mis-shaped params") == 3  # three examples, not all of them
+  assert "the model is narrower than the upstream layout: model.backbone_base_planes" in line
+  assert not out.exists()
+
+
+def test_convert_of_a_checkpoint_of_another_network_is_one_line(capsys, tmp_path):
+  checkpoint = tmp_path / "other.npz"
+  np.savez(checkpoint, **{"classifier.weight": np.zeros((2, 4), np.float32)})
+  argv = ["convert", "--torch", str(checkpoint), "--layout", "cto", "--out", str(tmp_path / "o")]
+  line = error_line(capsys, [*argv, "--config", f"{CONFIG}:variant=cto"])
+  assert f"{checkpoint} does not fit layout 'cto'" in line and "1 unexpected" in line
+  assert "e.g. unexpected classifier.weight; missing " in line and "Likely cause:" in line
+  assert not (tmp_path / "o").exists()
+
+
+def test_a_full_width_checkpoint_for_a_narrowed_model_names_the_width_fields():
+  def sgdc_variables(channels: int):
+    shapes = [jax.ShapeDtypeStruct((1, 8, 8, c), jnp.float32) for c in (channels, 16)]
+    init = lambda x, g: sgdc.SGDC().init(jax.random.PRNGKey(0), x, g, train=False)
+    return jax.eval_shape(init, *shapes)
+
+  full = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), sgdc_variables(256))
+  state, _ = porting.export_torch(full, "sgdc")
+  with pytest.raises(porting.PortingError) as error:
+    porting.load_torch(state, "sgdc", sgdc_variables(64))
+  summary = error.value.summary
+  assert "\n" not in summary and summary.count(": checkpoint (") == 3
+  assert "Likely cause: the model is narrower than the checkpoint: model.backbone_base_planes" in (
+    summary
+  )
+
+
+# --- The entry point -----------------------------------------------------------------------------
+
+
+def test_an_unknown_command_is_one_line(capsys):
+  line = error_line(capsys, ["foo"])
+  assert line.startswith("error: unknown command 'foo'; commands: ablate, config,")
+
+
+def test_help_describes_every_command(capsys):
+  assert main.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  for command, description in main.COMMANDS.items():
+    assert f"  {command} " in out and description in out
+  assert "--verbose" in out and "--debug" in out
+
+
+def run_logged(*args: str) -> str:
+  """stderr of the command line in a subprocess, then TensorFlow imported (as train does)."""
+  code = "import sys; from sgdnet_jax import main; main.main(sys.argv[1:]); import tensorflow"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+  result = subprocess.run(
+    [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def test_library_logs_are_quiet_unless_verbose(tmp_path, narrow_variables):
+  argv = ["export-torch", "--workdir", str(narrow_variables), "--layout", "sgdnet"]
+  argv += ["--out", str(tmp_path / "out.pth")]  # reads the variables with Orbax, then fails
+  quiet = run_logged(*argv).splitlines()
+  assert len(quiet) == 1 and quiet[0].startswith("error: "), quiet
+  verbose = run_logged(*argv, "--verbose")
+  assert "INFO" in verbose and "orbax" in verbose.lower()
+  if platform.machine() in ("x86_64", "AMD64"):  # where TensorFlow's oneDNN kernels are on
+    assert "oneDNN custom operations are on" in verbose

@@ -242,7 +242,8 @@ def _stub_environment(folder: pathlib.Path) -> tuple[dict, pathlib.Path, pathlib
     (bin_dir / tool).chmod(0o755)
   python = bin_dir / "recording_python"
   argv_file = shlex.quote(str(argv))
-  python.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >>{argv_file}\necho >>{argv_file}\n')
+  # One write per call (O_APPEND): the launcher starts its processes at once.
+  python.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >>{argv_file}\n')
   python.chmod(0o755)
   env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "GCLOUD_", "JAX_"))}
   env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHON=str(python))

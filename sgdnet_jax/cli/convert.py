@@ -59,10 +59,10 @@ def main(argv) -> int:
       f"variant={layout.name},num_classes=2)"
     )
   module = models.build(config.model)
+  size = config.data.image_size or 256
+  models.check_input_size(config.model, size, f"data.image_size={size}")
   seed = args.seed if args.seed is not None else int(config.get("seed", 0))
-  template = _initial_variables(
-    module, config.data.image_size or 256, seed, concrete=layout.subtree is not None
-  )
+  template = _initial_variables(module, size, seed, concrete=layout.subtree is not None)
   if layout.subtree is not None and layout.subtree not in template["params"]:
     parser.error(
       f"layout {layout.name!r} fills the model's {layout.subtree!r}, which variant "

@@ -6,7 +6,7 @@
 
 import argparse
 
-from sgdnet_jax import cli, variables_io
+from sgdnet_jax import cli, errors, variables_io
 from sgdnet_jax.porting import key_tables, port, state_dicts
 
 
@@ -26,7 +26,10 @@ def main(argv) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   variables = variables_io.load_variables(args.workdir)
-  result = port.export_torch(variables, args.layout)
+  try:
+    result = port.export_torch(variables, args.layout)
+  except port.PortingError as error:  # Its summary, with the folder; --debug shows every key.
+    raise errors.UserError(f"--workdir {args.workdir}: {error.summary}") from error
   state_dicts.write_state_dict(result.state_dict, args.out)
   print(result.audit.describe())
   print(f"wrote {args.out}")

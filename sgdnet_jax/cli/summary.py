@@ -22,11 +22,12 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import summary  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import models, summary  # After argument errors, which should not wait for JAX.
 
-  result = summary.summarize(
-    config, args.image_size or config.data.image_size or 256, compile_flops=not args.no_compile
-  )
+  size = args.image_size or config.data.image_size or 256
+  what = f"--image-size {size}" if args.image_size else f"data.image_size={size}"
+  models.check_input_size(config.model, size, what)
+  result = summary.summarize(config, size, compile_flops=not args.no_compile)
   summary.print_table(result)
   if args.json:
     print(json.dumps(result))

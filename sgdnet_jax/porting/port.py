@@ -7,7 +7,7 @@ reported (`.audit`). `export_torch` is the inverse and writes the full upstream 
 """
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -18,12 +18,26 @@ from sgdnet_jax.porting import key_tables, naming, state_dicts
 
 Path = tuple[str, ...]
 COLLECTIONS = ("params", "batch_stats")
-# How many keys the first line of an error names.
+# How many keys the second line of an error names, and how many examples its summary gives.
 FIRST_KEYS = 5
+EXAMPLES = 3
+# The model fields that set the widths of the upstream layouts (configs/default.py).
+WIDTH_FIELDS = (
+  "model.backbone_base_planes, model.decoder_channels, model.sge.mid_channels, "
+  "model.sge.guide_channels"
+)
 
 
 class PortingError(errors.UserError, ValueError):
-  """A checkpoint or variables that do not fit the layout; the message lists every key."""
+  """A checkpoint or variables that do not fit the layout.
+
+  `summary` is one line (the counts, three examples, the likely cause), which the command line
+  prints; the message is that line followed by every key, for `--debug` and for Python callers.
+  """
+
+  def __init__(self, summary: str, details: Sequence[str] = ()):
+    super().__init__("\n".join([summary, *details]))
+    self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +298,7 @@ def _load(
     if key in extras:
       extra = extras[key]
       if value.shape != extra.shape:
-        misshaped.append(f"{key}: checkpoint {value.shape}, layout expects {extra.shape}")
+        misshaped.append((key, value.shape, extra.shape, "layout"))
       elif extra.kind in key_tables.SOBEL_KERNELS:
         if not _is_sobel(value, extra.kind):
           wrong_sobel.append(
@@ -323,10 +337,7 @@ def _load(
     expected = template[collection][path]
     converted = _to_flax_value(value, name, expected.shape)
     if converted.shape != tuple(expected.shape):
-      misshaped.append(
-        f"{key}: checkpoint {value.shape}, model expects "
-        f"{_torch_shape(collection, path, expected.shape)}"
-      )
+      misshaped.append((key, value.shape, _torch_shape(collection, path, expected.shape), "model"))
       present[collection].add(path)
       continue
     if path in filled[collection]:
@@ -342,7 +353,7 @@ def _load(
   )
   if unexpected or missing or misshaped or wrong_sobel:
     raise PortingError(
-      _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong_sobel)
+      *_mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong_sobel)
     )
 
   variables = {c: _unflatten(filled[c]) for c in COLLECTIONS}
@@ -382,28 +393,82 @@ def _merge_into_template(
   return merged, kept
 
 
-def _mismatch_message(origin, spec, state, unexpected, missing, misshaped, wrong_sobel) -> str:
+def _narrower(shapes: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bool:
+  """Whether most (ours, theirs) shape pairs are ours smaller in some dimension, never larger:
+  a model narrowed by its width fields against the full-width upstream layout."""
+  narrower = sum(
+    len(a) == len(b) and all(x <= y for x, y in zip(a, b)) and tuple(a) != tuple(b)
+    for a, b in shapes
+  )
+  return narrower * 2 > len(shapes)
+
+
+def _summary(head: str, counts: str, examples: Sequence[str], cause: str) -> str:
+  """One line: what does not fit, the counts, up to EXAMPLES examples and the likely cause."""
+  return f"{head}: {counts}, e.g. {'; '.join(examples[:EXAMPLES])}. Likely cause: {cause}"
+
+
+def _spread(*groups: Sequence[str]) -> list[str]:
+  """Examples taken from every non-empty group in turn, so that each kind shows."""
+  examples = []
+  for index in range(EXAMPLES):
+    examples += [group[index] for group in groups if index < len(group)]
+  return examples[:EXAMPLES]
+
+
+def _mismatch_message(
+  origin, spec, state, unexpected, missing, misshaped, wrong_sobel
+) -> tuple[str, list[str]]:
+  """(one-line summary, every key) of a checkpoint that does not fit the layout and model."""
   counts = f"{len(unexpected)} unexpected, {len(missing)} missing, {len(misshaped)} mis-shaped keys"
   if wrong_sobel:
     counts += f", {len(wrong_sobel)} wrong Sobel kernels"
-  lines = [f"{origin} does not fit layout {spec.name!r} for this model: {counts}."]
+  shaped = [
+    f"{key}: checkpoint {theirs}, {whose} expects {ours}" for key, theirs, ours, whose in misshaped
+  ]
+  guesses = [name for name in key_tables.guess_layouts(state) if name != spec.name]
+  if guesses and (unexpected or missing):
+    cause = (
+      f"it looks like a {' / '.join(repr(g) for g in guesses)} checkpoint; convert it with that "
+      "--layout and a config of that variant"
+    )
+  elif any(key.startswith("predictor") for key, *_ in misshaped):
+    cause = "the predictor shapes differ: check model.num_classes (CTO checkpoints are 2-class)"
+  elif misshaped and _narrower([(ours, theirs) for _, theirs, ours, _ in misshaped]):
+    cause = (
+      f"the model is narrower than the checkpoint: {WIDTH_FIELDS} must keep the upstream "
+      "widths of configs/default.py (a narrowed config such as configs/test.py cannot load it)"
+    )
+  elif wrong_sobel and not (unexpected or missing or misshaped):
+    cause = "the checkpoint's frozen Sobel kernels are not the Sobel constants (edited weights?)"
+  else:
+    cause = (
+      f"the checkpoint holds another network than the config builds; compare the config's "
+      f"model.variant and model fields with the checkpoint, or pick another --layout than "
+      f"{spec.name!r}"
+    )
+  head = f"{origin} does not fit layout {spec.name!r} for this model"
+  examples = _spread(
+    [f"unexpected {item.split(' ')[0]}" for item in unexpected],
+    [f"missing {item.split(' ')[0]}" for item in missing],
+    shaped,
+    [item.split(":")[0] + ": not the Sobel constants" for item in wrong_sobel],
+  )
+  details = []
   if unexpected or missing:
-    guesses = [name for name in key_tables.guess_layouts(state) if name != spec.name]
     looks = (
       f"It looks like a {' / '.join(repr(g) for g in guesses)} checkpoint. " if guesses else ""
     )
     first = lambda items: ", ".join(item.split(" ")[0] for item in items[:FIRST_KEYS])
-    lines.append(
+    details.append(
       f"{looks}First keys that do not match: {first(unexpected) or '-'}; "
       f"first missing: {first(missing) or '-'}."
     )
-  lines += _describe(unexpected, "unexpected keys (not in the model)")
-  lines += _describe(missing, "missing keys (model leaves the checkpoint does not fill)")
-  lines += _describe(misshaped, "mis-shaped keys")
-  lines += _describe(wrong_sobel, "frozen Sobel weights that are not the Sobel constants")
-  if any(item.startswith("predictor") for item in misshaped):
-    lines.append("(predictor shapes differ: check model.num_classes; CTO checkpoints are 2-class)")
-  return "\n".join(lines)
+  details += _describe(unexpected, "unexpected keys (not in the model)")
+  details += _describe(missing, "missing keys (model leaves the checkpoint does not fill)")
+  details += _describe(shaped, "mis-shaped keys")
+  details += _describe(wrong_sobel, "frozen Sobel weights that are not the Sobel constants")
+  return _summary(head, counts, examples, cause), details
 
 
 def _torch_leaves(spec: key_tables.Layout, params: Mapping[str, Any], stats: Mapping[str, Any]):
@@ -463,24 +528,43 @@ def check_structure(variables: Mapping[str, Any], layout: str) -> None:
       f"dimensions ({type(error).__name__}: {error})"
     ) from None
   expected = _collections(expected_tree, None)
-  problems = []
+  unexpected, missing, misshaped, shapes = [], [], [], []
   for collection in COLLECTIONS:
     for path, leaf in ours[collection].items():
       if path not in expected[collection]:
-        problems.append(f"unexpected {collection} {'/'.join(path)} {tuple(leaf.shape)}")
+        unexpected.append(f"unexpected {collection} {'/'.join(path)} {tuple(leaf.shape)}")
       elif tuple(leaf.shape) != tuple(expected[collection][path].shape):
-        problems.append(
-          f"mis-shaped {collection} {'/'.join(path)}: {tuple(leaf.shape)}, layout "
-          f"expects {tuple(expected[collection][path].shape)}"
+        shapes.append((tuple(leaf.shape), tuple(expected[collection][path].shape)))
+        misshaped.append(
+          f"mis-shaped {collection} {'/'.join(path)}: {shapes[-1][0]}, layout "
+          f"expects {shapes[-1][1]}"
         )
     for path, leaf in expected[collection].items():
       if path not in ours[collection]:
-        problems.append(f"missing {collection} {'/'.join(path)} {tuple(leaf.shape)}")
-  if problems:
-    raise PortingError(
-      f"variables do not have the {layout!r} layout ({spec.description}); "
-      f"{len(problems)} differences:\n  " + "\n  ".join(problems)
+        missing.append(f"missing {collection} {'/'.join(path)} {tuple(leaf.shape)}")
+  problems = unexpected + missing + misshaped
+  if not problems:
+    return
+  if misshaped and not (unexpected or missing) and _narrower(shapes):
+    cause = (
+      f"the model is narrower than the upstream layout: {WIDTH_FIELDS} must keep the upstream "
+      "widths of configs/default.py to export (a narrowed model such as configs/test.py or "
+      "configs/demo.py has no upstream counterpart)"
     )
+  else:
+    cause = (
+      f"the variables hold another network than the {layout!r} layout; export them with the "
+      "layout of the variant they were trained as"
+    )
+  counts = (
+    f"{len(problems)} differences ({len(misshaped)} mis-shaped, {len(missing)} missing, "
+    f"{len(unexpected)} unexpected)"
+  )
+  head = f"variables do not have the {layout!r} layout ({spec.description})"
+  raise PortingError(
+    _summary(head, counts, _spread(misshaped, missing, unexpected), cause),
+    [f"  {problem}" for problem in problems],
+  )
 
 
 def export_torch(variables: Mapping[str, Any], layout: str) -> ExportResult:

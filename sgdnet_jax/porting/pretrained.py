@@ -237,12 +237,10 @@ def _load_encoder(path: str, variables: Mapping[str, Any], origin: str) -> port.
   except state_dicts.CheckpointFileError as error:
     raise errors.UserError(f"model.pretrained: {str(error).replace(path, origin)}") from None
   except port.PortingError as error:
-    lines = [line.strip() for line in str(error).replace(f"{path} ", "", 1).splitlines()]
-    detail = lines[1] if lines[1].startswith(("It looks", "First keys")) else lines[2]
     raise errors.UserError(
-      f"{origin} is not a Res2Net v1b encoder of this model's depth and widths: {lines[0]} "
-      f"{detail}; "
-      f"give a res2net50_v1b / timm res2net50d state dict, or --config.model.pretrained=none"
+      f"{origin} is not a Res2Net v1b encoder of this model's depth and widths: "
+      f"{error.summary.replace(f'{path} ', '', 1)}; give a res2net50_v1b / timm res2net50d "
+      f"state dict, or --config.model.pretrained=none"
     ) from None
 
 

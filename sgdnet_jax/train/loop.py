@@ -222,6 +222,9 @@ def train_and_evaluate(
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = paths.as_path(workdir)
   config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
+  models.check_input_size(
+    config.model, config.data.image_size, f"data.image_size={config.data.image_size}"
+  )
   with contextlib.ExitStack() as stack:
     refusal = ""
     if jax.process_index() == 0:

@@ -13,7 +13,10 @@ the same second.
 
 A resume must build the same parameter tree as the checkpoints: every `model.*` field counts
 except `NON_STRUCTURAL_MODEL_FIELDS`, which change how the model is initialised or computed but
-not its parameters. Any other change (epochs, lr, image size, ...) is allowed and listed.
+not its parameters. Any other change (epochs, lr, image size, ...) is allowed and listed. The
+commands that read a workdir's variables (evaluate, predict, export, ablate) apply the same rule
+(`check_model_fits`): their model is the recorded one, and a `--config` that builds another is
+refused in one line before anything is loaded.
 """
 
 import contextlib
@@ -22,14 +25,15 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from sgdnet_jax import config_utils, errors, paths
+from sgdnet_jax import config_utils, errors, paths, variables_io
 
 LOCK_FILE = "train.lock"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = variables_io.CONFIG_FILE
 # model.* fields a resumed run may change: initialisation (pretrained, layer scale), compute
 # dtype, the convolution and SGDC implementations (same parameters, another algorithm),
 # functional lesions (switches of the forward pass) and regularisation.
@@ -173,6 +177,49 @@ def _show(flat: dict[str, Any], key: str) -> str:
   return repr(flat[key]) if key in flat else "absent"
 
 
+def recorded_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The config recorded in `workdir/config.json`, None when there is none (a UserError when
+  it is not JSON)."""
+  path = paths.as_path(workdir) / CONFIG_FILE
+  try:
+    return variables_io.load_config_dict(workdir)
+  except ValueError as error:
+    raise errors.UserError(
+      f"{path} is not valid JSON ({error}); restore it or use another --workdir"
+    ) from None
+
+
+def _refuse_structural_changes(
+  workdir: paths.Path, recorded: dict[str, Any], config_dict: dict[str, Any]
+) -> list[str]:
+  """Raises the one-line UserError when `config_dict` builds another model than `recorded`;
+  returns the other changed fields."""
+  structural, others = config_changes(recorded, config_dict)
+  if structural:
+    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
+    diffs = ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in structural)
+    raise errors.UserError(
+      f"workdir {workdir} holds a different model ({diffs}) than the config given (recorded "
+      f"-> given); use another --workdir or the model fields of {workdir / CONFIG_FILE}"
+    )
+  return others
+
+
+def check_model_fits(config: ml_collections.ConfigDict, workdirs: Sequence[str | os.PathLike]):
+  """Refuses a config whose model is not the one recorded in each workdir's config.json.
+
+  For the commands that read variables: the model they build must be the recorded one
+  (otherwise the variables do not fit it). Non-structural model fields (conv_impl, lesions,
+  dtype, ...) and every other field (data, batch sizes) follow `config`. A folder without
+  config.json (variables saved without their config) is not checked.
+  """
+  config_dict = config.to_dict()
+  for workdir in workdirs:
+    recorded = recorded_config(workdir)
+    if recorded is not None:
+      _refuse_structural_changes(paths.as_path(workdir), recorded, config_dict)
+
+
 def check_and_record_config(
   workdir: str | os.PathLike, config: ml_collections.ConfigDict, write: bool
 ):
@@ -185,25 +232,12 @@ def check_and_record_config(
   workdir = paths.as_path(workdir)
   path = workdir / CONFIG_FILE
   config_dict = config.to_dict()
-  recorded = None
-  if path.exists():
-    try:
-      recorded = json.loads(path.read_text())
-    except ValueError as error:
-      raise errors.UserError(
-        f"{path} is not valid JSON ({error}); restore it or use another --workdir"
-      ) from None
+  recorded = recorded_config(workdir)
   if recorded is not None:
-    structural, others = config_changes(recorded, config_dict)
-    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
-    if structural:
-      diffs = ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in structural)
-      raise errors.UserError(
-        f"workdir {workdir} holds a different model ({diffs}); use another --workdir or the "
-        f"model fields of {path}"
-      )
+    others = _refuse_structural_changes(workdir, recorded, config_dict)
     if not others:
       return
+    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
     logging.warning(
       "resuming %s with changed fields: %s",
       workdir,
