@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from sgdnet_jax import config_utils, models, variables_io
+from sgdnet_jax import models
+from sgdnet_jax.core import config_utils
+from sgdnet_jax.workdir import variables_io
 from sgdnet_jax.data import synthetic
 
 work = pathlib.Path(sys.argv[1])

@@ -27,8 +27,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import default
-from sgdnet_jax import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
-from sgdnet_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sgdnet_jax import demo
+from sgdnet_jax.data import pipeline
 
 
 def pipeline_rate(data_config, batch: int, batches: int) -> float:
@@ -52,10 +52,8 @@ def step_rate(config_spec: str, batch: int, size: int, batches: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
-  from sgdnet_jax import (
-    config_utils,  # pylint: disable=g-import-not-at-top
-    models,  # pylint: disable=g-import-not-at-top
-  )
+  from sgdnet_jax import models
+  from sgdnet_jax.core import config_utils
 
   config = config_utils.load_config(config_spec)
   module = models.build(config.model)

@@ -72,6 +72,7 @@ class JaxSide:
 
     from configs import common as config_common
     from sgdnet_jax import models
+    from sgdnet_jax.core import sharding
     from sgdnet_jax.train import loop, optimizer
     from sgdnet_jax.train import state as state_lib
 
@@ -81,12 +82,12 @@ class JaxSide:
     tx, schedule = optimizer.make_optimizer(
       config.optimizer, STEPS_PER_EPOCH, STEPS_PER_EPOCH * EPOCHS
     )
-    mesh = state_lib.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh)
     self.state, shardings = state_lib.create_state(
       model, tx, (1, size, size, 3), jax.random.PRNGKey(0), mesh, config.mesh.fsdp_min_size
     )
     images, masks = _inputs(batch, size)
-    self.batch = state_lib.global_batch({"image": images, "mask": masks}, mesh)
+    self.batch = sharding.global_batch({"image": images, "mask": masks}, mesh)
     train_step = loop.make_train_step(model, tx, schedule, config.loss, mesh, shardings)
     self.train_compile_s, self.train = common.timed(
       lambda: train_step.lower(self.state, self.batch).compile()

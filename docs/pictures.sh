@@ -10,7 +10,8 @@ PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/demo_study}
 OUT=docs/images
 
-"$PY" -c 'from sgdnet_jax import config_utils, demo
+"$PY" -c 'from sgdnet_jax import demo
+from sgdnet_jax.core import config_utils
 demo.ensure_config_data(config_utils.load_config("configs/demo.py"))'
 "$PY" -m sgdnet_jax.main sweep --config configs/demo.py:sweep=example --root "$ROOT" --local
 "$PY" -m sgdnet_jax.main report --root "$ROOT" --baseline baseline --split test

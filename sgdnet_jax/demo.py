@@ -13,8 +13,9 @@ import time
 
 import ml_collections
 
-from sgdnet_jax import errors, evaluate, paths, predict
+from sgdnet_jax.core import errors, paths
 from sgdnet_jax.data import prepare, synthetic
+from sgdnet_jax.inference import evaluate, predict
 from sgdnet_jax.train import loop
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 # Each command and what it does (the first line of `--help`); its module is sgdnet_jax.cli.<name>
 # with '-' as '_'.

@@ -23,7 +23,7 @@ os.environ.setdefault(
 import jax
 import pytest
 
-from sgdnet_jax import compilation_cache
+from sgdnet_jax.core import compilation_cache
 
 compilation_cache.enable("", min_compile_time_secs=0.5)
 jax.config.update("jax_default_prng_impl", "rbg")  # As training does: much faster init compiles.

@@ -25,7 +25,8 @@ jax.config.update("jax_default_prng_impl", "rbg")
 import numpy as np
 import optax
 
-from sgdnet_jax import config_utils, models
+from sgdnet_jax import models
+from sgdnet_jax.core import config_utils, sharding
 from sgdnet_jax.train import loop, losses, optimizer
 from sgdnet_jax.train import state as state_lib
 
@@ -50,13 +51,13 @@ def named_leaves(tree) -> dict[str, np.ndarray]:
 def train_step(config, initial_state, mesh_shape, devices, batch):
   """Loss, gradients and updated BN statistics of one jitted train step on `mesh_shape`."""
   config.mesh.data, config.mesh.fsdp = mesh_shape
-  mesh = state_lib.make_mesh(config.mesh, devices[: mesh_shape[0] * mesh_shape[1]])
+  mesh = sharding.make_mesh(config.mesh, devices[: mesh_shape[0] * mesh_shape[1]])
   model = models.build(config.model)
   tx, schedule = optimizer.make_optimizer(config.optimizer, 10, 2)
-  shardings = state_lib.param_sharding(initial_state, mesh, min_size=256)
+  shardings = sharding.param_sharding(initial_state, mesh, min_size=256)
   state = jax.device_put(initial_state, shardings)
   step = loop.make_train_step(model, tx, schedule, config.loss, mesh, shardings)
-  state, metrics = step(state, state_lib.global_batch(batch, mesh))
+  state, metrics = step(state, sharding.global_batch(batch, mesh))
   (adam,) = [s for s in state.opt_state if isinstance(s, optax.ScaleByAdamState)]
   return {
     "loss": float(metrics["loss"]),
@@ -72,18 +73,18 @@ def float32_loss(config, state, mesh_shape, devices, batch) -> float:
   """The train-mode loss of one float32 forward pass on `mesh_shape`, from `state` rounded."""
   config.mesh.data, config.mesh.fsdp = mesh_shape
   config.model.dtype = "float32"
-  mesh = state_lib.make_mesh(config.mesh, devices[: mesh_shape[0] * mesh_shape[1]])
+  mesh = sharding.make_mesh(config.mesh, devices[: mesh_shape[0] * mesh_shape[1]])
   model = models.build(config.model)
   variables = jax.tree_util.tree_map(
     lambda x: np.asarray(x, np.float32), {"params": state.params, "batch_stats": state.batch_stats}
   )
-  variables = jax.device_put(variables, state_lib.param_sharding(variables, mesh, min_size=256))
+  variables = jax.device_put(variables, sharding.param_sharding(variables, mesh, min_size=256))
 
   def loss(variables, batch):
     outputs, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     return losses.total_loss(outputs, batch["mask"], config.loss)[0]
 
-  return float(jax.jit(loss)(variables, state_lib.global_batch(batch, mesh)))
+  return float(jax.jit(loss)(variables, sharding.global_batch(batch, mesh)))
 
 
 def initial_state(config):
@@ -91,7 +92,7 @@ def initial_state(config):
   model = models.build(config.model)
   tx, _ = optimizer.make_optimizer(config.optimizer, 10, 2)
   config.mesh.data, config.mesh.fsdp = 1, 1
-  mesh = state_lib.make_mesh(config.mesh, jax.devices()[:1])
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   state, _ = state_lib.create_state(
     model, tx, (1,) + IMAGE_SHAPE[1:], jax.random.PRNGKey(0), mesh, min_size=256
   )

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import config_utils, errors, main, models, porting, variables_io
+from sgdnet_jax import main, models, porting
+from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.models import sgdc
-from sgdnet_jax.train import workdir
+from sgdnet_jax.workdir import guard, variables_io
 
 CONFIG = "configs/test.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_train_in_a_read_only_workdir(capsys, tmp_path, monkeypatch):
   real_open = os.open
 
   def read_only_open(path, flags, *args):
-    if str(path).endswith(workdir.LOCK_FILE):
+    if str(path).endswith(guard.LOCK_FILE):
       raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
     return real_open(path, flags, *args)
 
@@ -160,10 +161,10 @@ def test_non_structural_model_fields_and_data_fields_may_differ(tmp_path):
   config.model.conv_impl = "lax"
   config.model.lesions = ("guidance=zero",)
   config.data.image_size = 32
-  workdir.check_model_fits(config, [recorded, tmp_path / "no_config_json"])
+  guard.check_model_fits(config, [recorded, tmp_path / "no_config_json"])
   config.model.decoder_channels = 8
   with pytest.raises(errors.UserError, match=r"model.decoder_channels: 16 -> 8"):
-    workdir.check_model_fits(config, [recorded])
+    guard.check_model_fits(config, [recorded])
 
 
 # --- Image and window sizes against the model ----------------------------------------------------

@@ -10,7 +10,7 @@ from jax._src import clusters
 from jax._src.clusters import cloud_tpu_cluster
 from jax._src.clusters import cluster as cluster_lib
 
-from sgdnet_jax import distributed, errors
+from sgdnet_jax.core import distributed, errors
 from tests import train_helpers
 
 # Every variable a cluster environment (or our explicit launcher) is recognised by.

@@ -37,7 +37,8 @@ import subprocess
 
 import pytest
 
-from sgdnet_jax import config_utils, main
+from sgdnet_jax import main
+from sgdnet_jax.core import config_utils
 from sgdnet_jax.models import lesions as lesion_lib
 from tests import train_helpers
 
@@ -220,7 +221,7 @@ def check_main_command(words: list[str], elided: bool):
   config_utils.split_overrides(rest)  # what is left must be --config.x=y overrides
   config = _load_config(parsed.config, rest) if parsed.config else None
   if command == "ablate" and parsed.lesions:
-    from sgdnet_jax import ablate
+    from sgdnet_jax.study import ablate
 
     lesion_sets = ablate.parse_lesions(parsed.lesions)
     unknown = {lesion for lesions in lesion_sets for lesion in lesions} - set(lesion_lib.LESIONS)

@@ -23,10 +23,13 @@ import pytest
 import tifffile
 from PIL import Image
 
-from sgdnet_jax import config_utils, errors, export, main, models, serving, variables_io
+from sgdnet_jax import main, models
+from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.data import augment
 from sgdnet_jax.data import images as images_lib
+from sgdnet_jax.inference import serving, stablehlo
 from sgdnet_jax.models import layers
+from sgdnet_jax.workdir import variables_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "test.py")
@@ -111,7 +114,7 @@ def cpu_flip(trained, tmp_path_factory):
   """A CPU-only export (the CPU convolution path) with flip TTA."""
   config, _, variables, workdir = trained
   out = tmp_path_factory.mktemp("cpu_flip")
-  return export.export_model(config, str(workdir), str(out), ["cpu"], "flip", variables)
+  return stablehlo.export_model(config, str(workdir), str(out), ["cpu"], "flip", variables)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +159,7 @@ def reference(trained):
 
 def test_model_card_describes_the_export(portable, trained):
   config, _, variables, workdir = trained
-  card = json.loads((portable / export.CARD_FILE).read_text())
+  card = json.loads((portable / stablehlo.CARD_FILE).read_text())
   assert card["platforms"] == ["cpu", "cuda", "tpu"]
   assert card["conv_impl"] == "lax"
   assert card["variant"] == config.model.variant
@@ -168,21 +171,21 @@ def test_model_card_describes_the_export(portable, trained):
   assert card["evaluation"] == {"test": {"split": "test", "dice": 0.75}}
   assert card["training_config"]["data"]["image_size"] == SIZE
   assert card["jax_version"] == jax.__version__
-  assert (portable / export.SERVING_FILE).read_bytes() == (
+  assert (portable / stablehlo.SERVING_FILE).read_bytes() == (
     ROOT / "sgdnet_jax" / "serving.py"
   ).read_bytes()
   # The folder says what serving.py needs: the card's list and the requirements file beside it.
-  requirements = (ROOT / export.REQUIREMENTS_FILE).read_text()
-  assert (portable / export.REQUIREMENTS_FILE).read_text() == requirements
-  assert card["serving"]["requirements_file"] == export.REQUIREMENTS_FILE
-  assert card["serving"]["requirements"] == export.serving_requirements()
+  requirements = (ROOT / stablehlo.REQUIREMENTS_FILE).read_text()
+  assert (portable / stablehlo.REQUIREMENTS_FILE).read_text() == requirements
+  assert card["serving"]["requirements_file"] == stablehlo.REQUIREMENTS_FILE
+  assert card["serving"]["requirements"] == stablehlo.serving_requirements()
   assert all(line in requirements.splitlines() for line in card["serving"]["requirements"])
   assert any(line.startswith("flatbuffers==") for line in card["serving"]["requirements"])
 
 
 @pytest.mark.usefixtures("served")  # Started first: the subprocess compiles meanwhile.
 def test_flip_tta_is_the_mean_of_flipped_back_predictions(cpu_flip, reference, images):
-  exported = jax.export.deserialize(bytearray((cpu_flip / export.MODEL_FILE).read_bytes()))
+  exported = jax.export.deserialize(bytearray((cpu_flip / stablehlo.MODEL_FILE).read_bytes()))
   got = np.asarray(exported.call(images[:1]))
   views = [images[0], images[0, :, ::-1], images[0, ::-1], images[0, ::-1, ::-1]]
   predicted = np.concatenate([reference(np.stack(views[:3])), reference(np.stack([views[3]] * 3))])
@@ -198,7 +201,7 @@ def test_cuda_export_traced_on_cpu_has_no_cpu_convolution_path(portable, cpu_fli
   # Locations name the Python function that emitted each op: conv2d_cpu only on the CPU path.
   assert "conv2d_cpu" in cpu_text and "conv2d_cpu" not in portable_text
   assert portable_text.count("stablehlo.convolution") > cpu_text.count("stablehlo.convolution")
-  assert json.loads((cpu_flip / export.CARD_FILE).read_text())["conv_impl"] == "cpu_matmul"
+  assert json.loads((cpu_flip / stablehlo.CARD_FILE).read_text())["conv_impl"] == "cpu_matmul"
 
 
 def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference, images):
@@ -237,12 +240,12 @@ def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference,
 
 
 def _stablehlo_text(model_dir: pathlib.Path) -> str:
-  serialized = (model_dir / export.MODEL_FILE).read_bytes()
+  serialized = (model_dir / stablehlo.MODEL_FILE).read_bytes()
   return jax.export.deserialize(bytearray(serialized)).mlir_module()
 
 
 def _serving_imports() -> set[str]:
-  """The top-level modules sgdnet_jax/serving.py imports."""
+  """The top-level modules sgdnet_jax/inference/serving.py imports."""
   tree = ast.parse((ROOT / "sgdnet_jax" / "serving.py").read_text())
   imported = set()
   for node in ast.walk(tree):
@@ -268,8 +271,8 @@ def _pins(path: pathlib.Path) -> dict[str, str]:
 
 
 def test_serving_requirements_are_what_serving_needs_pinned_as_requirements_txt():
-  serving_pins = _pins(ROOT / export.REQUIREMENTS_FILE)
-  assert len(serving_pins) == len(export.serving_requirements())  # Every line is pinned.
+  serving_pins = _pins(ROOT / stablehlo.REQUIREMENTS_FILE)
+  assert len(serving_pins) == len(stablehlo.serving_requirements())  # Every line is pinned.
   distributions = importlib.metadata.packages_distributions()
   imported = _serving_imports() - set(sys.stdlib_module_names)
   needed = {distributions[module][0].lower() for module in imported}
@@ -339,13 +342,13 @@ def test_serving_names_an_unreadable_image_as_predict_does(tmp_path):
 
 
 def test_conv_impl_follows_the_export_platforms():
-  assert export.conv_impl_for("auto", ["cpu"]) == "cpu_matmul"
-  assert export.conv_impl_for("auto", ["cpu", "cuda"]) == "lax"
-  assert export.conv_impl_for("lax", ["cpu"]) == "lax"
+  assert stablehlo.conv_impl_for("auto", ["cpu"]) == "cpu_matmul"
+  assert stablehlo.conv_impl_for("auto", ["cpu", "cuda"]) == "lax"
+  assert stablehlo.conv_impl_for("lax", ["cpu"]) == "lax"
   with pytest.raises(errors.ConfigError, match="conv_impl"):
-    export.conv_impl_for("cpu_matmul", ["tpu"])
+    stablehlo.conv_impl_for("cpu_matmul", ["tpu"])
   with pytest.raises(errors.ConfigError, match="gpu"):
-    export.check_platforms(["cpu", "gpu"])
+    stablehlo.check_platforms(["cpu", "gpu"])
 
 
 def test_export_command_reports_an_unknown_platform_in_one_line(capsys, tmp_path):

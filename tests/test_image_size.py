@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from sgdnet_jax import errors
 from sgdnet_jax import main as cli
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import pipeline, prepare
 
 

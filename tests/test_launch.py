@@ -357,7 +357,7 @@ def test_gke_jobset_runs_the_documented_train_command_on_every_host():
   docs = (train_helpers.REPO / "docs" / "launch.md").read_text()
   assert shlex.join(command) in docs
   # The arguments are the train command's: its config loads with the overrides.
-  from sgdnet_jax import config_utils
+  from sgdnet_jax.core import config_utils
 
   spec = command[command.index("--config") + 1]
   overrides = [arg for arg in command[4:] if arg.startswith("--config.")]

@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 
 from configs import common
-from sgdnet_jax import ablate, config_utils, errors, evaluate, models, variables_io
+from sgdnet_jax import models
+from sgdnet_jax.core import config_utils, errors
+from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import lesions, sge
+from sgdnet_jax.study import ablate
+from sgdnet_jax.workdir import variables_io
 from tests import train_helpers
 
 BATCH = 3

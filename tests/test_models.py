@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import common, default
-from sgdnet_jax import models, summary
-from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
+from sgdnet_jax import models
+from sgdnet_jax.models import cto, layers, res2net, sgdc, sge, summary
 from sgdnet_jax.train import losses
 from tests import tolerances
 

@@ -15,9 +15,11 @@ import pathlib
 import pytest
 from fsspec.implementations import dirfs, local
 
-from sgdnet_jax import config_utils, evaluate, paths, variables_io
+from sgdnet_jax.core import config_utils, paths
+from sgdnet_jax.inference import evaluate
 from sgdnet_jax.study import plots, report
 from sgdnet_jax.train import loop, writers
+from sgdnet_jax.workdir import variables_io
 from tests import train_helpers
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sgdnet_jax"
@@ -112,7 +114,7 @@ def test_write_text_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path
 # Modules that handle workdir-derived paths: none may reach them through os.path or open().
 WORKDIR_MODULES = (
   "train/loop.py",
-  "train/checkpointing.py",
+  "workdir/checkpointing.py",
   "train/writers.py",
   "variables_io.py",
   "evaluate.py",
@@ -239,7 +241,8 @@ def test_a_pretrained_file_in_a_bucket_is_fetched_into_the_cache_once(fake_gcs, 
 
 
 def test_a_local_sweep_keeps_its_root_in_the_bucket_and_skips_finished_runs(fake_gcs, data_dir):
-  from sgdnet_jax import config_utils, sweep
+  from sgdnet_jax.core import config_utils
+  from sgdnet_jax.study import sweep
 
   spec = f"{train_helpers.REPO}/configs/test.py:sweep=tiny"  # the test runs in an empty cwd
   overrides = train_helpers.overrides(data_dir, total_steps=1)

@@ -19,10 +19,11 @@ import torch
 
 from configs import common
 from sgdnet_jax import main as main_lib
-from sgdnet_jax import models, porting, variables_io
+from sgdnet_jax import models, porting
 from sgdnet_jax.cli import convert as convert_cli
 from sgdnet_jax.cli import export_torch as export_cli
 from sgdnet_jax.models import layers, res2net, sgdc, sge
+from sgdnet_jax.workdir import variables_io
 from tests import reference_tables
 from third_party.torch_reference import sge as torch_sge
 

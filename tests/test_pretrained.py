@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from configs import common
-from sgdnet_jax import errors, porting
+from sgdnet_jax import porting
+from sgdnet_jax.core import errors
 from sgdnet_jax.models import res2net
 from sgdnet_jax.porting import pretrained, torch_files
 from tests import train_helpers
@@ -294,7 +295,8 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
 ):
   """`train --config.model.pretrained=<URL>`: cached, and the encoder starts as the file says
   (learning rate 0, so the one step leaves the params as they started)."""
-  from sgdnet_jax import main, variables_io
+  from sgdnet_jax import main
+  from sgdnet_jax.workdir import variables_io
 
   server, path, state = served
   data = train_helpers.tiny_dataset(tmp_path / "data")

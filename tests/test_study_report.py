@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from sgdnet_jax import errors, main, metrics
+from sgdnet_jax import main, metrics
+from sgdnet_jax.core import errors
 from sgdnet_jax.study import plots, report
 
 VARIANTS = ("cto", "sgdnet", "sge_add")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from sgdnet_jax import config_utils, errors, main
+from sgdnet_jax import main
+from sgdnet_jax.core import config_utils, errors
 
 
 def test_summary_json_line(capsys):

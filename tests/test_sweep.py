@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from sgdnet_jax import config_utils, main, sweep
+from sgdnet_jax import main
+from sgdnet_jax.core import config_utils
+from sgdnet_jax.study import sweep
 from tests import train_helpers
 
 SPEC = "configs/test.py:sweep=tiny"

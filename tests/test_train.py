@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from configs import default
-from sgdnet_jax import config_utils, evaluate, variables_io
-from sgdnet_jax.train import checkpointing, loop, losses, optimizer, writers
+from sgdnet_jax.core import config_utils
+from sgdnet_jax.inference import evaluate
+from sgdnet_jax.train import loop, losses, optimizer, writers
+from sgdnet_jax.workdir import checkpointing, variables_io
 from tests import tolerances, train_helpers
 
 
@@ -257,8 +259,9 @@ def test_evaluate_writes_every_metric_with_conventions(reference_run):
 
 
 def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_run, tmp_path):
-  from sgdnet_jax import inference, metrics, models
+  from sgdnet_jax import metrics, models
   from sgdnet_jax.data import pipeline
+  from sgdnet_jax.inference import ensemble
 
   workdir, config, _ = reference_run
   single = evaluate.evaluate(config, str(workdir), "test", "train")
@@ -271,13 +274,13 @@ def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_ru
   assert (workdir / "eval" / "test_tta-flip_post.json").exists()
   # By hand: predict's TTA forward, thresholded, largest component, per-image Dice.
   model, variables = models.build(config.model), variables_io.load_variables(str(workdir))
-  forward = inference.probability_fn(model, "flip")
+  forward = ensemble.probability_fn(model, "flip")
   dice = []
   for batch in pipeline.make_eval_iterator(config.data, "test", config.eval_batch_size):
     probability = np.asarray(forward(variables, batch["image"]))
     for p, mask, valid in zip(probability, batch["mask"], batch["valid"]):
       if valid:
-        pred = inference.postprocess(p > 0.5, inference.parse_post("largest"))
+        pred = ensemble.postprocess(p > 0.5, ensemble.parse_post("largest"))
         dice.append(metrics.per_image_metrics(pred[None], mask[None] > 0)["dice"][0])
   assert flipped["dice"] == pytest.approx(np.mean(dice), abs=1e-12)
 
@@ -285,7 +288,7 @@ def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_ru
 def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_dir, tmp_path):
   from PIL import Image
 
-  from sgdnet_jax import predict
+  from sgdnet_jax.inference import predict
 
   workdir, config, _ = reference_run
   result = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)

@@ -11,7 +11,8 @@ W/ablate/<lesion>/fold<k>/eval/ and the report W/ablate/<split>/report.md (docs/
 import argparse
 import json
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 from sgdnet_jax.study import report
 
 
@@ -36,7 +37,7 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import ablate  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.study import ablate
 
   outcome = ablate.ablate(
     config,

@@ -7,7 +7,8 @@ below the sweep root and the command-line arguments that rebuild it.
 import argparse
 import json
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def _text(config, as_json: bool) -> str:

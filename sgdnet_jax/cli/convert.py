@@ -3,9 +3,9 @@
   python -m sgdnet_jax.main convert --torch cto_fold0.pth --layout cto \
       --config configs/isic2018.py:variant=cto,num_classes=2 --out runs/cto_fold0_torch
 
-Writes a variables directory (`sgdnet_jax.variables_io`) with the resolved config; train starts
-from it with `--config.init_from=DIR`, evaluate/predict load it. Layouts that fill part of the
-network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the model's
+Writes a variables directory (`sgdnet_jax.workdir.variables_io`) with the resolved config;
+train starts from it with `--config.init_from=DIR`, evaluate/predict load it. Layouts that fill
+part of the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the model's
 random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
 """
@@ -15,8 +15,10 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from sgdnet_jax import cli, config_utils, models, variables_io
+from sgdnet_jax import cli, models
+from sgdnet_jax.core import config_utils
 from sgdnet_jax.porting import key_tables, port
+from sgdnet_jax.workdir import variables_io
 
 
 def _initial_variables(module, image_size: int, seed: int, concrete: bool):

@@ -5,7 +5,8 @@ Generates and prepares the embedded synthetic data, trains, evaluates and draws 
 
 import argparse
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import demo  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import demo
 
   demo.run_demo(config, args.workdir)
   return 0

@@ -1,9 +1,10 @@
-"""`evaluate`: the paper's metrics on a split (see `sgdnet_jax.evaluate`)."""
+"""`evaluate`: the paper's metrics on a split (see `sgdnet_jax.inference.evaluate`)."""
 
 import argparse
 import json
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 RESOLUTIONS = ("train", "native")
 
@@ -32,7 +33,7 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import evaluate  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.inference import evaluate
 
   result = evaluate.evaluate(
     config,

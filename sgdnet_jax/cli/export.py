@@ -1,5 +1,5 @@
 """`export`: a trained model as a portable jax.export file and a model card (see
-`sgdnet_jax.export`).
+`sgdnet_jax.inference.stablehlo`).
 
   python -m sgdnet_jax.main export --config configs/<exp>.py[:args] --workdir W --out DIR \
       [--platforms cpu,cuda,tpu] [--tta none|flip]
@@ -7,7 +7,8 @@
 
 import argparse
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +32,11 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import export  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.inference import stablehlo
 
   platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
-  out = export.export_model(config, args.workdir, args.out, platforms, args.tta)
-  print(f"wrote {out / export.MODEL_FILE} ({', '.join(platforms)}) and {out / export.CARD_FILE}")
+  out = stablehlo.export_model(config, args.workdir, args.out, platforms, args.tta)
+  print(
+    f"wrote {out / stablehlo.MODEL_FILE} ({', '.join(platforms)}) and {out / stablehlo.CARD_FILE}"
+  )
   return 0

@@ -6,8 +6,10 @@
 
 import argparse
 
-from sgdnet_jax import cli, errors, variables_io
+from sgdnet_jax import cli
+from sgdnet_jax.core import errors
 from sgdnet_jax.porting import key_tables, port, state_dicts
+from sgdnet_jax.workdir import variables_io
 
 
 def build_parser() -> argparse.ArgumentParser:

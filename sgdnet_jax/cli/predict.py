@@ -1,4 +1,4 @@
-"""`predict`: masks and pictures people can look at (see `sgdnet_jax.predict`).
+"""`predict`: masks and pictures people can look at (see `sgdnet_jax.inference.predict`).
 
 Exit status 0 when every image was predicted (or already was), 1 when some image could not be
 read (the others are predicted and the unreadable ones listed), 2 for a usage error.
@@ -7,7 +7,8 @@ read (the others are predicted and the unreadable ones listed), 2 for a usage er
 import argparse
 import sys
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,8 @@ def main(argv) -> int:
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import paths, predict  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.core import paths
+  from sgdnet_jax.inference import predict
 
   result = predict.predict(
     config,

@@ -34,7 +34,7 @@ def main(argv) -> int:
   runs = report.load_runs(args.root, args.split, metrics)
   result = report.compare(runs, args.baseline, args.seed)
   paths = report.write_tables(args.root, result)
-  from sgdnet_jax.study import plots  # matplotlib only once the tables are written.
+  from sgdnet_jax.study import plots
 
   paths += plots.write_plots(args.root, runs, result)
   print(f"report of {len(runs)} runs: {', '.join(paths)}")

@@ -1,9 +1,10 @@
-"""`summary`: parameter counts, BN statistics, constants, GMACs (see `sgdnet_jax.summary`)."""
+"""`summary`: parameter counts, BN statistics, constants, GMACs (`sgdnet_jax.models.summary`)."""
 
 import argparse
 import json
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,8 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax import models, summary  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax import models
+  from sgdnet_jax.models import summary
 
   size = args.image_size or config.data.image_size or 256
   what = f"--image-size {size}" if args.image_size else f"data.image_size={size}"

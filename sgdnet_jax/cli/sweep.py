@@ -13,7 +13,8 @@ import argparse
 import logging
 import shlex
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def main(argv) -> int:
   if not config_utils.is_sweep(args.config):
     parser.error(f"--config {args.config} selects no sweep; add :sweep=<name>")
   runs = config_utils.load_sweep(args.config, overrides)
-  from sgdnet_jax import sweep  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.study import sweep
 
   if args.print:
     print("\n".join(sweep.print_lines(runs, args.root)))

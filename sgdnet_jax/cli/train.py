@@ -8,7 +8,8 @@ import argparse
 import json
 import logging
 
-from sgdnet_jax import cli, config_utils
+from sgdnet_jax import cli
+from sgdnet_jax.core import config_utils
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def main(argv) -> int:
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  from sgdnet_jax.train import loop  # After argument errors, which should not wait for JAX.
+  from sgdnet_jax.train import loop
 
   outcome = loop.train_and_evaluate(config, args.workdir)
   print(json.dumps(outcome))

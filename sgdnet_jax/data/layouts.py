@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 

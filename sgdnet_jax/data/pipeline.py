@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import augment
 from sgdnet_jax.data import dataset as dataset_lib
 

@@ -43,7 +43,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import images, layouts, splits, staging, synthetic
 
 # Dataset name -> the layout it is read with.

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 from sgdnet_jax.models.lesions import check as check_lesions
 from sgdnet_jax.models.sgdnet import SGDNet
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 GUIDANCE_ZERO = "guidance=zero"
 GUIDANCE_SHUFFLE = "guidance=shuffle"

@@ -69,7 +69,7 @@ class ContMixFusion(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
-    from sgdnet_jax.models import contmix  # Only this ablation needs it.
+    from sgdnet_jax.models import contmix
 
     outputs = []
     for name, x in zip(SKIP_NAMES, features):

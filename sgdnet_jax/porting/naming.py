@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 BN_STATS = {"running_mean": "mean", "running_var": "var"}
 BN_COUNTER = "num_batches_tracked"

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 from sgdnet_jax.porting import key_tables, naming, state_dicts
 
 Path = tuple[str, ...]

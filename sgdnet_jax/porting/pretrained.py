@@ -7,7 +7,7 @@
   - `none`: the encoder keeps its random initialisation;
   - a local file (.pth/.pt, .safetensors, .npz) holding a Res2Net v1b encoder state dict, in the
     `res2net50_v1b` or `timm_res2net50d` layout (the same keys), `fc.*` ignored;
-  - an http(s):// URL of such a file, or an object-store URL (`gs://`, see `sgdnet_jax.paths`).
+  - an http(s):// URL of such a file, or an object-store URL (`gs://`, see `sgdnet_jax.core.paths`).
 A URL (a name resolves to one) is downloaded once into `$SGDNET_JAX_CACHE` (default
 `~/.cache/sgdnet_jax/weights`): into a temporary file in that folder, checked, then renamed into
 place, so the cache never holds a partial, corrupt or foreign file. A file name that carries a
@@ -31,7 +31,7 @@ from typing import Any
 
 import tqdm
 
-from sgdnet_jax import errors, paths
+from sgdnet_jax.core import errors, paths
 from sgdnet_jax.porting import port, state_dicts
 
 NAMED_WEIGHTS = {

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 from sgdnet_jax.porting import torch_files
 
 TORCH_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt")

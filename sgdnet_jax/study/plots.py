@@ -7,7 +7,7 @@
   point, so that a run validated once shows.
 
 The root may be a `gs://` URL: figures are drawn into memory and written through
-`sgdnet_jax.paths`.
+`sgdnet_jax.core.paths`.
 """
 
 import io
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdnet_jax import paths
+from sgdnet_jax.core import paths
 from sgdnet_jax.study import report
 
 # A curve of at most this many points marks each one (a single point draws no line); a longer

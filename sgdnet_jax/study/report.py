@@ -14,7 +14,7 @@ dropped and counted; their mean, a 95 % percentile-bootstrap interval (seeded), 
 Wilcoxon signed-rank p-value, the Holm-adjusted p-values across the variants compared, and
 whether |mean difference| is smaller than the seed spread of the variant or the baseline (a
 difference retraining with another seed could make). The root may be a local folder or a `gs://`
-URL (`sgdnet_jax.paths`).
+URL (`sgdnet_jax.core.paths`).
 """
 
 import csv
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdnet_jax import errors, paths
+from sgdnet_jax.core import errors, paths
 
 DEFAULT_METRICS = ("dice", "iou", "hd95", "assd")
 RESAMPLES = 10_000

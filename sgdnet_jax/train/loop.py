@@ -2,7 +2,7 @@
 
 One code path for one CPU, fake CPU devices and multi-host pods: per-host batches become global
 arrays over the mesh's batch axes, the update is jitted with donated state, BN statistics are
-global under jit. The workdir (a local folder or a `gs://` URL, see `sgdnet_jax.paths`) holds
+global under jit. The workdir (a local folder or a `gs://` URL, see `sgdnet_jax.core.paths`) holds
 config.json, metrics.jsonl, TensorBoard events and the checkpoints; starting again in the same
 workdir resumes where the last checkpoint left off and continues the identical loss sequence.
 """
@@ -21,21 +21,14 @@ import jax
 import ml_collections
 import optax
 
-from sgdnet_jax import (
-  compilation_cache,
-  distributed,
-  errors,
-  evaluate,
-  metrics,
-  models,
-  paths,
-  variables_io,
-)
+from sgdnet_jax import metrics, models
+from sgdnet_jax.core import compilation_cache, distributed, errors, paths, sharding
 from sgdnet_jax.data import pipeline
+from sgdnet_jax.inference import evaluate
 from sgdnet_jax.porting import pretrained
-from sgdnet_jax.train import checkpointing, losses, optimizer, writers
+from sgdnet_jax.train import losses, optimizer, writers
 from sgdnet_jax.train import state as state_lib
-from sgdnet_jax.train import workdir as workdir_lib
+from sgdnet_jax.workdir import checkpointing, guard, variables_io
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,11 +81,11 @@ def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
     )
     return new_state, parts
 
-  batch_sharding = state_lib.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   return jax.jit(
     train_step,
     in_shardings=(shardings, batch_sharding),
-    out_shardings=(shardings, state_lib.replicated(mesh)),
+    out_shardings=(shardings, sharding.replicated(mesh)),
     donate_argnums=0,
   )
 
@@ -229,13 +222,13 @@ def train_and_evaluate(
     refusal = ""
     if jax.process_index() == 0:
       try:
-        stack.enter_context(workdir_lib.locked(workdir))
+        stack.enter_context(guard.locked(workdir))
       except errors.UserError as error:
         refusal = str(error)
     refusal = distributed.from_process0(f"workdir_lock:{workdir}", refusal)
     if refusal:
       raise errors.UserError(refusal)
-    workdir_lib.check_and_record_config(workdir, config, write=jax.process_index() == 0)
+    guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
     return _train(config, workdir)
 
 
@@ -248,7 +241,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
-  mesh = state_lib.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   steps_per_epoch, total_steps = schedule_length(config)
   model = models.build(config.model)
   tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
@@ -309,7 +302,7 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
   first_step_start = time.time()
   try:
     while step < total_steps:
-      batch = state_lib.global_batch(next(train_iter), mesh)
+      batch = sharding.global_batch(next(train_iter), mesh)
       state, scalars = train_step(state, batch)
       step += 1
       if window_start is None:

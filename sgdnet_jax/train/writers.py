@@ -3,7 +3,7 @@
 clu's writer (TensorBoard events + logging) imports TensorFlow, about 6 s of start-up, so it is
 created at the first write, and only when TensorBoard events are asked for. Only process 0 writes
 files; other processes log only. The workdir may be a local folder or an
-object-store URL (`sgdnet_jax.paths`): TensorBoard events go through TensorFlow's file systems,
+object-store URL (`sgdnet_jax.core.paths`): TensorBoard events go through TensorFlow's file systems,
 which write `gs://` natively. `metrics.jsonl` is appended to, a line per call, on a local file
 system. Object stores cannot append, so there the writer keeps the whole file in memory (the
 lines of earlier runs in the same workdir included) and uploads it again at most every
@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sgdnet_jax import paths
+from sgdnet_jax.core import paths
 
 METRICS_FILE = "metrics.jsonl"
 OBJECT_STORE_UPLOAD_S = 30.0

@@ -8,7 +8,7 @@
 float32. ImageNet normalisation, the network with its weights as constants, the foreground
 probability of the finest output `o1` and, with `tta='flip'`, the mirror test-time augmentation
 are all inside. `DIR/model.json` is the model card, `DIR/serving.py` a copy of
-`sgdnet_jax/serving.py`, which runs the model with jax, numpy and pillow only, and
+`sgdnet_jax/inference/serving.py`, which runs the model with jax, numpy and pillow only, and
 `DIR/requirements-serving.txt` a copy of the repository's: what serving.py needs, pinned.
 
 The convolution implementation is chosen from the target platforms, never from the machine that
@@ -28,8 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sgdnet_jax import errors, inference, models, variables_io
+from sgdnet_jax import models
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import augment
+from sgdnet_jax.inference import ensemble
+from sgdnet_jax.workdir import variables_io
 
 MODEL_FILE = "model.jax_export"
 CARD_FILE = "model.json"
@@ -123,7 +126,7 @@ def export_model(
   """
   platforms = check_platforms(platforms)
   requirements = serving_requirements()
-  size = inference.check_model_and_size(config, [workdir])
+  size = ensemble.check_model_and_size(config, [workdir])
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   model_config.conv_impl = conv_impl_for(model_config.get("conv_impl", "auto"), platforms)
   module = models.build(model_config)
@@ -152,7 +155,7 @@ def model_card(
   requirements: Sequence[str],
 ) -> dict[str, Any]:
   """What the exported program is, what it expects and returns, and how it was trained."""
-  size = inference.training_size(config, [workdir])
+  size = ensemble.training_size(config, [workdir])
   return {
     "file": MODEL_FILE,
     "format": "jax.export serialization (StableHLO); load with jax.export.deserialize",

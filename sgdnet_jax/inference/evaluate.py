@@ -5,7 +5,7 @@
 
 Writes `<out>/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
 n_used / n_total / n_excluded per metric) and `<out>/<split>_cases.csv` (per-case values);
-`<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.paths`). The model
+`<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.core.paths`). The model
 is the workdir's best checkpoint by validation Dice (else its latest). At `native` resolution
 the foreground probability is resized bilinearly to each case's original size and compared with
 the original mask.
@@ -27,10 +27,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from sgdnet_jax import distributed, errors, inference, metrics, models, paths, variables_io
+from sgdnet_jax import metrics, models
+from sgdnet_jax.core import distributed, errors, paths, sharding
 from sgdnet_jax.data import pipeline
-from sgdnet_jax.train import state as state_lib
-from sgdnet_jax.train import workdir as workdir_lib
+from sgdnet_jax.inference import ensemble
+from sgdnet_jax.workdir import guard, variables_io
 
 RESOLUTIONS = ("train", "native")
 DISTANCES_ON = ("host", "device")
@@ -62,7 +63,7 @@ def make_eval_step(
   """Jitted (variable sets, images, masks) -> per-image outputs, batch-sharded.
 
   The foreground probability is the mean over the variable sets (an ensemble, e.g. the five
-  folds; one set is the plain model) of the `tta` mean (`inference.with_tta`). `device_metrics`:
+  folds; one set is the plain model) of the `tta` mean (`ensemble.with_tta`). `device_metrics`:
   the per-image metric record is computed in the step (exact EDT distances when `distances`);
   otherwise the host scores the `probability` (B, H, W), which is also returned when
   `probability` (the host needs it for panoptic counts).
@@ -72,7 +73,7 @@ def make_eval_step(
     forward = lambda x: {
       "p": models.foreground_probability(model.apply(variables, x, train=False)["o1"])
     }
-    return inference.with_tta(forward, images, tta)["p"]
+    return ensemble.with_tta(forward, images, tta)["p"]
 
   def step(variable_sets, images, masks):
     foreground = model_probability(variable_sets[0], images)
@@ -88,7 +89,7 @@ def make_eval_step(
       )
     return outputs
 
-  return jax.jit(step, out_shardings=state_lib.batch_sharding(mesh))
+  return jax.jit(step, out_shardings=sharding.batch_sharding(mesh))
 
 
 def host_local(array: jax.Array, mesh) -> np.ndarray:
@@ -97,7 +98,7 @@ def host_local(array: jax.Array, mesh) -> np.ndarray:
     return np.asarray(array)
   return np.asarray(
     multihost_utils.global_array_to_host_local_array(
-      array, mesh, jax.sharding.PartitionSpec(state_lib.BATCH_AXES)
+      array, mesh, jax.sharding.PartitionSpec(sharding.BATCH_AXES)
     )
   )
 
@@ -113,13 +114,13 @@ def _host_record(
 ) -> dict[str, np.ndarray]:
   """Per-image metric fields of one host batch, scored on the host (padding rows included)."""
   if resolution == "train":
-    pred = np.stack([inference.postprocess(p > 0.5, post) for p in probability])
+    pred = np.stack([ensemble.postprocess(p > 0.5, post) for p in probability])
     return metrics.per_image_metrics(pred, np.asarray(batch["mask"]) > 0, one_empty=one_empty)
   rows = []
   for p, case_id, valid in zip(probability, np.asarray(batch["case_id"]), batch["valid"]):
     if valid:
       gt = dataset.native_mask(str(case_id))
-      native = inference.postprocess(resize_probability(p, *gt.shape) > 0.5, post)
+      native = ensemble.postprocess(resize_probability(p, *gt.shape) > 0.5, post)
     else:  # padding: an empty pair, dropped by PerImageValues
       native = gt = np.zeros((1, 1), bool)
     rows.append(metrics.per_image_metrics(native[None], gt[None], one_empty=one_empty))
@@ -152,7 +153,7 @@ def collect_split(
   dataset, case_ids = pipeline.resolve_split(config.data, split)
   collected = metrics.PerImageValues.empty()
   for batch in pipeline.make_eval_iterator(config.data, split, config.eval_batch_size):
-    device_batch = state_lib.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
+    device_batch = sharding.global_batch({"image": batch["image"], "mask": batch["mask"]}, mesh)
     outputs = {
       key: host_local(value, mesh)
       for key, value in step(variables, device_batch["image"], device_batch["mask"]).items()
@@ -194,16 +195,16 @@ def evaluate(
   """Evaluates the workdir's model on `split`; writes and returns the results record.
 
   Several workdirs evaluate their ensemble (the mean probability; give `out_dir`). `tta` and
-  `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are written
-  under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
+  `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are
+  written under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
   """
   workdirs = paths.as_paths(workdir)
   if len(workdirs) > 1 and not out_dir:
     raise errors.ConfigError(
       f"evaluate: {len(workdirs)} workdirs make an ensemble; give --out DIR for its results"
     )
-  inference.check_tta(tta)
-  post_steps = inference.parse_post(post)
+  ensemble.check_tta(tta)
+  post_steps = ensemble.parse_post(post)
   if resolution not in RESOLUTIONS:
     raise errors.ConfigError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
   distances_on = config.metrics.distances_on
@@ -216,21 +217,21 @@ def evaluate(
       "config.metrics.distances_on='device' needs --resolution train and no --post (native "
       "sizes differ per case, post-processing runs on the host); use distances_on='host'"
     )
-  workdir_lib.check_model_fits(config, workdirs)
+  guard.check_model_fits(config, workdirs)
   distributed.initialize(config.distributed)
   config.data.image_size = pipeline.image_size(config.data)
   models.check_input_size(
     config.model, config.data.image_size, f"data.image_size={config.data.image_size}"
   )
   name = split_name(config, split)
-  mesh = state_lib.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   model = models.build(config.model)
   if variables is not None:
     variable_sets = [variables]
   else:
     variable_sets = [variables_io.load_variables(w) for w in workdirs]
-    inference.check_same_structure(variable_sets, workdirs)
-  variable_sets = jax.device_put(variable_sets, state_lib.replicated(mesh))
+    ensemble.check_same_structure(variable_sets, workdirs)
+  variable_sets = jax.device_put(variable_sets, sharding.replicated(mesh))
   options = metric_options(config, resolution)
   one_empty = "diagonal" if options.distance_empty == "diagonal" else "nan"
   device_metrics = distances_on == "device"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 Path = epath.Path
 FILE_URL = "file://"

@@ -26,9 +26,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sgdnet_jax import config_utils, errors, evaluate, paths, variables_io
+from sgdnet_jax.core import config_utils, errors, paths
 from sgdnet_jax.data import pipeline
+from sgdnet_jax.inference import evaluate
 from sgdnet_jax.train import loop
+from sgdnet_jax.workdir import variables_io
 
 STATUS_FILE = "sweep.json"
 SCRIPT_FILE = "sweep.sbatch"
@@ -49,7 +51,7 @@ class SweepInterrupted(Exception):
 
 
 def workdir(root: str, run: config_utils.SweepRun) -> str:
-  """`R/<run name>`; R may be a bucket URL (`sgdnet_jax.paths`) for local sweeps."""
+  """`R/<run name>`; R may be a bucket URL (`sgdnet_jax.core.paths`) for local sweeps."""
   return str(paths.as_path(root) / run.name)
 
 

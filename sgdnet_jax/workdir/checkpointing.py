@@ -7,7 +7,7 @@ Saves are asynchronous and atomic (Orbax writes to a temporary folder and rename
 object store marks it complete with a commit file), so a crash mid-save leaves the previous
 checkpoint intact. A checkpoint damaged later (a truncated file, a lost `_METADATA`) is moved
 aside to `checkpoints/<step>.corrupt` at the next resume, which continues from the newest intact
-one. W may be a local folder or a `gs://` URL (`sgdnet_jax.paths`).
+one. W may be a local folder or a `gs://` URL (`sgdnet_jax.core.paths`).
 """
 
 import logging
@@ -17,8 +17,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from sgdnet_jax import distributed, paths
-from sgdnet_jax.variables_io import BEST_DIR, LATEST_DIR
+from sgdnet_jax.core import distributed, paths
+from sgdnet_jax.workdir.variables_io import BEST_DIR, LATEST_DIR
 
 CORRUPT_SUFFIX = ".corrupt"
 

@@ -15,7 +15,7 @@ average their probabilities. With `--save-probabilities`, `probabilities/<id>.np
 float16 foreground probability at the original size, and `> 0.5` on it gives the mask exactly
 (before `--post`). Images whose outputs exist are skipped unless `overwrite`; an unreadable
 image is skipped, named in the result, and the others are predicted. See `sgdnet_jax.inference`
-for TTA, tiling and post-processing.
+(`ensemble`, `tiling`, `postprocessing`) for TTA, tiling and post-processing.
 """
 
 import dataclasses
@@ -33,8 +33,11 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from sgdnet_jax import errors, inference, models, paths, variables_io
+from sgdnet_jax import models
+from sgdnet_jax.core import errors, paths
 from sgdnet_jax.data import augment, images, pipeline
+from sgdnet_jax.inference import ensemble
+from sgdnet_jax.workdir import variables_io
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 OVERVIEW_PANELS = 12
@@ -156,7 +159,7 @@ def _file_cases(
     except images.DECODE_ERRORS as e:
       unreadable.append((str(path), " ".join(str(e).split()) or type(e).__name__))
       continue
-    window = inference.tile_size(tile, *original, size)
+    window = ensemble.tile_size(tile, *original, size)
     pixels = np.asarray(rgb, np.uint8) if window else images.resize_image(rgb, size)
     yield _Case(path.stem, pixels, original, None, window)
 
@@ -194,7 +197,7 @@ def _chunks(cases: Iterator[_Case], size: int) -> Iterator[list[_Case]]:
 
 def _load_variable_sets(workdirs: Sequence[str]) -> list[dict[str, Any]]:
   variable_sets = [variables_io.load_variables(w) for w in workdirs]
-  inference.check_same_structure(variable_sets, workdirs)
+  ensemble.check_same_structure(variable_sets, workdirs)
   return variable_sets
 
 
@@ -221,23 +224,23 @@ def predict(
 
   `workdirs` (one or several: an ensemble) give the variables unless `variable_sets` does.
   Inputs are checked (files, split, options) before any output folder is created. Share
-  `part_id` of `num_parts` (`inference.share`) of the sorted inputs is predicted, at most
+  `part_id` of `num_parts` (`ensemble.share`) of the sorted inputs is predicted, at most
   `limit` of them (0: all).
   """
   workdirs = paths.as_paths(workdirs)
-  inference.check_tta(tta)
-  inference.check_overlap(overlap)
-  size, batch_size = inference.check_model_and_size(config, workdirs), config.eval_batch_size
-  tile = inference.parse_tile(str(tile), config.model)
-  post_steps = inference.parse_post(post)
+  ensemble.check_tta(tta)
+  ensemble.check_overlap(overlap)
+  size, batch_size = ensemble.check_model_and_size(config, workdirs), config.eval_batch_size
+  tile = ensemble.parse_tile(str(tile), config.model)
+  post_steps = ensemble.parse_post(post)
   if split:
     try:
       _, names = pipeline.resolve_split(config.data, split)
     except ValueError as e:
       raise errors.UserError(f"--split {split}: {e}") from None
-    names = inference.share(names, num_parts, part_id)
+    names = ensemble.share(names, num_parts, part_id)
   else:
-    inputs_share = inference.share(collect_images(inputs), num_parts, part_id)
+    inputs_share = ensemble.share(collect_images(inputs), num_parts, part_id)
     names = [p.stem for p in inputs_share]
   if limit:
     names = names[:limit]
@@ -254,10 +257,10 @@ def predict(
   variable_sets = list(variable_sets) if variable_sets else _load_variable_sets(workdirs)
   model = models.build(config.model)
   has_edge = config.model.edge_branch != "none"
-  forward = inference.maps_fn(model, tta, edge=True)
+  forward = ensemble.maps_fn(model, tta, edge=True)
 
   def batch_maps(images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
-    maps = inference.mean_over_models(forward, variable_sets, jnp.asarray(images_nhwc))
+    maps = ensemble.mean_over_models(forward, variable_sets, jnp.asarray(images_nhwc))
     return {name: np.asarray(values) for name, values in maps.items()}
 
   for sub in ("masks", "panels", *(("probabilities",) if save_probabilities else ())):
@@ -275,13 +278,13 @@ def predict(
     native = _resize_map(maps["probability"], *case.size)
     panel_path, *probability_path, mask_path = _output_paths(out, case.name, save_probabilities)
     if save_probabilities:
-      half = inference.float16_probability(native)
+      half = ensemble.float16_probability(native)
       _write_atomic(probability_path[0], lambda f: np.save(f, half))
       mask = half > 0.5
     else:
       mask = native > 0.5
     if post_steps:
-      mask = inference.postprocess(mask, post_steps)
+      mask = ensemble.postprocess(mask, post_steps)
     shown = (
       case.pixels if not case.tile else images.resize_image(Image.fromarray(case.pixels), size)
     )
@@ -306,7 +309,7 @@ def predict(
     for case in chunk:
       if case.tile:
         normalized = augment.normalize(case.pixels)
-        write(case, inference.predict_tiled(batch_maps, normalized, case.tile, overlap, batch_size))
+        write(case, ensemble.predict_tiled(batch_maps, normalized, case.tile, overlap, batch_size))
     bar.update(result.written + len(result.unreadable) - bar.n)
   bar.update(result.written + len(result.unreadable) - bar.n)
   bar.close()

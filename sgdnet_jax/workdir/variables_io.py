@@ -3,7 +3,7 @@
 A *variables directory* holds `variables/` (an Orbax checkpoint of the two collections) and
 `config.json` (the resolved config that built the model). `convert` writes one; `train`
 starts from one (`config.init_from`); `evaluate`, `predict` and `export-torch` read one. Every
-directory here may be a local path or a `gs://` URL (`sgdnet_jax.paths`).
+directory here may be a local path or a `gs://` URL (`sgdnet_jax.core.paths`).
 """
 
 import json
@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sgdnet_jax import errors, paths
+from sgdnet_jax.core import errors, paths
 
 VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
-# A training workdir's checkpoint folders (written by `train.checkpointing`).
+# A training workdir's checkpoint folders (written by `workdir.checkpointing`).
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 

@@ -5,7 +5,7 @@ another sgdnet_jax module - so that it runs wherever `requirements-serving.txt` 
 three, jaxlib, and flatbuffers, which `jax.export.deserialize` needs); `export` copies both files
 into the model folder. tests/test_export.py checks the rule.
 
-  python -m sgdnet_jax.serving --model DIR --images FOLDER --out OUT [--batch-size 8]
+  python -m sgdnet_jax.inference.serving --model DIR --images FOLDER --out OUT [--batch-size 8]
   python DIR/serving.py --model DIR --images FOLDER --out OUT
 
 Images are decoded exactly as `predict` decodes them (`decode_rgb` repeats
@@ -177,7 +177,7 @@ def predict_folder(
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-    prog="python -m sgdnet_jax.serving", description=__doc__.split("\n")[0]
+    prog="python -m sgdnet_jax.inference.serving", description=__doc__.split("\n")[0]
   )
   parser.add_argument("--model", required=True, help="folder written by `export`")
   parser.add_argument("--images", required=True, help="folder of images")

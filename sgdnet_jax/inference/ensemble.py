@@ -28,9 +28,10 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
-from sgdnet_jax import errors, models, variables_io
+from sgdnet_jax import models
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import pipeline
-from sgdnet_jax.train import workdir as workdir_lib
+from sgdnet_jax.workdir import guard, variables_io
 
 TTA_MODES = ("none", "flip", "flip_rot")
 TILE_MODES = ("off", "auto")
@@ -335,7 +336,7 @@ def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) ->
 def check_model_and_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
   """The training size, once the config is known to build the workdirs' recorded model
   (`train.workdir.check_model_fits`) and the model to take that size; UserError otherwise."""
-  workdir_lib.check_model_fits(config, workdirs)
+  guard.check_model_fits(config, workdirs)
   size = training_size(config, workdirs)
   models.check_input_size(config.model, size, f"data.image_size={size}")
   return size

@@ -30,7 +30,8 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax import config_utils, errors, paths, variables_io
+from sgdnet_jax.core import config_utils, errors, paths
+from sgdnet_jax.workdir import variables_io
 
 LOCK_FILE = "train.lock"
 CONFIG_FILE = variables_io.CONFIG_FILE

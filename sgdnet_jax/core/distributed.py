@@ -20,7 +20,7 @@ import jax
 from jax._src import clusters
 from jax.experimental import multihost_utils
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 MODES = ("auto", "on", "off")
 

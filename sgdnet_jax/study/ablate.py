@@ -20,10 +20,11 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax import errors, evaluate, variables_io
+from sgdnet_jax.core import errors
+from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import lesions as lesion_lib
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.train import workdir as workdir_lib
+from sgdnet_jax.workdir import guard, variables_io
 
 INTACT = "intact"
 ABLATE_DIR = "ablate"
@@ -77,7 +78,7 @@ def ablate(
   if lesion_sets is None:
     lesion_sets = [(lesion,) for lesion in lesion_lib.applicable(config.model)]
   _check(config, lesion_sets)
-  workdir_lib.check_model_fits(config, [workdir])
+  guard.check_model_fits(config, [workdir])
   variables = variables_io.load_variables(workdir)
   root = os.path.join(workdir, ABLATE_DIR)
   suffix = "" if resolution == "train" else "_native"

@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax import errors
+from sgdnet_jax.core import errors
 
 SWEEP_ARG = "sweep"  # the config argument that selects a sweep of get_sweep
 FIELD_PREFIX = "config."  # a sweep key naming a config field rather than a config argument
@@ -197,6 +197,6 @@ def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
 
 def save_config(config: ml_collections.ConfigDict, path: str | os.PathLike):
   """Writes the resolved config as JSON (the record of what ran), locally or to a URL."""
-  from sgdnet_jax import paths  # etils.epath: only commands that write a config pay for it.
+  from sgdnet_jax.core import paths
 
   paths.write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
