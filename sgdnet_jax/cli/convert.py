@@ -5,8 +5,8 @@
 
 Writes a variables directory (`sgdnet_jax.workdir.variables_io`) with the resolved config;
 train starts from it with `--config.init_from=DIR`, evaluate/predict load it. Layouts that fill
-part of the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the model's
-random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
+part of the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the
+model's random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
 """
 
