@@ -1,9 +1,9 @@
 """The shape of the house: import layers without cycles, a documented config, every experiment.
 
-Layers, lowest first: `errors`, `paths` < `models`, `data`, `metrics`, `variables_io` < `porting`
-< `train`, `evaluate`, `predict`, `study` < `demo`, `sweep`, `ablate`, `cli`, `main`. A module
-imports only its own layer or lower ones (function-level imports included), and no two modules
-import each other.
+Each package (and top-level module) of `sgdnet_jax` has a floor (`FLOORS`, CONTRIBUTING.md's
+layer order); a module imports only from packages on its own floor or lower ones
+(function-level imports included), no two modules import each other, and a package or
+top-level module missing from the table fails the test.
 """
 
 import ast
@@ -18,8 +18,21 @@ from sgdnet_jax import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sgdnet_jax"
-LOWER_LAYERS = ("models", "data", "metrics", "variables_io", "errors", "paths", "compilation_cache")
-HIGHER_MODULES = ("train", "evaluate", "predict", "main", "cli", "demo", "study", "sweep", "ablate")
+# Lowest first. Same floor: neither may import the other (checked below).
+FLOORS = {
+  "core": 0,  # errors, paths, distributed, compilation cache, config loading, sharding
+  "models": 1,
+  "data": 1,
+  "metrics": 1,
+  "porting": 2,  # PyTorch state dicts both ways (models' key tables)
+  "workdir": 2,  # what a workdir holds: names, variables, checkpoints, the config guard
+  "inference": 3,  # the probability function, evaluate, predict, exports, serving
+  "train": 4,
+  "study": 5,  # sweeps, functional ablations, reports
+  "demo": 6,  # the main job on the embedded data
+  "cli": 7,  # one module per command: argument parsing
+  "main": 8,
+}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -44,14 +57,31 @@ def _graph() -> dict[str, set[str]]:
   return {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
 
 
-def test_lower_layers_import_no_higher_module():
+def _package(module: str) -> str:
+  """`sgdnet_jax.models.sge` -> `models`; the package itself (`sgdnet_jax`) -> ''."""
+  return module.split(".")[1] if "." in module else ""
+
+
+def test_every_package_and_top_level_module_has_a_floor():
+  units = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+  units |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+  assert units == set(FLOORS), (
+    f"missing from FLOORS: {sorted(units - set(FLOORS))}; gone: {sorted(set(FLOORS) - units)}"
+  )
+
+
+def test_no_module_imports_from_a_higher_floor_or_a_sibling_package():
   for module, imported in _graph().items():
-    layer = module.split(".")[1] if "." in module else ""
-    if layer not in LOWER_LAYERS:
+    package = _package(module)
+    if not package:
       continue
     for name in imported:
-      target = name.split(".")[1] if "." in name else ""
-      assert target not in HIGHER_MODULES, f"{module} imports {name}"
+      target = _package(name)
+      if not target or target == package:
+        continue
+      assert FLOORS[target] < FLOORS[package], (
+        f"{module} (floor {FLOORS[package]}) imports {name} (floor {FLOORS[target]})"
+      )
 
 
 def test_no_import_cycles():
