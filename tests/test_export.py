@@ -172,7 +172,7 @@ def test_model_card_describes_the_export(portable, trained):
   assert card["training_config"]["data"]["image_size"] == SIZE
   assert card["jax_version"] == jax.__version__
   assert (portable / stablehlo.SERVING_FILE).read_bytes() == (
-    ROOT / "sgdnet_jax" / "serving.py"
+    ROOT / "sgdnet_jax" / "inference" / "serving.py"
   ).read_bytes()
   # The folder says what serving.py needs: the card's list and the requirements file beside it.
   requirements = (ROOT / stablehlo.REQUIREMENTS_FILE).read_text()
@@ -246,7 +246,7 @@ def _stablehlo_text(model_dir: pathlib.Path) -> str:
 
 def _serving_imports() -> set[str]:
   """The top-level modules sgdnet_jax/inference/serving.py imports."""
-  tree = ast.parse((ROOT / "sgdnet_jax" / "serving.py").read_text())
+  tree = ast.parse((ROOT / "sgdnet_jax" / "inference" / "serving.py").read_text())
   imported = set()
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):

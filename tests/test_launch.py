@@ -281,7 +281,7 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
   ]
   assert pod("setup", *site, dry_run=True)[0] == calls
   worker_repo = pod.home / "sgdnet_jax"
-  assert (worker_repo / "sgdnet_jax" / "distributed.py").is_file()
+  assert (worker_repo / "sgdnet_jax" / "core" / "distributed.py").is_file()
   assert (worker_repo / "launch" / "tpu_pod.sh").is_file()
   assert not (worker_repo / ".venv" / "lib").exists()  # The local venv stays home.
   assert not os.path.exists(archive) and not (pod.home / "sgdnet_jax.tar.gz").exists()

@@ -115,10 +115,11 @@ def test_write_text_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path
 WORKDIR_MODULES = (
   "train/loop.py",
   "workdir/checkpointing.py",
+  "workdir/guard.py",
+  "workdir/variables_io.py",
   "train/writers.py",
-  "variables_io.py",
-  "evaluate.py",
-  "predict.py",
+  "inference/evaluate.py",
+  "inference/predict.py",
   "demo.py",
   "study/report.py",
   "study/plots.py",
@@ -166,7 +167,7 @@ def test_workdir_modules_never_use_local_only_path_calls(module):
 
 
 def test_save_config_writes_through_the_path_type():
-  text = (PACKAGE / "config_utils.py").read_text()
+  text = (PACKAGE / "core" / "config_utils.py").read_text()
   save_config = text[text.index("def save_config") :]
   assert "paths.write_text_atomic" in save_config and _local_only_calls(save_config) == []
 

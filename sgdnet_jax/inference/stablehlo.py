@@ -39,7 +39,7 @@ CARD_FILE = "model.json"
 SERVING_FILE = "serving.py"
 REQUIREMENTS_FILE = "requirements-serving.txt"
 # What serving.py needs (the repository's requirements-serving.txt), pinned as requirements.txt is.
-SERVING_REQUIREMENTS = pathlib.Path(__file__).resolve().parents[1] / REQUIREMENTS_FILE
+SERVING_REQUIREMENTS = pathlib.Path(__file__).resolve().parents[2] / REQUIREMENTS_FILE
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 TTA_MODES = ("none", "flip")
 # Mirror TTA: the identity, horizontal, vertical and both flips (the image axes of NHWC).

@@ -35,7 +35,7 @@ from sgdnet_jax.workdir import variables_io
 STATUS_FILE = "sweep.json"
 SCRIPT_FILE = "sweep.sbatch"
 PROGRAM = ("python", "-m", "sgdnet_jax.main")
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # The launcher every array task trains through, and its interface: `bash LAUNCHER --config CONFIG
 # --workdir WORKDIR [--config.x=y ...]` (train's arguments) trains one run with srun inside the
 # current allocation, and the launcher's `#SBATCH` lines describe the allocation of one run (the
