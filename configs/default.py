@@ -66,9 +66,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # one when traced on a CPU backend); `export` chooses it from its target platforms.
   model.conv_impl = "auto"
   model.dtype = "float32"  # compute: float32 | bfloat16 (params, BN stats stay float32) | float64
-  # Functional lesions of the forward pass (docs/ablations.md; set by `ablate`): guidance=zero,
+  # Functional knockouts of the forward pass (docs/ablations.md; set by `ablate`): guidance=zero,
   # guidance=shuffle, sgdc.dynamic=off, sgdc.local=off, sgdc=identity, edge=off. Same parameters.
-  model.lesions = ()
+  model.knockouts = ()
   model.sge = sge = ml_collections.ConfigDict()
   sge.mid_channels = 256  # channels of the SGE's projected x1/x4 features
   sge.guide_channels = 16  # channels of the guidance map g handed to the SGDCs

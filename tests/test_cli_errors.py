@@ -159,7 +159,7 @@ def test_non_structural_model_fields_and_data_fields_may_differ(tmp_path):
   recorded = recorded_workdir(tmp_path / "w")
   config = config_utils.load_config(CONFIG)
   config.model.conv_impl = "lax"
-  config.model.lesions = ("guidance=zero",)
+  config.model.knockouts = ("guidance=zero",)
   config.data.image_size = 32
   guard.check_model_fits(config, [recorded, tmp_path / "no_config_json"])
   config.model.decoder_channels = 8

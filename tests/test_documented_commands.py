@@ -9,7 +9,7 @@ without running anything heavy:
   command's own parser (`sgdnet_jax/cli/<command>.py::build_parser`); what the parser leaves over
   is `--config.x=y` overrides, and only for commands that read a config; the config file and its
   `:args` load (`config_utils.load_config`, or `load_sweep` for `:sweep=`) with the overrides,
-  each naming a field and parsing to its type; `ablate --lesions` act on the config's variant
+  each naming a field and parsing to its type; `ablate --knockouts` act on the config's variant
   (the check `ablate` itself makes).
 * `launch/SCRIPT ARGS`: the script exists and accepts ARGS (the SLURM and TPU launchers with
   `--dry-run` added, `local_multiprocess.sh` with a stub Python), with stub cluster tools on PATH
@@ -39,7 +39,7 @@ import pytest
 
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils
-from sgdnet_jax.models import lesions as lesion_lib
+from sgdnet_jax.models import knockouts as knockout_lib
 from tests import train_helpers
 
 REPO = train_helpers.REPO
@@ -220,14 +220,18 @@ def check_main_command(words: list[str], elided: bool):
     return
   config_utils.split_overrides(rest)  # what is left must be --config.x=y overrides
   config = _load_config(parsed.config, rest) if parsed.config else None
-  if command == "ablate" and parsed.lesions:
+  if command == "ablate" and parsed.knockouts:
     from sgdnet_jax.study import ablate
 
-    lesion_sets = ablate.parse_lesions(parsed.lesions)
-    unknown = {lesion for lesions in lesion_sets for lesion in lesions} - set(lesion_lib.LESIONS)
-    assert not unknown, f"unknown lesions {sorted(unknown)}; known: {', '.join(lesion_lib.LESIONS)}"
+    knockout_sets = ablate.parse_knockouts(parsed.knockouts)
+    unknown = {knockout for knockouts in knockout_sets for knockout in knockouts} - set(
+      knockout_lib.KNOCKOUTS
+    )
+    assert not unknown, (
+      f"unknown knockouts {sorted(unknown)}; known: {', '.join(knockout_lib.KNOCKOUTS)}"
+    )
     if config is not None:
-      ablate._check(config, lesion_sets)  # the check `ablate` makes before it loads anything
+      ablate._check(config, knockout_sets)  # the check `ablate` makes before it loads anything
 
 
 def _stub_environment(folder: pathlib.Path) -> tuple[dict, pathlib.Path, pathlib.Path]:
@@ -357,8 +361,11 @@ def test_documented_command_lines_are_read_as_a_shell_would(tmp_path):
     (["sweep", "--config", "configs/test.py:sweep=nope", "--root", "R", "--print"], "nope"),
     (["report", "--root", "R", "--config.seed=1"], "--config.seed=1"),
     (["evaluate", "--config", "C", "--workdir", "W", "--config.model.nope=1"], "nope"),
-    (["ablate", "--config", "configs/test.py", "--workdir", "W", "--lesions", "edge=off"], "edge"),
-    (["ablate", "--config", "C", "--workdir", "W", "--lesions", "sgdc=of"], "sgdc=of"),
+    (
+      ["ablate", "--config", "configs/test.py", "--workdir", "W", "--knockouts", "edge=off"],
+      "edge",
+    ),
+    (["ablate", "--config", "C", "--workdir", "W", "--knockouts", "sgdc=of"], "sgdc=of"),
     (["trian", "--config", "configs/test.py"], "trian"),
   ],
 )

@@ -21,6 +21,8 @@ from sgdnet_jax.core import errors
 
 SWEEP_ARG = "sweep"  # the config argument that selects a sweep of get_sweep
 FIELD_PREFIX = "config."  # a sweep key naming a config field rather than a config argument
+# Renamed config fields, old dotted name -> new: refused when given, mapped in a recorded config.
+RENAMED_FIELDS = {"model.lesions": "model.knockouts"}
 
 
 def _load_module(path: str):
@@ -65,8 +67,39 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     config = module.get_config(arg or None)
   except (ValueError, KeyError) as error:  # Argument parsing in the config file itself.
     raise errors.ConfigError(f"{spec}: {error}") from None
+  for old, new in RENAMED_FIELDS.items():
+    if _has_path(config, old):
+      raise errors.ConfigError(f"{path} sets config.{old}, which is now config.{new}; rename it")
   apply_overrides(config, overrides)
   return config
+
+
+def _has_path(tree: Any, dotted: str) -> bool:
+  """True when the nested ConfigDict or dict `tree` holds the field `a.b` of `dotted`."""
+  for key in dotted.split("."):
+    if not isinstance(tree, (dict, ml_collections.ConfigDict)) or key not in tree:
+      return False
+    tree = tree[key]
+  return True
+
+
+def rename_recorded_fields(recorded: dict[str, Any]) -> dict[str, Any]:
+  """A recorded config (config.json) with its renamed fields under their current names, so that
+  a workdir written before a rename compares with, and reads like, a current config."""
+  for old, new in RENAMED_FIELDS.items():
+    *old_parents, old_leaf = old.split(".")
+    *new_parents, new_leaf = new.split(".")
+    if not _has_path(recorded, old):
+      continue
+    source = recorded
+    for key in old_parents:
+      source = source[key]
+    target = recorded
+    for key in new_parents:
+      target = target.setdefault(key, {})
+    value = source.pop(old_leaf)
+    target.setdefault(new_leaf, value)
+  return recorded
 
 
 def split_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
@@ -170,6 +203,10 @@ def parse_value(text: str) -> Any:
 
 def set_path(config: ml_collections.ConfigDict, dotted: str, value: Any):
   """Sets `config.a.b = value`, refusing unknown fields (a typo must not pass silently)."""
+  if dotted in RENAMED_FIELDS:
+    raise errors.ConfigError(
+      f"--config.{dotted} is now --config.{RENAMED_FIELDS[dotted]}; rename it"
+    )
   *parents, leaf = dotted.split(".")
   target = config
   for index, parent in enumerate(parents):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sgdnet_jax.core import errors
-from sgdnet_jax.models.lesions import check as check_lesions
+from sgdnet_jax.models.knockouts import check as check_knockouts
 from sgdnet_jax.models.sgdnet import SGDNet
 
 # The encoder's output stride (x4 is 1/32 of the input); the patch transformer runs on x1 (1/4).
@@ -42,7 +42,7 @@ def build(model_config: ml_collections.ConfigDict) -> SGDNet:
     head_dropout=model_config.head_dropout,
     dtype=DTYPES[model_config.dtype],
     conv_impl=model_config.conv_impl,
-    lesions=check_lesions(model_config),
+    knockouts=check_knockouts(model_config),
   )
   module.check()
   return module

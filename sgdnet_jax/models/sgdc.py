@@ -15,8 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sgdnet_jax.models import knockouts as knockout_lib
 from sgdnet_jax.models import layers
-from sgdnet_jax.models import lesions as lesion_lib
 
 GUIDANCE_SOURCES = ("sge", "self")
 FORMS = ("official", "paper")
@@ -191,7 +191,7 @@ class SGDC(nn.Module):
   layer_scale_init: float = 1e-6
   drop_path: float = 0.0
   dtype: Any | None = None
-  lesions: tuple[str, ...] = ()  # 'sgdc.local=off' / 'sgdc.dynamic=off' (models/lesions.py)
+  knockouts: tuple[str, ...] = ()  # 'sgdc.local=off' / 'sgdc.dynamic=off' (models/knockouts.py)
 
   def _check(self, dim: int):
     if self.guidance not in GUIDANCE_SOURCES:
@@ -233,9 +233,9 @@ class SGDC(nn.Module):
       head_input
     )
 
-    # A lesioned branch is not computed; the gates keep the layout the parameters were built for.
-    local = self.local_branch and lesion_lib.SGDC_LOCAL_OFF not in self.lesions
-    dynamic = self.dynamic_branch and lesion_lib.SGDC_DYNAMIC_OFF not in self.lesions
+    # A knocked-out branch is not computed; the gates keep the layout the parameters were built for.
+    local = self.local_branch and knockout_lib.SGDC_LOCAL_OFF not in self.knockouts
+    dynamic = self.dynamic_branch and knockout_lib.SGDC_DYNAMIC_OFF not in self.knockouts
     needs_norm1 = dynamic or (local and not official)
     xn = layers.LayerNorm(1e-6, self.dtype, name="norm1")(x) if needs_norm1 else None
     y = 0.0
@@ -253,7 +253,7 @@ class SGDC(nn.Module):
       y = y + DYNAMIC_CONV[self.impl](xn, kernels) * gate2
 
     drop = DropPath(self.drop_path)
-    if local or dynamic:  # both lesioned: the token mixer adds nothing
+    if local or dynamic:  # both knocked out: the token mixer adds nothing
       y = y * ls1.astype(y.dtype) if official else y
       x = x + drop(y, train)
     hidden = int(dim * self.mlp_ratio)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sgdnet_jax.models import cto, layers, res2net, sgdc, sge
-from sgdnet_jax.models import lesions as lesion_lib
+from sgdnet_jax.models import knockouts as knockout_lib
 
 EDGE_BRANCHES = ("sge", "eam", "none")
 SKIP_FUSIONS = ("sgdc", "edge_gate", "guidance_add", "contmix", "none")
@@ -32,14 +32,14 @@ class SGDCFusion(nn.Module):
 
   options: Mapping[str, Any]
   dtype: Any | None = None
-  lesions: tuple[str, ...] = ()
+  knockouts: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], guidance, train: bool):
-    if lesion_lib.SGDC_IDENTITY in self.lesions:
+    if knockout_lib.SGDC_IDENTITY in self.knockouts:
       return tuple(features)
     return tuple(
-      sgdc.SGDC(**self.options, lesions=self.lesions, dtype=self.dtype, name=name)(
+      sgdc.SGDC(**self.options, knockouts=self.knockouts, dtype=self.dtype, name=name)(
         x, guidance, train
       )
       for name, x in zip(SKIP_NAMES, features)
@@ -105,7 +105,7 @@ class SGDNet(nn.Module):
   head_dropout: float = 0.1
   dtype: Any | None = None
   conv_impl: str = "auto"
-  lesions: tuple[str, ...] = ()  # functional lesions (models/lesions.py), checked by build
+  knockouts: tuple[str, ...] = ()  # functional knockouts (models/knockouts.py), checked by build
 
   def check(self):
     """Raises ValueError naming the config field when the combination is not buildable."""
@@ -164,7 +164,7 @@ class SGDNet(nn.Module):
         x4, x1, train
       )
       edge_logits = out["edge_logits"]
-      guidance = lesion_lib.lesion_guidance(out["guidance"], self.lesions)
+      guidance = knockout_lib.knockout_guidance(out["guidance"], self.knockouts)
       aux["guidance"] = guidance
     elif self.edge_branch == "eam":
       s1 = cto.sobel_gate(x1, train, 1)
@@ -178,7 +178,7 @@ class SGDNet(nn.Module):
 
     skips = (x1, x2, x3)
     if self.skip_fusion == "sgdc":
-      skips = SGDCFusion(dict(self.sgdc_options or {}), dtype, self.lesions, name="sgdc")(
+      skips = SGDCFusion(dict(self.sgdc_options or {}), dtype, self.knockouts, name="sgdc")(
         skips, guidance, train
       )
     elif self.skip_fusion == "guidance_add":
@@ -187,7 +187,7 @@ class SGDNet(nn.Module):
       skips = ContMixFusion(dict(self.contmix_options or {}), dtype, name="contmix")(
         skips, guidance, train
       )
-    elif self.skip_fusion == "edge_gate" and lesion_lib.EDGE_OFF not in self.lesions:
+    elif self.skip_fusion == "edge_gate" and knockout_lib.EDGE_OFF not in self.knockouts:
       attention = jax.nn.sigmoid(edge_logits)
       skips = tuple(
         s * layers.resize_bilinear(attention, s.shape[1:3]).astype(s.dtype) for s in skips

@@ -1,16 +1,17 @@
-"""Functional lesions of a trained model, evaluated and reported against the intact model.
+"""Functional knockouts of a trained model, evaluated and reported against the intact model.
 
   ablate(config, "runs/sgdnet", "test", [("guidance=zero",), ("sgdc.local=off",)])
 
 The trained variables are loaded once and evaluated by `evaluate.evaluate` under
-`config.model.lesions` = each lesion set in turn (docs/ablations.md defines the lesions), and once
-intact. Layout below `W/ablate`, so that the sweep report reads it with `intact` as the baseline:
+`config.model.knockouts` = each knockout set in turn (docs/ablations.md defines the knockouts), and
+once intact. Layout below `W/ablate`, so that the sweep report reads it with `intact` as the
+baseline:
 
-  W/ablate/<lesion>/fold<k>/eval/<split>.json, <split>_cases.csv   (also W/ablate/intact/...)
+  W/ablate/<knockout>/fold<k>/eval/<split>.json, <split>_cases.csv   (also W/ablate/intact/...)
   W/ablate/<split>/report.md, .csv, .json, .tex, report_<metric>.png
-  W/ablate/<split>.json   lesions, their definitions, metric values and the comparison
+  W/ablate/<split>.json   knockouts, their definitions, metric values and the comparison
 
-A lesion set of several lesions is named by joining them with '+'.
+A knockout set of several knockouts is named by joining them with '+'.
 """
 
 import json
@@ -22,7 +23,7 @@ import ml_collections
 
 from sgdnet_jax.core import errors
 from sgdnet_jax.inference import evaluate
-from sgdnet_jax.models import lesions as lesion_lib
+from sgdnet_jax.models import knockouts as knockout_lib
 from sgdnet_jax.study import plots, report
 from sgdnet_jax.workdir import guard, variables_io
 
@@ -30,28 +31,28 @@ INTACT = "intact"
 ABLATE_DIR = "ablate"
 
 
-def parse_lesions(text: str) -> list[tuple[str, ...]]:
-  """`a,b+c` -> [('a',), ('b', 'c')]: comma-separated lesion sets, '+' composing lesions."""
+def parse_knockouts(text: str) -> list[tuple[str, ...]]:
+  """`a,b+c` -> [('a',), ('b', 'c')]: comma-separated knockout sets, '+' composing knockouts."""
   return [tuple(part for part in item.split("+") if part) for item in text.split(",") if item]
 
 
-def lesion_name(lesions: Sequence[str]) -> str:
-  return "+".join(lesions) if lesions else INTACT
+def knockout_name(knockouts: Sequence[str]) -> str:
+  return "+".join(knockouts) if knockouts else INTACT
 
 
-def _check(config: ml_collections.ConfigDict, lesion_sets: Sequence[tuple[str, ...]]):
+def _check(config: ml_collections.ConfigDict, knockout_sets: Sequence[tuple[str, ...]]):
   """Every set acts on this variant (ConfigError otherwise), and shuffling has a batch to use."""
-  if not lesion_sets:
+  if not knockout_sets:
     raise errors.ConfigError(
-      f"no lesion acts on variant {config.model.variant!r}: nothing to ablate"
+      f"no knockout acts on variant {config.model.variant!r}: nothing to ablate"
     )
-  for lesions in lesion_sets:
+  for knockouts in knockout_sets:
     model = config.model.copy_and_resolve_references()
-    model.lesions = tuple(lesions)
-    lesion_lib.check(model)
-    if lesion_lib.GUIDANCE_SHUFFLE in lesions and config.eval_batch_size < 2:
+    model.knockouts = tuple(knockouts)
+    knockout_lib.check(model)
+    if knockout_lib.GUIDANCE_SHUFFLE in knockouts and config.eval_batch_size < 2:
       raise errors.ConfigError(
-        f"{lesion_lib.GUIDANCE_SHUFFLE} permutes the guidance maps within an evaluation batch;"
+        f"{knockout_lib.GUIDANCE_SHUFFLE} permutes the guidance maps within an evaluation batch;"
         f" config.eval_batch_size={config.eval_batch_size} leaves none to swap (use >= 2)"
       )
 
@@ -60,33 +61,33 @@ def ablate(
   config: ml_collections.ConfigDict,
   workdir: str,
   split: str = "test",
-  lesion_sets: Sequence[tuple[str, ...]] | None = None,
+  knockout_sets: Sequence[tuple[str, ...]] | None = None,
   resolution: str = "train",
   metrics: Sequence[str] = report.DEFAULT_METRICS,
   seed: int = 0,
 ) -> dict[str, Any]:
-  """Evaluates the workdir's variables intact and under each lesion set; writes the report.
+  """Evaluates the workdir's variables intact and under each knockout set; writes the report.
 
-  `lesion_sets` defaults to every lesion that acts on the config's variant, one at a time.
+  `knockout_sets` defaults to every knockout that acts on the config's variant, one at a time.
   Returns the summary written to W/ablate/<split>.json.
   """
-  if config.model.lesions:
+  if config.model.knockouts:
     raise errors.ConfigError(
-      f"config.model.lesions={tuple(config.model.lesions)} is set; ablate sets the lesions"
-      " itself (pass them with --lesions)"
+      f"config.model.knockouts={tuple(config.model.knockouts)} is set; ablate sets the knockouts"
+      " itself (pass them with --knockouts)"
     )
-  if lesion_sets is None:
-    lesion_sets = [(lesion,) for lesion in lesion_lib.applicable(config.model)]
-  _check(config, lesion_sets)
+  if knockout_sets is None:
+    knockout_sets = [(knockout,) for knockout in knockout_lib.applicable(config.model)]
+  _check(config, knockout_sets)
   guard.check_model_fits(config, [workdir])
   variables = variables_io.load_variables(workdir)
   root = os.path.join(workdir, ABLATE_DIR)
   suffix = "" if resolution == "train" else "_native"
-  for lesions in [(), *lesion_sets]:
-    lesioned = config.copy_and_resolve_references()
-    lesioned.model.lesions = tuple(lesions)
-    out_dir = os.path.join(root, lesion_name(lesions), f"fold{config.data.fold}", "eval")
-    evaluate.evaluate(lesioned, workdir, split, resolution, variables=variables, out_dir=out_dir)
+  for knockouts in [(), *knockout_sets]:
+    knocked_out = config.copy_and_resolve_references()
+    knocked_out.model.knockouts = tuple(knockouts)
+    out_dir = os.path.join(root, knockout_name(knockouts), f"fold{config.data.fold}", "eval")
+    evaluate.evaluate(knocked_out, workdir, split, resolution, variables=variables, out_dir=out_dir)
   runs = report.load_runs(root, split + suffix, metrics)
   result = report.compare(runs, INTACT, seed)
   report_dir = os.path.join(root, split + suffix)
@@ -95,15 +96,15 @@ def ablate(
   groups = report.group_runs(runs, result["metrics"])
   for metric in result["metrics"]:
     values = {name: groups[name][config.data.fold].cases[metric] for name in groups}
-    title = f"{metric} per case under each lesion, split {split} ({report.direction(metric)})"
+    title = f"{metric} per case under each knockout, split {split} ({report.direction(metric)})"
     plots.case_plot(os.path.join(report_dir, f"report_{metric}.png"), metric, values, title)
   summary = {
     "workdir": os.path.abspath(workdir),
     "split": split + suffix,
     "variant": config.model.variant,
-    "lesions": {
-      lesion_name(lesions): [lesion_lib.LESIONS[lesion] for lesion in lesions]
-      for lesions in lesion_sets
+    "knockouts": {
+      knockout_name(knockouts): [knockout_lib.KNOCKOUTS[knockout] for knockout in knockouts]
+      for knockouts in knockout_sets
     },
     "values": {run.variant: run.values for run in runs},
     "report": report_dir,

@@ -37,13 +37,13 @@ LOCK_FILE = "train.lock"
 CONFIG_FILE = variables_io.CONFIG_FILE
 # model.* fields a resumed run may change: initialisation (pretrained, layer scale), compute
 # dtype, the convolution and SGDC implementations (same parameters, another algorithm),
-# functional lesions (switches of the forward pass) and regularisation.
+# functional knockouts (switches of the forward pass) and regularisation.
 NON_STRUCTURAL_MODEL_FIELDS = frozenset(
   {
     "pretrained",
     "dtype",
     "conv_impl",
-    "lesions",
+    "knockouts",
     "head_dropout",
     "sgdc.impl",
     "sgdc.drop_path",
@@ -210,7 +210,7 @@ def check_model_fits(config: ml_collections.ConfigDict, workdirs: Sequence[str |
   """Refuses a config whose model is not the one recorded in each workdir's config.json.
 
   For the commands that read variables: the model they build must be the recorded one
-  (otherwise the variables do not fit it). Non-structural model fields (conv_impl, lesions,
+  (otherwise the variables do not fit it). Non-structural model fields (conv_impl, knockouts,
   dtype, ...) and every other field (data, batch sizes) follow `config`. A folder without
   config.json (variables saved without their config) is not checked.
   """

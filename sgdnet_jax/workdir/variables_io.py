@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sgdnet_jax.core import errors, paths
+from sgdnet_jax.core import config_utils, errors, paths
 
 VARIABLES_SUBDIR = "variables"
 CONFIG_FILE = "config.json"
@@ -73,11 +73,12 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config_dict(directory: str | os.PathLike) -> dict | None:
-  """The config stored beside the variables, or None when there is none."""
+  """The config stored beside the variables (renamed fields under their current names), or None
+  when there is none."""
   path = paths.as_path(directory) / CONFIG_FILE
   if not path.exists():
     return None
-  return json.loads(path.read_text())
+  return config_utils.rename_recorded_fields(json.loads(path.read_text()))
 
 
 def restore_workdir_variables(workdir: str | os.PathLike, which: str = "best") -> dict[str, Any]:

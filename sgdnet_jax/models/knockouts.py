@@ -1,9 +1,9 @@
-"""Functional lesions: components of a trained network switched off inside the forward pass.
+"""Functional knockouts: components of a trained network switched off inside the forward pass.
 
-A lesion changes what the modules compute, never the parameter tree: `config.model.lesions`
-(a tuple of the names below) reaches `SGDNet` and `SGDC` through `models.build`, so a lesioned
+A knockout changes what the modules compute, never the parameter tree: `config.model.knockouts`
+(a tuple of the names below) reaches `SGDNet` and `SGDC` through `models.build`, so a knocked-out
 network applies the trained variables as they are, jits and shards like the intact one, and
-lesions compose (`('guidance=zero', 'sgdc.local=off')`). docs/ablations.md defines each one.
+knockouts compose (`('guidance=zero', 'sgdc.local=off')`). docs/ablations.md defines each one.
 """
 
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ SGDC_DYNAMIC_OFF = "sgdc.dynamic=off"
 SGDC_LOCAL_OFF = "sgdc.local=off"
 SGDC_IDENTITY = "sgdc=identity"
 EDGE_OFF = "edge=off"
-LESIONS = {
+KNOCKOUTS = {
   GUIDANCE_ZERO: "the SGE guidance map g is replaced by zeros wherever it is read",
   GUIDANCE_SHUFFLE: "each image gets the guidance map of another image of its batch "
   "(a seeded cyclic permutation: no image keeps its own)",
@@ -40,23 +40,23 @@ def _reads_guidance(model: ml_collections.ConfigDict) -> bool:
   return model.skip_fusion == "sgdc" and model.sgdc.guidance == "sge"
 
 
-def why_not_applicable(model: ml_collections.ConfigDict, lesion: str) -> str | None:
-  """Why `lesion` cannot act on the network `model` describes (None: it can)."""
+def why_not_applicable(model: ml_collections.ConfigDict, knockout: str) -> str | None:
+  """Why `knockout` cannot act on the network `model` describes (None: it can)."""
   fusion = f"model.skip_fusion={model.skip_fusion!r}"
-  if lesion in (GUIDANCE_ZERO, GUIDANCE_SHUFFLE) and not _reads_guidance(model):
+  if knockout in (GUIDANCE_ZERO, GUIDANCE_SHUFFLE) and not _reads_guidance(model):
     if model.skip_fusion == "sgdc":
       return f"model.sgdc.guidance={model.sgdc.guidance!r}: the SGDCs read no SGE guidance"
     return f"{fusion}: no module reads an SGE guidance map"
-  if lesion in (SGDC_DYNAMIC_OFF, SGDC_LOCAL_OFF, SGDC_IDENTITY) and model.skip_fusion != "sgdc":
+  if knockout in (SGDC_DYNAMIC_OFF, SGDC_LOCAL_OFF, SGDC_IDENTITY) and model.skip_fusion != "sgdc":
     return f"{fusion}: the network has no SGDC"
-  if lesion == SGDC_DYNAMIC_OFF and not model.sgdc.dynamic_branch:
+  if knockout == SGDC_DYNAMIC_OFF and not model.sgdc.dynamic_branch:
     return "model.sgdc.dynamic_branch=False: the SGDCs have no dynamic branch"
-  if lesion == SGDC_LOCAL_OFF and not model.sgdc.local_branch:
+  if knockout == SGDC_LOCAL_OFF and not model.sgdc.local_branch:
     return "model.sgdc.local_branch=False: the SGDCs have no local branch"
-  if lesion == EDGE_OFF and model.skip_fusion != "edge_gate":
+  if knockout == EDGE_OFF and model.skip_fusion != "edge_gate":
     if model.edge_branch == "sge":
       return (
-        "the SGE's edge map feeds no segmentation output (only the edge loss); lesion its "
+        "the SGE's edge map feeds no segmentation output (only the edge loss); knock out its "
         "guidance with guidance=zero or guidance=shuffle"
       )
     return f"{fusion}: no edge gate acts on the skips"
@@ -64,24 +64,24 @@ def why_not_applicable(model: ml_collections.ConfigDict, lesion: str) -> str | N
 
 
 def check(model: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """`model.lesions` as a tuple, each known and acting on this network (else ConfigError)."""
-  lesions = tuple(model.lesions)
-  for lesion in lesions:
-    if lesion not in LESIONS:
+  """`model.knockouts` as a tuple, each known and acting on this network (else ConfigError)."""
+  knockouts = tuple(model.knockouts)
+  for knockout in knockouts:
+    if knockout not in KNOCKOUTS:
       raise errors.ConfigError(
-        f"config.model.lesions: unknown lesion {lesion!r}; known: {', '.join(LESIONS)}"
+        f"config.model.knockouts: unknown knockout {knockout!r}; known: {', '.join(KNOCKOUTS)}"
       )
-    reason = why_not_applicable(model, lesion)
+    reason = why_not_applicable(model, knockout)
     if reason:
       raise errors.ConfigError(
-        f"config.model.lesions: {lesion} does not apply to variant {model.variant!r} ({reason})"
+        f"config.model.knockouts: {knockout} does not apply to variant {model.variant!r} ({reason})"
       )
-  return lesions
+  return knockouts
 
 
 def applicable(model: ml_collections.ConfigDict) -> list[str]:
-  """The lesions that act on the network `model` describes, in the order of LESIONS."""
-  return [lesion for lesion in LESIONS if why_not_applicable(model, lesion) is None]
+  """The knockouts that act on the network `model` describes, in the order of KNOCKOUTS."""
+  return [knockout for knockout in KNOCKOUTS if why_not_applicable(model, knockout) is None]
 
 
 def shuffle_sources(batch: int, seed: int = SHUFFLE_SEED) -> np.ndarray:
@@ -96,10 +96,10 @@ def shuffle_sources(batch: int, seed: int = SHUFFLE_SEED) -> np.ndarray:
   return sources
 
 
-def lesion_guidance(guidance: jax.Array, lesions: Sequence[str]) -> jax.Array:
-  """The guidance map (B, H, W, C) as the guidance lesions in `lesions` leave it."""
-  if GUIDANCE_ZERO in lesions:
+def knockout_guidance(guidance: jax.Array, knockouts: Sequence[str]) -> jax.Array:
+  """The guidance map (B, H, W, C) as the guidance knockouts in `knockouts` leave it."""
+  if GUIDANCE_ZERO in knockouts:
     return jnp.zeros_like(guidance)
-  if GUIDANCE_SHUFFLE in lesions:
+  if GUIDANCE_SHUFFLE in knockouts:
     return guidance[shuffle_sources(guidance.shape[0])]
   return guidance
