@@ -1,5 +1,6 @@
-"""`export`: a trained model as a portable jax.export file and a model card (see
-`sgdnet_jax.inference.stablehlo`).
+"""`export`, the StableHLO export: a trained model as one portable jax.export file (a StableHLO
+program, served without this package) and a model card (`sgdnet_jax.inference.stablehlo`). The
+PyTorch export of the weights is `export-torch`.
 
   python -m sgdnet_jax.main export --config configs/<exp>.py[:args] --workdir W --out DIR \
       [--platforms cpu,cuda,tpu] [--tta none|flip]

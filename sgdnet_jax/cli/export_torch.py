@@ -1,4 +1,5 @@
-"""`export-torch`: a variables directory -> a PyTorch state dict in an upstream layout.
+"""`export-torch`, the PyTorch export: a variables directory -> a PyTorch state dict in an
+upstream layout (`sgdnet_jax.porting.port`). The StableHLO export of a whole model is `export`.
 
   python -m sgdnet_jax.main export-torch --workdir runs/cto_fold0_torch --layout cto \
       --out cto_fold0_roundtrip.safetensors
@@ -16,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
   """The arguments of `export-torch`, built without running it (tests check the documented
   command lines against it)."""
   parser = cli.parser(
-    "export-torch", "variables -> PyTorch state dict (upstream layout).", config=False
+    "export-torch",
+    "PyTorch export: variables -> PyTorch state dict (upstream layout).",
+    config=False,
   )
   parser.add_argument("--workdir", required=True, help="a variables directory (e.g. convert --out)")
   parser.add_argument("--layout", required=True, choices=sorted(key_tables.LAYOUTS))

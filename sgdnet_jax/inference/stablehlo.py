@@ -1,4 +1,4 @@
-"""`export`: a trained model as one portable file (jax.export, StableHLO) and a model card.
+"""The StableHLO export (`export`): a trained model as one portable file and a model card.
 
   python -m sgdnet_jax.main export --config configs/<exp>.py[:args] --workdir W --out DIR \
       [--platforms cpu,cuda,tpu] [--tta none|flip]
