@@ -31,6 +31,7 @@ from sgdnet_jax import metrics, models
 from sgdnet_jax.core import distributed, errors, paths, sharding
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import ensemble
+from sgdnet_jax.metrics import panoptic
 from sgdnet_jax.workdir import guard, variables_io
 
 RESOLUTIONS = ("train", "native")
@@ -128,13 +129,20 @@ def _host_record(
 
 
 def _panoptic_record(pred: np.ndarray, batch: dict) -> dict[str, np.ndarray]:
-  """PQ counts of the valid rows of a host batch (zeros for padding)."""
-  keys = ("pq_tp", "pq_fp", "pq_fn", "pq_iou_sum")
-  rows = [
-    metrics.panoptic_counts(instances, p) if valid else dict.fromkeys(keys, 0)
-    for instances, p, valid in zip(np.asarray(batch["instances"]), pred, batch["valid"])
-  ]
-  return {key: np.asarray([row[key] for row in rows]) for key in keys}
+  """PQ counts (B,) of a host batch; PerImageValues drops the padding rows."""
+  return metrics.panoptic_counts(np.asarray(batch["instances"]), pred)
+
+
+def _case_columns(record: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The per-case CSV's columns: the record's fields and, for CoNIC, each patch's `pq`.
+
+  The report pairs runs case by case, so a metric it compares needs a per-case column; `pq` is
+  the mean of the per-patch PQs (`pq_dataset` and `mpq_plus` pool the counts: no per-case value).
+  """
+  columns = {key: value for key, value in record.items() if key != "index"}
+  if "pq_tp" in record:
+    columns["pq"] = panoptic.pq_per_patch(record)
+  return columns
 
 
 def collect_split(
@@ -163,7 +171,7 @@ def collect_split(
     else:
       probability = outputs["probability"]
       record = _host_record(probability, batch, dataset, resolution, one_empty, post)
-    if "instances" in batch:
+    if "instances" in batch and "probability" in outputs:  # validation scores Dice only
       record.update(_panoptic_record(outputs["probability"] > 0.5, batch))
     record["index"] = np.asarray(batch["index"])
     collected = collected.merge(
@@ -269,12 +277,12 @@ def evaluate(
     suffix += "" if tta == "none" else f"_tta-{tta}"
     suffix += "_post" if post_steps else ""
     paths.write_text_atomic(out_dir / f"{split}{suffix}.json", json.dumps(result, indent=2))
-    fields = [k for k in record if k != "index"]
+    columns = _case_columns(record)
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["case_id", *fields])
+    writer.writerow(["case_id", *columns])
     writer.writerows(
-      [case_ids[int(i)]] + [record[k][n] for k in fields] for n, i in enumerate(record["index"])
+      [case_ids[int(i)]] + [columns[k][n] for k in columns] for n, i in enumerate(record["index"])
     )
     paths.write_text_atomic(out_dir / f"{split}{suffix}_cases.csv", table.getvalue())
   return result

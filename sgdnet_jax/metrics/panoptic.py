@@ -6,8 +6,8 @@
 * Matching: a (gt, pred) pair is a true positive iff IoU > 0.5 (strictly); the
   pairing is unique at this threshold, so no assignment solver is needed.
 * DQ = TP / (TP + FP/2 + FN/2 + 1e-6), SQ = sum IoU_TP / (TP + 1e-6), PQ = DQ SQ.
-* `pq`: PQ per patch, then the mean over patches (a patch with neither gt nor
-  prediction contributes 0, as in CoNIC's `get_pq`).
+* `pq`: PQ per patch (`pq_per_patch`), then the mean over patches (a patch with neither gt
+  nor prediction contributes 0, as in CoNIC's `get_pq`).
 * `pq_dataset`: TP, FP, FN and sum IoU summed over all patches, then PQ once.
 * `mpq_plus`: `pq_dataset` per class (the class-c instances are the pixels of
   the instance map whose class map equals c), then the mean over the classes
@@ -143,9 +143,14 @@ def _counts_record(
   return record
 
 
+def pq_per_patch(record: Mapping[str, Any]) -> np.ndarray:
+  """PQ of every patch (B,): the per-case values `pq` averages (0 without gt and prediction)."""
+  return pq_from_counts(*(np.asarray(record[k], np.float64) for k in COUNT_KEYS))[2]
+
+
 def pq(record: Mapping[str, Any]) -> float:
   """CoNIC / HoVer-Net `pq`: PQ of every patch, then the mean over patches."""
-  return float(np.mean(pq_from_counts(*(np.asarray(record[k], np.float64) for k in COUNT_KEYS))[2]))
+  return float(np.mean(pq_per_patch(record)))
 
 
 def pq_dataset(record: Mapping[str, Any]) -> float:
