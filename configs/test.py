@@ -2,7 +2,8 @@
 
 python -m sgdnet_jax.main summary --config configs/test.py:variant=cto
 
-Sweep `tiny`: baseline and cto on folds 0 and 1 of a protocol with two folds (tests/test_sweep.py).
+Sweep `tiny`: baseline and cto on folds 0 and 1 of a protocol with two folds
+(tests/test_study_sweep.py).
 """
 
 from configs import common

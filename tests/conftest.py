@@ -10,6 +10,10 @@ near-ties, long chains of layers), both sides compute in float64 (`model.dtype='
 """
 
 import collections
+import contextlib
+import dataclasses
+import fcntl
+import io
 import json
 import os
 import pathlib
@@ -72,3 +76,58 @@ def x64():
   """64-bit JAX for the test (float64 arrays, `model.dtype='float64'`), restored afterwards."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory, request) -> pathlib.Path:
+  """A folder every xdist worker of this run shares (this session's own folder without xdist)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if hasattr(request.config, "workerinput") else base
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceTraining:
+  data_dir: str
+  workdir: pathlib.Path
+  config: object
+  summary: dict
+  printed: list
+
+
+@pytest.fixture(scope="session")
+def reference_training(shared_tmp) -> ReferenceTraining:
+  """The tiny baseline trained 6 steps (checkpoints every 2) in-process, once per test run: the
+  first worker to ask trains it while the other waits, then both read it (with what it printed)."""
+  from sgdnet_jax.core import config_utils
+  from sgdnet_jax.train import loop
+  from tests import train_helpers
+
+  root = shared_tmp / "reference_training"
+  data_dir, workdir = root / "data", root / "workdir"
+  printed_file, summary_file = root / "printed.txt", root / "summary.json"
+
+  def load_config():
+    return config_utils.load_config(
+      train_helpers.TRAIN_CONFIG,
+      train_helpers.overrides(
+        str(data_dir / "prepared"), total_steps=6, checkpoint_every_steps=2, tensorboard=True
+      ),
+    )
+
+  with open(shared_tmp / "reference_training.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not summary_file.exists():
+      root.mkdir(exist_ok=True)
+      train_helpers.tiny_dataset(data_dir)
+      printed = io.StringIO()
+      with contextlib.redirect_stdout(printed):
+        summary = loop.train_and_evaluate(load_config(), str(workdir))
+      printed_file.write_text(printed.getvalue())
+      summary_file.write_text(json.dumps(summary))
+  return ReferenceTraining(
+    data_dir=str(data_dir / "prepared"),
+    workdir=workdir,
+    config=load_config(),
+    summary=json.loads(summary_file.read_text()),
+    printed=printed_file.read_text().splitlines(),
+  )

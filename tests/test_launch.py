@@ -103,7 +103,8 @@ def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path):
   train_args = train_helpers.train_command(
     workdir, data_dir, total_steps=2, eval_every_epochs=0, checkpoint_every_steps=1
   )[4:]
-  # Its own session, so that a timeout ends the tasks too. 900 s as tests/test_multiprocess.py:
+  # Its own session, so that a timeout ends the tasks too. 900 s as
+  # tests/test_train_multiprocess.py:
   # a cold compilation cache on a loaded 2-core machine takes minutes.
   job = subprocess.Popen(
     ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *train_args],

@@ -1,12 +1,9 @@
-"""Training: losses, optimiser parity, exact resume after a kill, non-finite stop, evaluation
-(signals and preemption: tests/test_robust_training.py)."""
+"""Training: losses, optimiser parity, exact resume after a kill, non-finite stop (signals and
+preemption: tests/test_train_robust.py; evaluating the run: tests/test_inference_evaluate.py)."""
 
-import contextlib
-import io
 import json
 import math
 import os
-import pathlib
 import re
 import subprocess
 import time
@@ -20,7 +17,6 @@ import torch
 
 from configs import default
 from sgdnet_jax.core import config_utils
-from sgdnet_jax.inference import evaluate
 from sgdnet_jax.train import loop, losses, optimizer, writers
 from sgdnet_jax.workdir import checkpointing, variables_io
 from tests import tolerances, train_helpers
@@ -129,34 +125,18 @@ def test_optimizer_matches_torch_adam_with_clip_and_coupled_weight_decay():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return train_helpers.tiny_dataset(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def reference_training(tmp_path_factory, data_dir):
-  """An uninterrupted 6-step run (checkpoints every 2 steps), in this process; what it printed."""
-  workdir = tmp_path_factory.mktemp("reference")
-  config = config_utils.load_config(
-    train_helpers.TRAIN_CONFIG,
-    train_helpers.overrides(data_dir, total_steps=6, checkpoint_every_steps=2, tensorboard=True),
-  )
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
-    summary = loop.train_and_evaluate(config, str(workdir))
-  return workdir, config, summary, printed.getvalue().splitlines()
+def data_dir(reference_training):
+  return reference_training.data_dir
 
 
 @pytest.fixture(scope="module")
 def reference_run(reference_training):
-  workdir, config, summary, _ = reference_training
-  return workdir, config, summary
+  return reference_training.workdir, reference_training.config, reference_training.summary
 
 
 @pytest.fixture(scope="module")
 def reference_output(reference_training):
-  workdir, config, _, lines = reference_training
-  return workdir, config, lines
+  return reference_training.workdir, reference_training.config, reference_training.printed
 
 
 def test_training_writes_config_metrics_events_and_checkpoints(reference_run):
@@ -242,73 +222,3 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   assert manager.latest_step() == 6
   restored = variables_io.load_variables(str(workdir))
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(restored))
-
-
-def test_evaluate_writes_every_metric_with_conventions(reference_run):
-  workdir, config, _ = reference_run
-  result = evaluate.evaluate(config, str(workdir), "test", "train")
-  for name in ("dice", "iou", "hd95", "assd"):
-    assert isinstance(result[name], float)
-    assert set(result["conventions"][name]) == {"definition", "empty_policy"}
-  assert result["n_total"] == result["cases"]["dice"]["n_total"] > 0
-  assert (workdir / "eval" / "test.json").exists()
-  rows = (workdir / "eval" / "test_cases.csv").read_text().strip().splitlines()
-  assert len(rows) == result["n_total"] + 1 and rows[0].startswith("case_id,")
-  native = evaluate.evaluate(config, str(workdir), "test", "native")
-  assert native["resolution"] == "original" and native["n_total"] == result["n_total"]
-
-
-def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_run, tmp_path):
-  from sgdnet_jax import metrics, models
-  from sgdnet_jax.data import pipeline
-  from sgdnet_jax.inference import ensemble
-
-  workdir, config, _ = reference_run
-  single = evaluate.evaluate(config, str(workdir), "test", "train")
-  # Two identical models: (p + p) / 2 == p exactly, so every number is the single model's.
-  twins = evaluate.evaluate(config, [str(workdir)] * 2, "test", out_dir=str(tmp_path / "ens"))
-  assert {k: twins[k] for k in ("dice", "iou", "hd95")} == {
-    k: single[k] for k in ("dice", "iou", "hd95")
-  }
-  flipped = evaluate.evaluate(config, str(workdir), "test", tta="flip", post="largest")
-  assert (workdir / "eval" / "test_tta-flip_post.json").exists()
-  # By hand: predict's TTA forward, thresholded, largest component, per-image Dice.
-  model, variables = models.build(config.model), variables_io.load_variables(str(workdir))
-  forward = ensemble.probability_fn(model, "flip")
-  dice = []
-  for batch in pipeline.make_eval_iterator(config.data, "test", config.eval_batch_size):
-    probability = np.asarray(forward(variables, batch["image"]))
-    for p, mask, valid in zip(probability, batch["mask"], batch["valid"]):
-      if valid:
-        pred = ensemble.postprocess(p > 0.5, ensemble.parse_post("largest"))
-        dice.append(metrics.per_image_metrics(pred[None], mask[None] > 0)["dice"][0])
-  assert flipped["dice"] == pytest.approx(np.mean(dice), abs=1e-12)
-
-
-def test_predict_writes_masks_at_original_size_and_panels(reference_run, data_dir, tmp_path):
-  from PIL import Image
-
-  from sgdnet_jax.inference import predict
-
-  workdir, config, _ = reference_run
-  result = predict.predict(config, str(workdir), str(tmp_path / "split"), split="test", limit=3)
-  out, count = result.out, result.written
-  assert count == 3 and (out / "overview.png").exists()
-  panel = np.asarray(Image.open(next((out / "panels").iterdir())))
-  assert panel.shape == (
-    train_helpers.IMAGE_SIZE,
-    3 * train_helpers.IMAGE_SIZE,
-    3,
-  )  # no edge: baseline
-  source_images = sorted(pathlib.Path(data_dir).parent.glob("source/images/*"))[:2]
-  result = predict.predict(
-    config, str(workdir), str(tmp_path / "files"), inputs=[str(p) for p in source_images]
-  )
-  out, count = result.out, result.written
-  assert count == 2
-  for path in source_images:
-    mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))
-    assert mask.shape == np.asarray(Image.open(path)).shape[:2]
-    assert set(np.unique(mask)) <= {0, 255}
-  with pytest.raises(FileNotFoundError, match="no such file or folder"):
-    predict.collect_images([str(tmp_path / "missing")])

@@ -3,15 +3,15 @@
 RULE: this file imports only the Python standard library, jax, numpy and pillow (PIL) - never
 another sgdnet_jax module - so that it runs wherever `requirements-serving.txt` is installed (those
 three, jaxlib, and flatbuffers, which `jax.export.deserialize` needs); `export` copies both files
-into the model folder. tests/test_export.py checks the rule.
+into the model folder. tests/test_inference_export.py checks the rule.
 
   python -m sgdnet_jax.inference.serving --model DIR --images FOLDER --out OUT [--batch-size 8]
   python DIR/serving.py --model DIR --images FOLDER --out OUT
 
 Images are decoded exactly as `predict` decodes them (`decode_rgb` repeats
-`sgdnet_jax.data.images.load_rgb`; tests/test_export.py compares the two): 8-bit RGB, grayscale
-expanded, alpha dropped, images with more than 8 bits per sample stretched linearly from their own
-range to 0..255. Each is resized to the model's input size with bilinear resampling (PIL), as in
+`sgdnet_jax.data.images.load_rgb`; tests/test_inference_export.py compares the two): 8-bit RGB,
+grayscale expanded, alpha dropped, images with more than 8 bits per sample stretched linearly
+from their own range to 0..255. Each is resized to the model's input size with bilinear resampling (PIL), as in
 training; its foreground probability is resized back to the image's own size (bilinear) and
 thresholded at 0.5. `OUT/<image stem>.png` is the 0/255 mask.
 

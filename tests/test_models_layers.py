@@ -203,3 +203,49 @@ def test_safe_sqrt_value_and_gradient():
   np.testing.assert_allclose(layers.safe_sqrt(x), [0.0, 0.0, 2.0])
   grad = jax.grad(lambda v: jnp.sum(layers.safe_sqrt(v)))(x)
   assert bool(jnp.all(jnp.isfinite(grad))) and float(grad[2]) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("height", [8, 24])  # patch-matrix forward on 2x8x8 maps, convolution above
+def test_lax_and_cpu_matmul_convolutions_agree(height):
+  rng = np.random.default_rng(4)
+  channels, kernel_size = 16, 3
+  x = jnp.asarray(rng.normal(size=(2, height, height, channels)), jnp.float32)
+  module = layers.Conv2d(channels, kernel_size, padding=2, dilation=2)
+  variables = module.init(jax.random.PRNGKey(0), x)
+
+  def value_and_grads(impl):
+    def loss(variables, x):
+      with layers.conv_impl(impl):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    with layers.conv_impl(impl):
+      y = module.apply(variables, x)
+    return y, jax.grad(loss, (0, 1))(variables, x)
+
+  # Each output sums kernel_size**2 * channels float32 products.
+  # Outputs and the input gradient sum kernel_size**2 * channels float32 products, the kernel
+  # gradient one per pixel: the error bound scales with the larger reduction and the magnitude.
+  reduction = max(kernel_size**2 * channels, x.size // channels)
+  lax_result, matmul_result = value_and_grads("lax"), value_and_grads("cpu_matmul")
+  for got, expected in zip(
+    jax.tree_util.tree_leaves(matmul_result), jax.tree_util.tree_leaves(lax_result)
+  ):
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(got, expected, atol=np.finfo(np.float32).eps * reduction * scale)
+
+
+def test_cpu_matmul_convolution_exports_with_a_symbolic_batch():
+  module = layers.Conv2d(4, 3, padding=1)
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("n, 8, 8, 4"), jnp.float32)
+
+  def forward(x):
+    with layers.conv_impl("cpu_matmul"):
+      return module.apply(variables, x)
+
+  exported = jax.export.export(jax.jit(forward), platforms=["cpu"])(spec)
+  assert "stablehlo.convolution" not in exported.mlir_module()  # 8x8 maps: the patch matrix.
+  x = np.random.default_rng(5).normal(size=(3, 8, 8, 4)).astype(np.float32)
+  with layers.conv_impl("lax"):
+    expected = module.apply(variables, x)
+  np.testing.assert_allclose(exported.call(x), expected, atol=8 * np.finfo(np.float32).eps * 36)
