@@ -10,9 +10,9 @@ into the model folder. tests/test_inference_export.py checks the rule.
 
 Images are decoded exactly as `predict` decodes them (`decode_rgb` repeats
 `sgdnet_jax.data.images.load_rgb`; tests/test_inference_export.py compares the two): 8-bit RGB,
-grayscale expanded, alpha dropped, images with more than 8 bits per sample stretched linearly
-from their own range to 0..255. Each is resized to the model's input size with bilinear resampling (PIL), as in
-training; its foreground probability is resized back to the image's own size (bilinear) and
+grayscale expanded, alpha dropped, images with more than 8 bits per sample stretched linearly from
+their own range to 0..255. Each is resized to the model's input size with bilinear resampling (PIL),
+as in training; its foreground probability is resized back to the image's own size (bilinear) and
 thresholded at 0.5. `OUT/<image stem>.png` is the 0/255 mask.
 
 Exit status 0 when every image's mask was written, 1 when some image could not be read (it is
