@@ -20,11 +20,11 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import compilation_cache, errors
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import lesions as lesion_lib
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, image_size, variables_io
 
 INTACT = "intact"
 ABLATE_DIR = "ablate"
@@ -70,6 +70,7 @@ def ablate(
   `lesion_sets` defaults to every lesion that acts on the config's variant, one at a time.
   Returns the summary written to W/ablate/<split>.json.
   """
+  compilation_cache.enable(config.compilation_cache_dir)
   if config.model.lesions:
     raise errors.ConfigError(
       f"config.model.lesions={tuple(config.model.lesions)} is set; ablate sets the lesions"
@@ -79,6 +80,7 @@ def ablate(
     lesion_sets = [(lesion,) for lesion in lesion_lib.applicable(config.model)]
   _check(config, lesion_sets)
   guard.check_model_fits(config, [workdir])
+  image_size.resolve(config, [workdir])
   variables = variables_io.load_variables(workdir)
   root = os.path.join(workdir, ABLATE_DIR)
   suffix = "" if resolution == "train" else "_native"
