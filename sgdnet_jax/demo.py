@@ -13,10 +13,11 @@ import time
 
 import ml_collections
 
-from sgdnet_jax.core import errors, paths
+from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.data import prepare, synthetic
 from sgdnet_jax.inference import evaluate, predict
 from sgdnet_jax.train import loop
+from sgdnet_jax.workdir import image_size
 
 
 def ensure_demo_dataset(
@@ -72,7 +73,14 @@ def ensure_config_data(config: ml_collections.ConfigDict) -> pathlib.Path:
 def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Data, training, evaluation and pictures; prints the figures and returns them."""
   start = time.time()
+  compilation_cache.enable(config.compilation_cache_dir)
   workdir = paths.as_path(workdir)
+  if not config.data.image_size:
+    raise errors.ConfigError(
+      "config.data.image_size is 0: the demo generates its data at twice that size and prepares"
+      " it at it; set one, e.g. --config.data.image_size=96"
+    )
+  image_size.resolve(config, [workdir])
   ensure_config_data(config)
   outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")

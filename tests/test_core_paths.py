@@ -255,7 +255,7 @@ def test_a_local_sweep_keeps_its_root_in_the_bucket_and_skips_finished_runs(fake
     (workdir / "checkpoints" / "1").mkdir(parents=True)
     (workdir / "eval").mkdir()
     (workdir / "eval" / "test.json").write_text("{}")
-    (workdir / "config.json").write_text(json.dumps(sweep._as_recorded(run.config)))
+    (workdir / "config.json").write_text(json.dumps(sweep._as_recorded(run.config, workdir)))
   record = sweep.run_local(runs, root)
   assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped"]
   assert json.loads((fake_gcs / "bucket" / "study" / "sweep.json").read_text()) == record

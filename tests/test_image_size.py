@@ -1,4 +1,5 @@
-"""One source of truth for the training size: `prepare` picks it, `data.image_size=0` reads it."""
+"""One source of truth for the training size: `prepare` picks it, `data.image_size=0` reads it,
+and every command takes its size from `workdir.image_size.resolve`."""
 
 import contextlib
 import io
@@ -9,8 +10,11 @@ from PIL import Image
 
 from configs import default
 from sgdnet_jax import main as cli
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.data import pipeline, prepare
+from sgdnet_jax.workdir import image_size
+
+TINY = "configs/test.py"  # sides in multiples of 32
 
 
 def _folder(root, sizes):
@@ -80,3 +84,54 @@ def test_image_size_0_trains_at_the_prepared_size_and_a_different_one_is_an_erro
   config.dir, config.image_size = "", 0
   with pytest.raises(errors.ConfigError, match="data.image_size is 0 .* data.dir is empty"):
     pipeline.image_size(config)
+
+
+def _recording(path, size: int):
+  """A workdir whose config.json records `data.image_size=size` (what `train` writes)."""
+  config = config_utils.load_config(TINY)
+  config.data.image_size = size
+  path.mkdir(parents=True)
+  config_utils.save_config(config, path / "config.json")
+  return path
+
+
+def test_the_size_is_the_configs_else_the_workdirs_record_else_the_prepared_data(
+  prepared_at_default, tmp_path
+):
+  out, _, _ = prepared_at_default
+  config = config_utils.load_config(TINY)
+  config.data.dir, config.data.image_size = str(out), 0
+  recorded = _recording(tmp_path / "recorded", 64)
+  unrecorded = tmp_path / "unrecorded"  # e.g. a `convert` output without config.json
+  assert image_size.resolve(config) == 96
+  assert image_size.resolve(config, [unrecorded]) == 96
+  assert image_size.resolve(config, [unrecorded, recorded]) == 64
+  config.data.dir = ""  # the record needs no prepared data (predict, export)
+  assert image_size.resolve(config, [recorded]) == 64
+  config.data.image_size = 32
+  assert image_size.resolve(config, [recorded]) == 32
+  config.data.image_size = 0
+  with pytest.raises(errors.ConfigError, match="data.image_size is 0 .* data.dir is empty"):
+    image_size.resolve(config, [unrecorded])
+
+
+@pytest.mark.parametrize("where", ["config", "record"])
+def test_a_size_the_model_does_not_take_is_one_config_error(tmp_path, where):
+  config = config_utils.load_config(TINY)
+  config.data.image_size = 48 if where == "config" else 0
+  workdir = _recording(tmp_path / "w", 48 if where == "record" else 64)
+  with pytest.raises(errors.ConfigError, match=r"^data.image_size=48: .* use 32 or 64$"):
+    image_size.resolve(config, [workdir])
+
+
+def test_ablate_and_demo_refuse_a_size_before_loading_or_generating(capsys, tmp_path):
+  workdir = _recording(tmp_path / "w", 64)
+  argv = ["ablate", "--config", TINY, "--config.data.image_size=48", "--workdir", str(workdir)]
+  assert cli.main(argv) == 2
+  assert "data.image_size=48" in capsys.readouterr().err
+  data = tmp_path / "demo" / "prepared"
+  argv = ["demo", "--config.data.image_size=48", f"--config.data.dir={data}"]
+  assert cli.main([*argv, "--workdir", str(tmp_path / "runs")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: data.image_size=48") and err.count("\n") == 1
+  assert not (tmp_path / "demo").exists() and not (tmp_path / "runs").exists()

@@ -4,6 +4,7 @@ TTA and post-processing as `predict` computes them, masks at the original size a
 The workdir is the suite's reference run (`conftest.reference_training`), trained once.
 """
 
+import json
 import pathlib
 
 import numpy as np
@@ -29,11 +30,16 @@ def test_evaluate_writes_every_metric_with_conventions(reference_run):
   result = evaluate.evaluate(config, str(workdir), "test", "train")
   for name in ("dice", "iou", "hd95", "assd"):
     assert isinstance(result[name], float)
-    assert set(result["conventions"][name]) == {"definition", "empty_policy"}
+    assert set(result["conventions"][name]) == {"definition", "empty_policy", "per_case_column"}
   assert result["n_total"] == result["cases"]["dice"]["n_total"] > 0
   assert (workdir / "eval" / "test.json").exists()
   rows = (workdir / "eval" / "test_cases.csv").read_text().strip().splitlines()
   assert len(rows) == result["n_total"] + 1 and rows[0].startswith("case_id,")
+  written = json.loads((workdir / "eval" / "test.json").read_text())["conventions"]
+  columns = {m: written[m]["per_case_column"] for m in ("dice", "iou", "hd95", "assd")}
+  hd95 = f"hd95_{config.metrics.hd95}"
+  assert columns == {"dice": "dice", "iou": "iou", "hd95": hd95, "assd": "assd"}
+  assert set(columns.values()) <= set(rows[0].split(","))
   native = evaluate.evaluate(config, str(workdir), "test", "native")
   assert native["resolution"] == "original" and native["n_total"] == result["n_total"]
 

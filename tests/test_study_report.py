@@ -26,15 +26,28 @@ CASES_PER_FOLD = 8
 METRICS = ("dice", "iou", "hd95", "assd")
 EXPECTED_MARKDOWN = pathlib.Path(__file__).parent / "data" / "report_expected.md"
 # Hand-written conventions, so that the expected Markdown does not follow edits of the metric
-# definitions; `test_hd95_column_follows_the_real_convention` uses the real ones.
+# definitions; `test_the_per_case_column_is_the_one_the_eval_json_names` uses the real ones.
 CONVENTIONS = {
-  "dice": {"definition": "Dice per image, mean", "empty_policy": "both empty -> 1"},
-  "iou": {"definition": "IoU per image, mean", "empty_policy": "both empty -> 1"},
-  "hd95": {
-    "definition": next(iter(report.HD95_COLUMNS)) + " distances",
-    "empty_policy": "both empty -> excluded",
+  "dice": {
+    "definition": "Dice per image, mean",
+    "empty_policy": "both empty -> 1",
+    "per_case_column": "dice",
   },
-  "assd": {"definition": "mean pooled distance", "empty_policy": "both empty -> excluded"},
+  "iou": {
+    "definition": "IoU per image, mean",
+    "empty_policy": "both empty -> 1",
+    "per_case_column": "iou",
+  },
+  "hd95": {
+    "definition": "95th percentile (linear interpolation) of the pooled distances",
+    "empty_policy": "both empty -> excluded",
+    "per_case_column": "hd95_pooled",
+  },
+  "assd": {
+    "definition": "mean pooled distance",
+    "empty_policy": "both empty -> excluded",
+    "per_case_column": "assd",
+  },
 }
 # Cases excluded by the distance empty policy: (variant, fold, case index).
 NAN_HD95 = {("cto", 0, 5), ("sgdnet", 1, 2)}
@@ -76,9 +89,9 @@ def write_run(
   columns: dict[str, np.ndarray],
   ids: list[str],
   conventions: dict = CONVENTIONS,
-  hd95_column: str = "hd95_pooled",
 ) -> None:
-  """A run workdir as `train` + `evaluate` leave it: config.json, metrics.jsonl, eval/."""
+  """A run workdir as `train` + `evaluate` leave it: config.json, metrics.jsonl, eval/; each
+  metric's value is the mean of the column its convention names."""
   (workdir / "eval").mkdir(parents=True)
   config = {"model": {"variant": variant}, "data": {"fold": fold, "protocol": "medi_seg_5fold"}}
   (workdir / "config.json").write_text(json.dumps(config))
@@ -89,7 +102,7 @@ def write_run(
       for step in range(1, 6)
     )
   )
-  per_metric = {m: columns[hd95_column if m == "hd95" else m] for m in METRICS}
+  per_metric = {m: columns[conventions[m]["per_case_column"]] for m in METRICS}
   result = {"split": "test_fold", "resolution": "256x256", "n_total": len(ids)}
   result.update({m: float(np.nanmean(v)) for m, v in per_metric.items()})
   result["conventions"] = conventions
@@ -239,7 +252,7 @@ def test_missing_baseline_names_the_available_variants(tmp_path):
 
 def test_different_conventions_name_the_runs(tmp_path):
   values = make_sweep(tmp_path, skip=(("sgdnet", 0),))
-  other = {**CONVENTIONS, "dice": {"definition": "global Dice", "empty_policy": "none"}}
+  other = {**CONVENTIONS, "dice": {**CONVENTIONS["dice"], "definition": "global Dice"}}
   write_run(tmp_path / "sgdnet" / "fold0", "sgdnet", 0, values["sgdnet", 0], case_ids(0), other)
   with pytest.raises(errors.UserError, match="the dice convention") as raised:
     report.compare(report.load_runs(str(tmp_path), "test", METRICS), "cto")
@@ -247,23 +260,61 @@ def test_different_conventions_name_the_runs(tmp_path):
 
 
 @pytest.mark.parametrize("convention", ["pooled", "max_directed"])
-def test_hd95_column_follows_the_real_convention(tmp_path, convention):
-  distances = {key: np.array([1.0, 2.0]) for key in metrics.surface.DISTANCE_KEYS}
-  options = metrics.MetricOptions(hd95=convention)
-  real = metrics.compute_results(distances, options).conventions["hd95"]
+def test_the_per_case_column_is_the_one_the_eval_json_names(tmp_path, convention):
+  record = {key: np.array([1.0, 2.0]) for key in metrics.surface.DISTANCE_KEYS}
+  record.update({key: np.array([5, 3]) for key in metrics.overlap.COUNT_KEYS})
+  real = metrics.compute_results(record, metrics.MetricOptions(hd95=convention)).conventions
+  column = f"hd95_{convention}"
+  assert {m: real[m].per_case_column for m in METRICS} == {
+    "dice": "dice",
+    "iou": "iou",
+    "hd95": column,
+    "assd": "assd",
+  }
   conventions = {
-    **CONVENTIONS,
-    "hd95": {"definition": real.definition, "empty_policy": real.empty_policy},
+    m: {
+      "definition": real[m].definition,
+      "empty_policy": real[m].empty_policy,
+      "per_case_column": real[m].per_case_column,
+    }
+    for m in METRICS
   }
   values = sweep_values()
-  column = f"hd95_{convention}"
   for variant in ("cto", "sgdnet"):
     write_run(
-      tmp_path / variant / "fold0", variant, 0, values[variant, 0], case_ids(0), conventions, column
+      tmp_path / variant / "fold0", variant, 0, values[variant, 0], case_ids(0), conventions
     )
   (run, _) = report.load_runs(str(tmp_path), "test", ("hd95",))
-  assert run.conventions["hd95"]["column"] == column
+  assert run.conventions["hd95"]["per_case_column"] == column
   np.testing.assert_array_equal(run.cases["hd95"], values["cto", 0][column])
+
+
+def test_metrics_without_per_case_values_name_no_column():
+  record = {key: np.array([5, 3]) for key in metrics.overlap.COUNT_KEYS}
+  real = metrics.compute_results(record, metrics.MetricOptions(iou="medi_seg_miou")).conventions
+  assert real["thresholded_jaccard"].per_case_column is None
+  assert real["iou"].per_case_column is None  # the CSV's iou is the foreground IoU
+
+
+@pytest.mark.parametrize(
+  "per_case_column, words",
+  [
+    ("missing", "names no per-case column for hd95 (conventions.hd95.per_case_column); re-run"),
+    (None, "hd95 has no per-case values"),
+  ],
+)
+def test_an_eval_json_without_a_per_case_column_is_a_user_error(tmp_path, per_case_column, words):
+  make_sweep(tmp_path)
+  path = tmp_path / "cto" / "fold0" / "eval" / "test.json"
+  result = json.loads(path.read_text())
+  if per_case_column == "missing":
+    del result["conventions"]["hd95"]["per_case_column"]
+  else:
+    result["conventions"]["hd95"]["per_case_column"] = per_case_column
+  path.write_text(json.dumps(result))
+  with pytest.raises(errors.UserError, match=re.escape(words)) as raised:
+    report.load_runs(str(tmp_path), "test", METRICS)
+  assert str(path) in str(raised.value)
 
 
 def test_seeds_of_a_fold_are_averaged(tmp_path):

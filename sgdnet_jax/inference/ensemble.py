@@ -13,8 +13,7 @@
   gives exactly the mask of the float32 map; `postprocess` keeps the largest component, fills
   holes, or drops small components (8-connected, as the instance metrics count components).
 * Work sharing: `share` splits a sorted input list into disjoint shares for several machines.
-* Checks before anything is loaded or traced: `check_model_and_size` (the config builds the
-  workdirs' model, at a size it takes) and `parse_tile` (a window size it takes).
+* Checks before anything is loaded or traced: `parse_tile` (a window size the model takes).
 """
 
 import functools
@@ -30,8 +29,6 @@ from scipy import ndimage
 
 from sgdnet_jax import models
 from sgdnet_jax.core import errors
-from sgdnet_jax.data import pipeline
-from sgdnet_jax.workdir import guard, variables_io
 
 TTA_MODES = ("none", "flip", "flip_rot")
 TILE_MODES = ("off", "auto")
@@ -320,23 +317,3 @@ def share(items: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
       "0 <= part-id < num-parts"
     )
   return list(items[part_id::num_parts])
-
-
-def training_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
-  """The size the model was trained at: the config's, else the workdir's record, else the data's."""
-  if config.data.image_size:
-    return int(config.data.image_size)
-  for workdir in workdirs:
-    recorded = variables_io.load_config_dict(workdir)
-    if recorded and recorded.get("data", {}).get("image_size"):
-      return int(recorded["data"]["image_size"])
-  return pipeline.image_size(config.data)
-
-
-def check_model_and_size(config: ml_collections.ConfigDict, workdirs: Sequence[str]) -> int:
-  """The training size, once the config is known to build the workdirs' recorded model
-  (`train.workdir.check_model_fits`) and the model to take that size; UserError otherwise."""
-  guard.check_model_fits(config, workdirs)
-  size = training_size(config, workdirs)
-  models.check_input_size(config.model, size, f"data.image_size={size}")
-  return size

@@ -3,8 +3,10 @@
   python -m sgdnet_jax.main evaluate --config configs/<exp>.py[:args] --workdir W \
       [--split test] [--resolution {train,native}] [--out DIR]
 
-Writes `<out>/<split>.json` (every metric as a top-level number, `conventions`, `cases` with
-n_used / n_total / n_excluded per metric) and `<out>/<split>_cases.csv` (per-case values);
+Writes `<out>/<split>.json` (every metric as a top-level number, `conventions` with each metric's
+definition, empty policy and `per_case_column` (its column of the CSV; null where none holds its
+per-case values), `cases` with n_used / n_total / n_excluded per metric) and
+`<out>/<split>_cases.csv` (per-case values);
 `<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.core.paths`). The model
 is the workdir's best checkpoint by validation Dice (else its latest). At `native` resolution
 the foreground probability is resized bilinearly to each case's original size and compared with
@@ -28,11 +30,11 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from sgdnet_jax import metrics, models
-from sgdnet_jax.core import distributed, errors, paths, sharding
+from sgdnet_jax.core import compilation_cache, distributed, errors, paths, sharding
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import ensemble
 from sgdnet_jax.metrics import panoptic
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, image_size, variables_io
 
 RESOLUTIONS = ("train", "native")
 DISTANCES_ON = ("host", "device")
@@ -206,6 +208,7 @@ def evaluate(
   `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are
   written under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
   """
+  compilation_cache.enable(config.compilation_cache_dir)
   workdirs = paths.as_paths(workdir)
   if len(workdirs) > 1 and not out_dir:
     raise errors.ConfigError(
@@ -227,10 +230,7 @@ def evaluate(
     )
   guard.check_model_fits(config, workdirs)
   distributed.initialize(config.distributed)
-  config.data.image_size = pipeline.image_size(config.data)
-  models.check_input_size(
-    config.model, config.data.image_size, f"data.image_size={config.data.image_size}"
-  )
+  config.data.image_size = image_size.resolve(config, workdirs)
   name = split_name(config, split)
   mesh = sharding.make_mesh(config.mesh)
   model = models.build(config.model)
@@ -262,7 +262,11 @@ def evaluate(
   }
   result.update(results.values)
   result["conventions"] = {
-    name: {"definition": c.definition, "empty_policy": c.empty_policy}
+    name: {
+      "definition": c.definition,
+      "empty_policy": c.empty_policy,
+      "per_case_column": c.per_case_column,
+    }
     for name, c in results.conventions.items()
   }
   result["cases"] = {

@@ -34,10 +34,10 @@ import tqdm
 from PIL import Image
 
 from sgdnet_jax import models
-from sgdnet_jax.core import errors, paths
+from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.data import augment, images, pipeline
 from sgdnet_jax.inference import ensemble
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.workdir import guard, image_size, variables_io
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 OVERVIEW_PANELS = 12
@@ -227,10 +227,12 @@ def predict(
   `part_id` of `num_parts` (`ensemble.share`) of the sorted inputs is predicted, at most
   `limit` of them (0: all).
   """
+  compilation_cache.enable(config.compilation_cache_dir)
   workdirs = paths.as_paths(workdirs)
   ensemble.check_tta(tta)
   ensemble.check_overlap(overlap)
-  size, batch_size = ensemble.check_model_and_size(config, workdirs), config.eval_batch_size
+  guard.check_model_fits(config, workdirs)
+  size, batch_size = image_size.resolve(config, workdirs), config.eval_batch_size
   tile = ensemble.parse_tile(str(tile), config.model)
   post_steps = ensemble.parse_post(post)
   if split:

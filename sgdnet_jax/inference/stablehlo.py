@@ -29,10 +29,9 @@ import ml_collections
 import numpy as np
 
 from sgdnet_jax import models
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import compilation_cache, errors
 from sgdnet_jax.data import augment
-from sgdnet_jax.inference import ensemble
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.workdir import guard, image_size, variables_io
 
 MODEL_FILE = "model.jax_export"
 CARD_FILE = "model.json"
@@ -124,9 +123,11 @@ def export_model(
 
   Returns the folder.
   """
+  compilation_cache.enable(config.compilation_cache_dir)
   platforms = check_platforms(platforms)
   requirements = serving_requirements()
-  size = ensemble.check_model_and_size(config, [workdir])
+  guard.check_model_fits(config, [workdir])
+  size = image_size.resolve(config, [workdir])
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   model_config.conv_impl = conv_impl_for(model_config.get("conv_impl", "auto"), platforms)
   module = models.build(model_config)
@@ -155,7 +156,7 @@ def model_card(
   requirements: Sequence[str],
 ) -> dict[str, Any]:
   """What the exported program is, what it expects and returns, and how it was trained."""
-  size = ensemble.training_size(config, [workdir])
+  size = image_size.resolve(config, [workdir])
   return {
     "file": MODEL_FILE,
     "format": "jax.export serialization (StableHLO); load with jax.export.deserialize",

@@ -5,7 +5,9 @@
 `PerImageValues`) into a `MetricResults`:
 
 * `values`: metric name -> float;
-* `conventions`: metric name -> `MetricConvention(definition, empty_policy)`;
+* `conventions`: metric name -> `MetricConvention(definition, empty_policy, per_case_column)`,
+  the last naming the per-image field (the column of evaluate's per-case CSV) that holds the
+  metric's per-case values, or None where no field does (e.g. `thresholded_jaccard`, `pq`);
 * `cases`: metric name -> `CaseCounts(n_used, n_total, n_excluded)`;
 * `resolution`: the evaluation resolution the masks were compared at.
 
@@ -83,6 +85,7 @@ class MetricOptions:
 class MetricConvention:
   definition: str
   empty_policy: str
+  per_case_column: str | None  # the per-image field of the metric's per-case values, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,27 +182,38 @@ def compute_results(
   """Aggregates a per-image record of the whole test set into a `MetricResults`."""
   values, conventions, cases = {}, {}, {}
 
-  def add(name: str, value: float, n_used: int, n_total: int, definition: str, empty: str):
+  def add(
+    name: str,
+    value: float,
+    n_used: int,
+    n_total: int,
+    definition: str,
+    empty: str,
+    column: str | None = None,
+  ):
     values[name] = float(value)
-    conventions[name] = MetricConvention(definition, empty)
+    conventions[name] = MetricConvention(definition, empty, column)
     cases[name] = CaseCounts(n_used, n_total, n_total - n_used)
 
   if _has(record, overlap.COUNT_KEYS):
     empty = _OVERLAP_EMPTY[options.overlap_empty]
-    for name, aggregation, definition in (
-      ("dice", options.dice, _DICE[options.dice]),
-      ("iou", options.iou, _IOU[options.iou]),
+    # The per-image `dice` and `iou` fields are foreground scores: MedISeg mIoU has none.
+    iou_column = None if options.iou == "medi_seg_miou" else "iou"
+    for name, aggregation, definition, column in (
+      ("dice", options.dice, _DICE[options.dice], "dice"),
+      ("iou", options.iou, _IOU[options.iou], iou_column),
       (
         "thresholded_jaccard",
         "per_image_mean",
         f"ISIC 2018: per-image foreground IoU, 0 below {options.jaccard_threshold},"
         " mean over images",
+        None,
       ),
     ):
       result = overlap.aggregate(
         record, name, aggregation, options.overlap_empty, options.jaccard_threshold
       )
-      add(name, result.value, result.n_used, result.n_total, definition, empty)
+      add(name, result.value, result.n_used, result.n_total, definition, empty, column)
 
   if _has(record, surface.DISTANCE_KEYS):
     unit = _unit(options.spacing)
@@ -222,6 +236,7 @@ def compute_results(
         per_image.size,
         definitions[name],
         _DISTANCE_EMPTY[options.distance_empty],
+        field,
       )
 
   if _has(record, panoptic.COUNT_KEYS):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdnet_jax import models
+from sgdnet_jax.core import compilation_cache
 
 PAPER_GMACS = {"sgdnet": 36.23, "cto": 22.70}
 
@@ -96,6 +97,8 @@ def flops_executed(module, variables, image_size: int) -> float:
 
 def summarize(config, image_size: int = 256, compile_flops: bool = True) -> dict[str, Any]:
   """The summary record of `config.model` at batch 1 and `image_size` squared."""
+  if compile_flops:
+    compilation_cache.enable(config.compilation_cache_dir)
   module = models.build(config.model)
   variables = abstract_variables(module, image_size)
   params = variables["params"]

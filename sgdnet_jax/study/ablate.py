@@ -21,11 +21,11 @@ from typing import Any
 
 import ml_collections
 
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import compilation_cache, errors
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import knockouts as knockout_lib
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, image_size, variables_io
 
 INTACT = "intact"
 ABLATE_DIR = "ablate"
@@ -71,6 +71,7 @@ def ablate(
   `knockout_sets` defaults to every knockout that acts on the config's variant, one at a time.
   Returns the summary written to W/ablate/<split>.json.
   """
+  compilation_cache.enable(config.compilation_cache_dir)
   if config.model.knockouts:
     raise errors.ConfigError(
       f"config.model.knockouts={tuple(config.model.knockouts)} is set; ablate sets the knockouts"
@@ -80,6 +81,7 @@ def ablate(
     knockout_sets = [(knockout,) for knockout in knockout_lib.applicable(config.model)]
   _check(config, knockout_sets)
   guard.check_model_fits(config, [workdir])
+  image_size.resolve(config, [workdir])
   variables = variables_io.load_variables(workdir)
   root = os.path.join(workdir, ABLATE_DIR)
   suffix = "" if resolution == "train" else "_native"

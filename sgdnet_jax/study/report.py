@@ -38,12 +38,6 @@ CONFIDENCE = 0.95
 STD_DDOF = 1
 HIGHER_IS_BETTER = ("dice", "iou", "thresholded_jaccard", "pq", "pq_dataset", "mpq_plus")
 LOWER_IS_BETTER = ("hd", "hd95", "assd", "asd")
-# The per-case CSV holds both HD95 conventions; the eval JSON's definition names the one reported.
-# The keys open the definitions in `sgdnet_jax.metrics.report` (tests/test_study_report.py).
-HD95_COLUMNS = {
-  "95th percentile (linear interpolation) of the pooled": "hd95_pooled",
-  "larger of the directed 95th percentiles": "hd95_max_directed",
-}
 _FOLD = re.compile(r"fold(\d+)")
 _SEED = re.compile(r"seed(\d+)")
 # Runs are found at most this many folders below the root (`<variant>/fold<k>/seed<s>` is 3):
@@ -64,7 +58,7 @@ class Run:
   resolution: str
   protocol: str | None
   values: dict[str, float]  # metric -> the eval JSON's number
-  conventions: dict[str, dict[str, str]]  # metric -> definition, empty_policy, column
+  conventions: dict[str, dict[str, str]]  # metric -> definition, empty_policy, per_case_column
   case_ids: tuple[str, ...]
   cases: dict[str, np.ndarray]  # metric -> per-case values in case_ids order (NaN = excluded)
 
@@ -137,16 +131,18 @@ def _identity(root: paths.Path, workdir: paths.Path, config: dict) -> tuple[str,
     ) from None
 
 
-def _case_column(metric: str, convention: dict[str, str]) -> str:
-  if metric != "hd95":
-    return metric
-  for opening, column in HD95_COLUMNS.items():
-    if convention.get("definition", "").startswith(opening):
-      return column
-  raise errors.UserError(
-    f"the hd95 convention {convention.get('definition')!r} names no known per-case column"
-    f" ({', '.join(HD95_COLUMNS.values())}); re-run evaluate"
-  )
+def _check_case_column(json_path: paths.Path, metric: str, convention: dict[str, str]):
+  """UserError unless the eval JSON names the column of the per-case CSV that holds `metric`."""
+  if "per_case_column" not in convention:
+    raise errors.UserError(
+      f"{json_path} names no per-case column for {metric} (conventions.{metric}.per_case_column);"
+      " re-run evaluate to write it"
+    )
+  if not convention["per_case_column"]:
+    raise errors.UserError(
+      f"{json_path}: {metric} has no per-case values ({convention.get('definition')}); pass"
+      f" --metrics without {metric}"
+    )
 
 
 def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequence[str]) -> Run:
@@ -164,10 +160,10 @@ def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequen
   conventions = {}
   for metric in metrics:
     convention = dict(result.get("conventions", {}).get(metric, {}))
-    convention["column"] = _case_column(metric, convention)
+    _check_case_column(json_path, metric, convention)
     conventions[metric] = convention
   case_ids, cases = _read_cases(
-    workdir / "eval" / f"{split}_cases.csv", [c["column"] for c in conventions.values()]
+    workdir / "eval" / f"{split}_cases.csv", [c["per_case_column"] for c in conventions.values()]
   )
   return Run(
     variant=variant,
@@ -181,7 +177,7 @@ def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequen
     values={m: float(result[m]) for m in metrics},
     conventions=conventions,
     case_ids=case_ids,
-    cases={m: cases[conventions[m]["column"]] for m in metrics},
+    cases={m: cases[conventions[m]["per_case_column"]] for m in metrics},
   )
 
 
@@ -553,7 +549,7 @@ def _footer(result: dict[str, Any]) -> list[str]:
   for metric, convention in result["conventions"].items():
     lines.append(
       f"  - {metric} ({result['directions'][metric]}; per-case column"
-      f" `{convention['column']}`): {convention.get('definition', 'not stated')}."
+      f" `{convention['per_case_column']}`): {convention.get('definition', 'not stated')}."
       f" Empty: {convention.get('empty_policy', 'not stated')}."
     )
   return lines

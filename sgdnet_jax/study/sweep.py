@@ -27,10 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sgdnet_jax.core import config_utils, errors, paths
-from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.train import loop
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.workdir import image_size, variables_io
 
 STATUS_FILE = "sweep.json"
 SCRIPT_FILE = "sweep.sbatch"
@@ -77,10 +76,11 @@ def print_lines(runs: Sequence[config_utils.SweepRun], root: str) -> list[str]:
 # --- Local -----------------------------------------------------------------------------------
 
 
-def _as_recorded(config) -> dict[str, Any]:
-  """The config as `train` writes it to config.json (image size resolved, JSON types)."""
+def _as_recorded(config, directory: str) -> dict[str, Any]:
+  """The config as `train` writes it to `directory`/config.json (image size resolved, JSON
+  types)."""
   config = config.copy_and_resolve_references()
-  config.data.image_size = pipeline.image_size(config.data)
+  config.data.image_size = image_size.resolve(config, [directory])
   return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
 
 
@@ -111,7 +111,7 @@ def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None)
   evaluations = paths.as_path(directory) / "eval"
   if not all((evaluations / f"{s}.json").exists() for s in run.config.eval_splits):
     return False
-  if recorded != _as_recorded(run.config):
+  if recorded != _as_recorded(run.config, directory):
     return False
   _, total_steps = loop.schedule_length(run.config)
   steps = _trained_steps(directory)
@@ -130,7 +130,7 @@ def _run_one(run: config_utils.SweepRun, directory: str, header: str) -> str:
   """
   recorded = variables_io.load_config_dict(directory)
   if recorded is not None:
-    difference = _first_difference(recorded, _as_recorded(run.config))
+    difference = _first_difference(recorded, _as_recorded(run.config, directory))
     if difference:
       raise errors.UserError(
         f"{directory}/config.json differs from this sweep's config ({difference}); remove"

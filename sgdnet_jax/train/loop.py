@@ -28,7 +28,7 @@ from sgdnet_jax.inference import evaluate
 from sgdnet_jax.porting import pretrained
 from sgdnet_jax.train import losses, optimizer, writers
 from sgdnet_jax.train import state as state_lib
-from sgdnet_jax.workdir import checkpointing, guard, variables_io
+from sgdnet_jax.workdir import checkpointing, guard, image_size, variables_io
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -214,10 +214,7 @@ def train_and_evaluate(
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = paths.as_path(workdir)
-  config.data.image_size = pipeline.image_size(config.data)  # recorded as trained
-  models.check_input_size(
-    config.model, config.data.image_size, f"data.image_size={config.data.image_size}"
-  )
+  config.data.image_size = image_size.resolve(config, [workdir])  # recorded as trained
   with contextlib.ExitStack() as stack:
     refusal = ""
     if jax.process_index() == 0:
