@@ -4,7 +4,7 @@ Every library entry of a command that compiles calls `enable(config.compilation_
 anything else: `train.loop.train_and_evaluate`, `inference.evaluate.evaluate`,
 `inference.predict.predict`, `inference.stablehlo.export_model`, `study.ablate.ablate`,
 `demo.run_demo` and `models.summary.summarize` (when it compiles); a sweep's runs train and
-evaluate through the first two (tests/test_compilation_cache.py checks each).
+evaluate through the first two (tests/test_core_compilation_cache.py checks each).
 """
 
 import os
