@@ -5,10 +5,8 @@ and the GKE JobSet's command."""
 import json
 import os
 import pathlib
-import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from tests import train_helpers
+from tests import ports, train_helpers
 
 LAUNCH = train_helpers.REPO / "launch"
 # An override whose value has spaces and both kinds of quotes: it must reach `train` unchanged.
@@ -56,20 +54,15 @@ sys.exit(max(task.returncode for task in tasks))
 """
 
 
-def _slurm_job_id_with_free_port() -> int:
-  """A job id whose JAX coordinator port (id % 4096 + 61440) is free on this machine."""
-  for port in random.sample(range(61440, 65536), 200):
-    with socket.socket() as s:
-      try:
-        s.bind(("", port))
-      except OSError:
-        continue
-    return 4096 + port - 61440
-  raise RuntimeError("no free port in 61440-65535")
+@pytest.fixture
+def slurm_job_id():
+  """A job id whose JAX coordinator port (id % 4096 + 61440) stays reserved for the test."""
+  with ports.reserved_port_in(range(61440, 65536)) as port:
+    yield 4096 + port - 61440
 
 
 @pytest.mark.slow
-def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path):
+def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path, slurm_job_id):
   bin_dir, logs = tmp_path / "bin", tmp_path / "task_logs"
   bin_dir.mkdir()
   logs.mkdir()
@@ -85,7 +78,7 @@ def test_slurm_sbatch_trains_two_tasks_through_jax_slurm_detection(tmp_path):
     PYTHON=sys.executable,
     STUB_SRUN_CALLS=str(tmp_path / "srun_calls.jsonl"),
     STUB_SRUN_LOGS=str(logs),
-    SLURM_JOB_ID=str(_slurm_job_id_with_free_port()),
+    SLURM_JOB_ID=str(slurm_job_id),
     SLURM_JOB_NAME="sgdnet_jax",
     SLURM_NODELIST="localhost",
     SLURM_JOB_NODELIST="localhost",

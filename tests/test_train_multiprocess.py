@@ -1,7 +1,6 @@
 """Two processes on loopback (jax.distributed, gloo CPU collectives) compute what one process
 computes, in float64; the two-process checkpoint resumes in one process on another device count."""
 
-import socket
 import subprocess
 
 import jax
@@ -9,13 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests import tolerances, train_helpers
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from tests import ports, tolerances, train_helpers
 
 
 def _step_state(workdir, step: int) -> dict:
@@ -71,31 +64,31 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
   )
 
   multi = tmp_path / "multi"
-  port = _free_port()
-  processes = []
-  for process_id in range(2):
-    env = train_helpers.subprocess_env(
-      JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-      JAX_NUM_PROCESSES="2",
-      JAX_PROCESS_ID=str(process_id),
-      JAX_ENABLE_X64="1",
-      XLA_FLAGS="--xla_force_host_platform_device_count=1",
-    )
-    processes.append(
-      subprocess.Popen(
-        train_helpers.train_command(multi, data_dir, fields, total_steps=3),
-        cwd=train_helpers.REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+  with ports.reserved_port() as port:  # held until both processes are done with it
+    processes = []
+    for process_id in range(2):
+      env = train_helpers.subprocess_env(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(process_id),
+        JAX_ENABLE_X64="1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
       )
-    )
-  try:
-    outputs = [p.communicate(timeout=900)[0] for p in processes]
-  finally:
-    for p in processes:
-      p.kill()
+      processes.append(
+        subprocess.Popen(
+          train_helpers.train_command(multi, data_dir, fields, total_steps=3),
+          cwd=train_helpers.REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+        )
+      )
+    try:
+      outputs = [p.communicate(timeout=900)[0] for p in processes]
+    finally:
+      for p in processes:
+        p.kill()
   for p, out in zip(processes, outputs):
     assert p.returncode == 0, out[-4000:]
   assert (multi / "checkpoints" / "3").is_dir()
