@@ -1,4 +1,5 @@
-"""Inference: TTA, ensembles, tiling, saved probabilities, post-processing, shares, `predict`."""
+"""Inference: the one probability function (TTA, ensembles) that evaluate, predict and the
+export share; tiling, saved probabilities, post-processing, shares, `predict`."""
 
 import pathlib
 
@@ -10,8 +11,9 @@ from PIL import Image
 
 from sgdnet_jax import models
 from sgdnet_jax.cli import predict as predict_cli
-from sgdnet_jax.core import config_utils, errors
-from sgdnet_jax.inference import ensemble
+from sgdnet_jax.core import config_utils, errors, sharding
+from sgdnet_jax.data import augment
+from sgdnet_jax.inference import ensemble, evaluate, postprocessing, predict, stablehlo, tiling
 from sgdnet_jax.workdir import variables_io
 from tests import train_helpers
 
@@ -52,11 +54,40 @@ def test_tta_none_is_bit_identical_to_the_evaluate_forward(tiny):
   )
   expected = np.asarray(evaluate_forward(variables, x))
   np.testing.assert_array_equal(
-    np.asarray(ensemble.probability_fn(model, "none")(variables, x)), expected
+    np.asarray(ensemble.probability_fn(model, "none")([variables], x)["probability"]), expected
   )
-  maps = ensemble.maps_fn(model, "none", edge=True)(variables, x)
+  maps = ensemble.probability_fn(model, "none", edge=True)([variables], x)
   np.testing.assert_array_equal(np.asarray(maps["probability"]), expected)
   np.testing.assert_array_equal(np.asarray(maps["edge"]), 0)  # the baseline has no edge map
+
+
+def test_evaluate_predict_and_the_export_compute_one_probability(tiny):
+  """Evaluate's jitted step, predict's forward and the exported function give the same bits."""
+  model, variables, other = tiny["model"], tiny["variables"], tiny["other"]
+  pixels = np.random.default_rng(5).integers(0, 256, (4, SIZE, SIZE, 3), np.uint8)
+  x = jnp.asarray(augment.normalize(pixels))
+  masks = jnp.zeros(x.shape[:3], jnp.int32)
+  mesh = sharding.make_mesh(tiny["config"].mesh)
+  for tta, variable_sets in (
+    ("none", [variables]),
+    ("flip", [variables]),
+    ("flip", [variables, other]),
+  ):
+    step = evaluate.make_eval_step(
+      model, mesh, device_metrics=False, distances=False, one_empty="nan", tta=tta
+    )
+    evaluated = np.asarray(step(variable_sets, x, masks)["probability"])
+    predicted = ensemble.probability_fn(model, tta, edge=True)(variable_sets, x)
+    np.testing.assert_array_equal(np.asarray(predicted["probability"]), evaluated, err_msg=tta)
+    if len(variable_sets) == 1:
+      # The variables as arguments (as constants XLA would fold them and round anew); the export
+      # normalises its uint8 input inside the program, where XLA fuses it into the first
+      # convolution: a few float32 ulps of a probability.
+      export = lambda v, images: stablehlo.probability_function(model, v, tta)(images)
+      exported = np.asarray(jax.jit(export)(variables, pixels))[..., 0]
+      np.testing.assert_allclose(exported, evaluated, rtol=0, atol=4 * EPS, err_msg=tta)
+  # The ensemble is the mean of its members, not the first one.
+  assert np.abs(evaluated - np.asarray(step([variables], x, masks)["probability"])).max() > 1e-4
 
 
 def _hand_tta(run, x: np.ndarray, tta: str) -> np.ndarray:
@@ -80,8 +111,9 @@ def _hand_tta(run, x: np.ndarray, tta: str) -> np.ndarray:
 def test_tta_flip_of_the_model_is_the_mean_of_flipped_back_predictions(tiny):
   model, variables, x = tiny["model"], tiny["variables"], np.asarray(tiny["images"])
   plain = ensemble.probability_fn(model, "none")
-  run = lambda images: np.asarray(plain(variables, jnp.asarray(images)))
-  flipped = np.asarray(ensemble.probability_fn(model, "flip")(variables, jnp.asarray(x)))
+  run = lambda images: np.asarray(plain([variables], jnp.asarray(images))["probability"])
+  flip = ensemble.probability_fn(model, "flip")
+  flipped = np.asarray(flip([variables], jnp.asarray(x))["probability"])
   # A mean of 4 values in [0, 1]: each addition and the division round by at most eps.
   np.testing.assert_allclose(flipped, _hand_tta(run, x, "flip"), rtol=0, atol=5 * EPS)
   assert np.abs(flipped - run(x)).max() > 100 * EPS  # the flips do change the prediction
@@ -112,12 +144,14 @@ def test_tta_maps_every_output_back_before_averaging(tta):
 
 def test_ensemble_averages_the_models_probabilities(tiny):
   model, x = tiny["model"], tiny["images"]
-  fn = ensemble.probability_fn(model)
-  single = np.asarray(fn(tiny["variables"], x))
-  twins = ensemble.mean_over_models(fn, [tiny["variables"], tiny["variables"]], x)
-  np.testing.assert_array_equal(np.asarray(twins), single)  # (p + p) / 2 == p exactly
-  pair = np.asarray(ensemble.mean_over_models(fn, [tiny["variables"], tiny["other"]], x))
-  expected = (single + np.asarray(fn(tiny["other"], x))) / 2
+  fn = lambda variable_sets: np.asarray(
+    ensemble.probability_fn(model)(variable_sets, x)["probability"]
+  )
+  single = fn([tiny["variables"]])
+  twins = fn([tiny["variables"], tiny["variables"]])
+  np.testing.assert_array_equal(twins, single)  # (p + p) / 2 == p exactly
+  pair = fn([tiny["variables"], tiny["other"]])
+  expected = (single + fn([tiny["other"]])) / 2
   np.testing.assert_allclose(pair, expected, rtol=0, atol=EPS)
   assert np.abs(pair - single).max() > 100 * EPS
   wrong = jax.tree_util.tree_map(lambda a: a[..., :1], tiny["other"])
@@ -137,7 +171,7 @@ def _per_pixel(windows: np.ndarray) -> dict[str, np.ndarray]:
 def test_tiles_of_a_per_pixel_model_blend_to_its_untiled_map(shape):
   image = np.random.default_rng(1).normal(size=(*shape, 3)).astype(np.float32)
   expected = _per_pixel(image[None])
-  tiled = ensemble.predict_tiled(_per_pixel, image, 32, 0.5, 3)
+  tiled = tiling.predict_tiled(_per_pixel, image, 32, 0.5, 3)
   for name in ("probability", "edge"):
     assert tiled[name].shape == shape and np.all(np.isfinite(tiled[name]))
     # A weighted mean of equal float32 values, accumulated in float64: exact after rounding.
@@ -147,24 +181,24 @@ def test_tiles_of_a_per_pixel_model_blend_to_its_untiled_map(shape):
 def test_windows_cover_the_axis_with_the_requested_overlap():
   for length in (32, 33, 63, 64, 100, 257):
     for overlap in (0.0, 0.25, 0.5, 0.9):
-      starts = ensemble.window_starts(length, 32, overlap)
+      starts = tiling.window_starts(length, 32, overlap)
       assert starts[0] == 0 and starts[-1] == length - 32
       assert all(0 < b - a <= 32 * (1 - overlap) + 1 for a, b in zip(starts, starts[1:]))
-  weights = ensemble.gaussian_weights(32)
+  weights = tiling.gaussian_weights(32)
   assert weights.min() > 0 and weights[0, 0] < weights[0, 16] < weights[16, 16]
   np.testing.assert_array_equal(weights, weights[::-1, ::-1])
 
 
 def test_tiled_prediction_of_the_model(tiny):
   model, variables, x = tiny["model"], tiny["variables"], np.asarray(tiny["images"])
-  forward = ensemble.maps_fn(model, "none", edge=True)
-  batch_fn = lambda w: {k: np.asarray(v) for k, v in forward(variables, jnp.asarray(w)).items()}
+  forward = ensemble.probability_fn(model, "none", edge=True)
+  batch_fn = lambda w: {k: np.asarray(v) for k, v in forward([variables], jnp.asarray(w)).items()}
   untiled = batch_fn(x)["probability"][0]
-  one_window = ensemble.predict_tiled(batch_fn, x[0], SIZE, 0.5, 4)["probability"]
+  one_window = tiling.predict_tiled(batch_fn, x[0], SIZE, 0.5, 4)["probability"]
   # One window: (w * p) / w per pixel in float64, then rounded to float32.
   np.testing.assert_allclose(one_window, untiled, rtol=EPS, atol=0)
   large = np.random.default_rng(2).normal(size=(80, 56, 3)).astype(np.float32)
-  maps = ensemble.predict_tiled(batch_fn, large, SIZE, 0.5, 4)
+  maps = tiling.predict_tiled(batch_fn, large, SIZE, 0.5, 4)
   assert maps["probability"].shape == (80, 56)
   assert np.all(np.isfinite(maps["probability"])) and np.all(np.isfinite(maps["edge"]))
   assert maps["probability"].min() >= 0 and maps["probability"].max() <= 1
@@ -174,7 +208,7 @@ def test_float16_probabilities_threshold_to_the_float32_mask():
   rng = np.random.default_rng(3)
   probability = rng.random(10_000).astype(np.float32)
   probability[:6] = [0.5, 0.50001, 0.5001, 0.49999, np.nextafter(np.float32(0.5), 1), 1.0]
-  half = ensemble.float16_probability(probability)
+  half = postprocessing.float16_probability(probability)
   assert half.dtype == np.float16
   np.testing.assert_array_equal(half > 0.5, probability > 0.5)
   assert np.abs(half.astype(np.float32) - probability).max() <= 2**-11
@@ -194,14 +228,14 @@ def test_post_processing_steps_on_hand_made_masks():
     .....##
     """
   )
-  largest = ensemble.postprocess(blobs, ensemble.parse_post("largest"))
+  largest = postprocessing.postprocess(blobs, postprocessing.parse_post("largest"))
   # The diagonal neighbour joins the 2x2 square (8-connected): 5 pixels against 6.
   np.testing.assert_array_equal(largest, blobs & (np.arange(7) >= 5)[None])
   np.testing.assert_array_equal(
-    ensemble.postprocess(blobs, ensemble.parse_post("min_size=6")), largest
+    postprocessing.postprocess(blobs, postprocessing.parse_post("min_size=6")), largest
   )
   np.testing.assert_array_equal(
-    ensemble.postprocess(blobs, ensemble.parse_post("min_size=5")), blobs
+    postprocessing.postprocess(blobs, postprocessing.parse_post("min_size=5")), blobs
   )
   ring = _mask(
     """
@@ -215,27 +249,29 @@ def test_post_processing_steps_on_hand_made_masks():
   filled = ring.copy()
   filled[2, 2] = True  # the enclosed pixel; the open corner at the right is not a hole
   np.testing.assert_array_equal(
-    ensemble.postprocess(ring, ensemble.parse_post("fill_holes")), filled
+    postprocessing.postprocess(ring, postprocessing.parse_post("fill_holes")), filled
   )
   empty = np.zeros((4, 4), bool)
-  steps = ensemble.parse_post("fill_holes, largest,min_size=3")
+  steps = postprocessing.parse_post("fill_holes, largest,min_size=3")
   assert steps == (("fill_holes", 0), ("largest", 0), ("min_size", 3))
-  np.testing.assert_array_equal(ensemble.postprocess(empty, steps), empty)
-  np.testing.assert_array_equal(ensemble.postprocess(ring, steps), filled & (np.arange(7) < 4))
+  np.testing.assert_array_equal(postprocessing.postprocess(empty, steps), empty)
+  np.testing.assert_array_equal(
+    postprocessing.postprocess(ring, steps), filled & (np.arange(7) < 4)
+  )
   for spec in ("blur", "min_size=0", "min_size=x", "largest=2", "min_size"):
     with pytest.raises(errors.UserError, match="--post"):
-      ensemble.parse_post(spec)
+      postprocessing.parse_post(spec)
 
 
 def test_shares_are_disjoint_and_cover_the_list():
   for count in range(0, 11):
     items = list(range(count))
     for parts in range(1, 5):
-      shares = [ensemble.share(items, parts, i) for i in range(parts)]
+      shares = [predict.share(items, parts, i) for i in range(parts)]
       assert sorted(sum(shares, [])) == items
   for parts, part in ((0, 0), (2, 2), (2, -1)):
     with pytest.raises(errors.UserError, match="--num-parts"):
-      ensemble.share([1], parts, part)
+      predict.share([1], parts, part)
 
 
 def _image(path: pathlib.Path, height: int, width: int, seed: int):
@@ -278,8 +314,6 @@ def test_predict_skips_unreadable_images_and_refuses_same_stems(tiny, tmp_path, 
 
 
 def test_predict_options_end_to_end(tiny, tmp_path):
-  from sgdnet_jax.inference import predict
-
   folder = tmp_path / "images"
   folder.mkdir()
   for i in range(5):
@@ -297,8 +331,8 @@ def test_predict_options_end_to_end(tiny, tmp_path):
   for sub in ("masks", "probabilities"):
     names = sorted(p.name for p in (tmp_path / "single" / sub).iterdir())
     assert sorted(p.name for p in (tmp_path / "parts" / sub).iterdir()) == names
-  ensemble = predict.predict(config, [workdir, twin], str(tmp_path / "twins"), **options)
-  assert ensemble.written == 5
+  twins = predict.predict(config, [workdir, twin], str(tmp_path / "twins"), **options)
+  assert twins.written == 5
   for name in (f"im{i}" for i in range(5)):
     expected = np.load(tmp_path / "single" / "probabilities" / f"{name}.npy")
     for other in ("parts", "twins"):
@@ -321,7 +355,10 @@ def test_predict_options_end_to_end(tiny, tmp_path):
     assert mask.shape == probability.shape == (40 + 8 * i, 56)
     assert np.all(np.isfinite(probability))
     np.testing.assert_array_equal(
-      mask, ensemble.postprocess(probability > 0.5, ensemble.parse_post("largest,fill_holes"))
+      mask,
+      postprocessing.postprocess(
+        probability > 0.5, postprocessing.parse_post("largest,fill_holes")
+      ),
     )
   with pytest.raises(errors.UserError, match="--tta"):
     predict.predict(config, workdir, str(tmp_path / "x"), tta="mirror", **options)
@@ -331,8 +368,6 @@ def test_predict_options_end_to_end(tiny, tmp_path):
 
 
 def test_predict_unknown_split_creates_no_folder(tmp_path):
-  from sgdnet_jax.inference import predict
-
   data_dir = train_helpers.tiny_dataset(tmp_path / "data")
   config = config_utils.load_config(train_helpers.TRAIN_CONFIG, train_helpers.overrides(data_dir))
   with pytest.raises(errors.UserError, match="--split nosuch"):

@@ -47,7 +47,7 @@ def test_evaluate_writes_every_metric_with_conventions(reference_run):
 def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_run, tmp_path):
   from sgdnet_jax import metrics, models
   from sgdnet_jax.data import pipeline
-  from sgdnet_jax.inference import ensemble
+  from sgdnet_jax.inference import ensemble, postprocessing
 
   workdir, config, _ = reference_run
   single = evaluate.evaluate(config, str(workdir), "test", "train")
@@ -63,10 +63,10 @@ def test_evaluate_ensembles_tta_and_post_processing_as_predict_does(reference_ru
   forward = ensemble.probability_fn(model, "flip")
   dice = []
   for batch in pipeline.make_eval_iterator(config.data, "test", config.eval_batch_size):
-    probability = np.asarray(forward(variables, batch["image"]))
+    probability = np.asarray(forward([variables], batch["image"])["probability"])
     for p, mask, valid in zip(probability, batch["mask"], batch["valid"]):
       if valid:
-        pred = ensemble.postprocess(p > 0.5, ensemble.parse_post("largest"))
+        pred = postprocessing.postprocess(p > 0.5, postprocessing.parse_post("largest"))
         dice.append(metrics.per_image_metrics(pred[None], mask[None] > 0)["dice"][0])
   assert flipped["dice"] == pytest.approx(np.mean(dice), abs=1e-12)
 

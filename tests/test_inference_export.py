@@ -25,7 +25,7 @@ from PIL import Image
 
 from sgdnet_jax import main, models
 from sgdnet_jax.core import config_utils, errors
-from sgdnet_jax.data import augment
+from sgdnet_jax.data import augment, layouts
 from sgdnet_jax.data import images as images_lib
 from sgdnet_jax.inference import serving, stablehlo
 from sgdnet_jax.workdir import variables_io
@@ -338,6 +338,7 @@ def test_serving_names_an_unreadable_image_as_predict_does(tmp_path):
       decode(corrupt)
   assert serving.DECODE_ERRORS == images_lib.DECODE_ERRORS
   assert serving.HIGH_BIT_DEPTH_MODES == images_lib.HIGH_BIT_DEPTH_MODES
+  assert serving.IMAGE_SUFFIXES == layouts.IMAGE_EXTENSIONS  # serving.py imports no sgdnet_jax
 
 
 def test_conv_impl_follows_the_export_platforms():

@@ -27,12 +27,11 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from PIL import Image
 
 from sgdnet_jax import metrics, models
 from sgdnet_jax.core import compilation_cache, distributed, errors, paths, sharding
 from sgdnet_jax.data import pipeline
-from sgdnet_jax.inference import ensemble
+from sgdnet_jax.inference import ensemble, postprocessing
 from sgdnet_jax.metrics import panoptic
 from sgdnet_jax.workdir import guard, image_size, variables_io
 
@@ -65,25 +64,15 @@ def make_eval_step(
 ):
   """Jitted (variable sets, images, masks) -> per-image outputs, batch-sharded.
 
-  The foreground probability is the mean over the variable sets (an ensemble, e.g. the five
-  folds; one set is the plain model) of the `tta` mean (`ensemble.with_tta`). `device_metrics`:
+  The foreground probability is `ensemble.probability_maps`: the mean over the variable sets (an
+  ensemble, e.g. the five folds; one set is the plain model) of the `tta` mean. `device_metrics`:
   the per-image metric record is computed in the step (exact EDT distances when `distances`);
   otherwise the host scores the `probability` (B, H, W), which is also returned when
   `probability` (the host needs it for panoptic counts).
   """
 
-  def model_probability(variables, images):
-    forward = lambda x: {
-      "p": models.foreground_probability(model.apply(variables, x, train=False)["o1"])
-    }
-    return ensemble.with_tta(forward, images, tta)["p"]
-
   def step(variable_sets, images, masks):
-    foreground = model_probability(variable_sets[0], images)
-    if len(variable_sets) > 1:
-      for variables in variable_sets[1:]:
-        foreground = foreground + model_probability(variables, images)
-      foreground = foreground / len(variable_sets)
+    foreground = ensemble.probability_maps(model, variable_sets, images, tta)["probability"]
     outputs = {"probability": foreground} if probability or not device_metrics else {}
     if device_metrics:
       pred, gt = foreground > 0.5, masks > 0
@@ -106,24 +95,20 @@ def host_local(array: jax.Array, mesh) -> np.ndarray:
   )
 
 
-def resize_probability(probability: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear (half-pixel centres) resize of a (h, w) float map to (height, width)."""
-  image = Image.fromarray(probability.astype(np.float32), mode="F")
-  return np.asarray(image.resize((width, height), Image.BILINEAR))
-
-
 def _host_record(
   probability, batch, dataset, resolution, one_empty, post=()
 ) -> dict[str, np.ndarray]:
   """Per-image metric fields of one host batch, scored on the host (padding rows included)."""
   if resolution == "train":
-    pred = np.stack([ensemble.postprocess(p > 0.5, post) for p in probability])
+    pred = np.stack([postprocessing.postprocess(p > 0.5, post) for p in probability])
     return metrics.per_image_metrics(pred, np.asarray(batch["mask"]) > 0, one_empty=one_empty)
   rows = []
   for p, case_id, valid in zip(probability, np.asarray(batch["case_id"]), batch["valid"]):
     if valid:
       gt = dataset.native_mask(str(case_id))
-      native = ensemble.postprocess(resize_probability(p, *gt.shape) > 0.5, post)
+      native = postprocessing.postprocess(
+        postprocessing.resize_probability(p, *gt.shape) > 0.5, post
+      )
     else:  # padding: an empty pair, dropped by PerImageValues
       native = gt = np.zeros((1, 1), bool)
     rows.append(metrics.per_image_metrics(native[None], gt[None], one_empty=one_empty))
@@ -205,7 +190,7 @@ def evaluate(
   """Evaluates the workdir's model on `split`; writes and returns the results record.
 
   Several workdirs evaluate their ensemble (the mean probability; give `out_dir`). `tta` and
-  `post` have the meaning of `predict`'s (`sgdnet_jax.inference`); their results are
+  `post` have the meaning of `predict`'s (`sgdnet_jax.inference.predict`); their results are
   written under a name of their own (`<split>_tta-flip_post.json`), so the plain evaluation stays.
   """
   compilation_cache.enable(config.compilation_cache_dir)
@@ -215,7 +200,7 @@ def evaluate(
       f"evaluate: {len(workdirs)} workdirs make an ensemble; give --out DIR for its results"
     )
   ensemble.check_tta(tta)
-  post_steps = ensemble.parse_post(post)
+  post_steps = postprocessing.parse_post(post)
   if resolution not in RESOLUTIONS:
     raise errors.ConfigError(f"--resolution must be one of {RESOLUTIONS}, got {resolution!r}")
   distances_on = config.metrics.distances_on

@@ -35,11 +35,10 @@ from PIL import Image
 
 from sgdnet_jax import models
 from sgdnet_jax.core import compilation_cache, errors, paths
-from sgdnet_jax.data import augment, images, pipeline
-from sgdnet_jax.inference import ensemble
+from sgdnet_jax.data import augment, images, layouts, pipeline
+from sgdnet_jax.inference import ensemble, postprocessing, tiling
 from sgdnet_jax.workdir import guard, image_size, variables_io
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 OVERVIEW_PANELS = 12
 
 
@@ -103,16 +102,6 @@ def _write_png(path: paths.Path, array: np.ndarray):
   _write_atomic(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
-def _resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear (PIL, half-pixel centres) resize of a float map to (height, width)."""
-  if values.shape == (height, width):
-    return values
-  resized = Image.fromarray(values.astype(np.float32), mode="F").resize(
-    (width, height), Image.BILINEAR
-  )
-  return np.asarray(resized)
-
-
 def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
   """Image files named directly or found (sorted) in the named folders, each once.
 
@@ -121,14 +110,14 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
   files: list[pathlib.Path] = []
   for item in map(pathlib.Path, inputs):
     if item.is_dir():
-      files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      files += sorted(p for p in item.iterdir() if p.suffix.lower() in layouts.IMAGE_EXTENSIONS)
     elif item.is_file():
       files.append(item)
     else:
       raise FileNotFoundError(f"--images {item}: no such file or folder")
   if not files:
     raise FileNotFoundError(
-      f"--images {list(inputs)}: no images ({', '.join(IMAGE_SUFFIXES)}) found"
+      f"--images {list(inputs)}: no images ({', '.join(layouts.IMAGE_EXTENSIONS)}) found"
     )
   unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
   by_stem: dict[str, pathlib.Path] = {}
@@ -140,6 +129,20 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
       )
     by_stem[path.stem] = path
   return unique
+
+
+def share(items: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
+  """Share `part_id` of `num_parts` of `items`: every num_parts-th item from position part_id.
+
+  The shares of one list are disjoint and together cover it, so `num_parts` machines given the
+  same sorted input each predict a different part.
+  """
+  if num_parts < 1 or not 0 <= part_id < num_parts:
+    raise errors.UserError(
+      f"--num-parts {num_parts} --part-id {part_id}: need num-parts >= 1 and "
+      "0 <= part-id < num-parts"
+    )
+  return list(items[part_id::num_parts])
 
 
 def _output_paths(out: paths.Path, name: str, save_probabilities: bool) -> list[paths.Path]:
@@ -159,7 +162,7 @@ def _file_cases(
     except images.DECODE_ERRORS as e:
       unreadable.append((str(path), " ".join(str(e).split()) or type(e).__name__))
       continue
-    window = ensemble.tile_size(tile, *original, size)
+    window = tiling.tile_size(tile, *original, size)
     pixels = np.asarray(rgb, np.uint8) if window else images.resize_image(rgb, size)
     yield _Case(path.stem, pixels, original, None, window)
 
@@ -224,25 +227,25 @@ def predict(
 
   `workdirs` (one or several: an ensemble) give the variables unless `variable_sets` does.
   Inputs are checked (files, split, options) before any output folder is created. Share
-  `part_id` of `num_parts` (`ensemble.share`) of the sorted inputs is predicted, at most
+  `part_id` of `num_parts` (`share`) of the sorted inputs is predicted, at most
   `limit` of them (0: all).
   """
   compilation_cache.enable(config.compilation_cache_dir)
   workdirs = paths.as_paths(workdirs)
   ensemble.check_tta(tta)
-  ensemble.check_overlap(overlap)
+  tiling.check_overlap(overlap)
   guard.check_model_fits(config, workdirs)
   size, batch_size = image_size.resolve(config, workdirs), config.eval_batch_size
-  tile = ensemble.parse_tile(str(tile), config.model)
-  post_steps = ensemble.parse_post(post)
+  tile = tiling.parse_tile(str(tile), config.model)
+  post_steps = postprocessing.parse_post(post)
   if split:
     try:
       _, names = pipeline.resolve_split(config.data, split)
     except ValueError as e:
       raise errors.UserError(f"--split {split}: {e}") from None
-    names = ensemble.share(names, num_parts, part_id)
+    names = share(names, num_parts, part_id)
   else:
-    inputs_share = ensemble.share(collect_images(inputs), num_parts, part_id)
+    inputs_share = share(collect_images(inputs), num_parts, part_id)
     names = [p.stem for p in inputs_share]
   if limit:
     names = names[:limit]
@@ -256,13 +259,15 @@ def predict(
   if not todo:
     return result
 
-  variable_sets = list(variable_sets) if variable_sets else _load_variable_sets(workdirs)
+  variable_sets = jax.device_put(
+    list(variable_sets) if variable_sets else _load_variable_sets(workdirs)
+  )
   model = models.build(config.model)
   has_edge = config.model.edge_branch != "none"
-  forward = ensemble.maps_fn(model, tta, edge=True)
+  forward = ensemble.probability_fn(model, tta, edge=True)
 
   def batch_maps(images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
-    maps = ensemble.mean_over_models(forward, variable_sets, jnp.asarray(images_nhwc))
+    maps = forward(variable_sets, jnp.asarray(images_nhwc))
     return {name: np.asarray(values) for name, values in maps.items()}
 
   for sub in ("masks", "panels", *(("probabilities",) if save_probabilities else ())):
@@ -277,21 +282,21 @@ def predict(
 
   def write(case: _Case, maps: dict[str, np.ndarray]):
     """The case's outputs from its maps at `case.pixels`' resolution; the mask last."""
-    native = _resize_map(maps["probability"], *case.size)
+    native = postprocessing.resize_probability(maps["probability"], *case.size)
     panel_path, *probability_path, mask_path = _output_paths(out, case.name, save_probabilities)
     if save_probabilities:
-      half = ensemble.float16_probability(native)
+      half = postprocessing.float16_probability(native)
       _write_atomic(probability_path[0], lambda f: np.save(f, half))
       mask = half > 0.5
     else:
       mask = native > 0.5
     if post_steps:
-      mask = ensemble.postprocess(mask, post_steps)
+      mask = postprocessing.postprocess(mask, post_steps)
     shown = (
       case.pixels if not case.tile else images.resize_image(Image.fromarray(case.pixels), size)
     )
-    probability = _resize_map(maps["probability"], size, size)
-    edge = _resize_map(maps["edge"], size, size) if has_edge else None
+    probability = postprocessing.resize_probability(maps["probability"], size, size)
+    edge = postprocessing.resize_probability(maps["edge"], size, size) if has_edge else None
     picture = panel(shown, probability, edge, case.truth)
     _write_png(panel_path, picture)
     _write_png(mask_path, (mask * 255).astype(np.uint8))
@@ -311,7 +316,7 @@ def predict(
     for case in chunk:
       if case.tile:
         normalized = augment.normalize(case.pixels)
-        write(case, ensemble.predict_tiled(batch_maps, normalized, case.tile, overlap, batch_size))
+        write(case, tiling.predict_tiled(batch_maps, normalized, case.tile, overlap, batch_size))
     bar.update(result.written + len(result.unreadable) - bar.n)
   bar.update(result.written + len(result.unreadable) - bar.n)
   bar.close()

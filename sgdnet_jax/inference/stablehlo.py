@@ -31,6 +31,7 @@ import numpy as np
 from sgdnet_jax import models
 from sgdnet_jax.core import compilation_cache, errors
 from sgdnet_jax.data import augment
+from sgdnet_jax.inference import ensemble
 from sgdnet_jax.workdir import guard, image_size, variables_io
 
 MODEL_FILE = "model.jax_export"
@@ -40,9 +41,6 @@ REQUIREMENTS_FILE = "requirements-serving.txt"
 # What serving.py needs (the repository's requirements-serving.txt), pinned as requirements.txt is.
 SERVING_REQUIREMENTS = pathlib.Path(__file__).resolve().parents[2] / REQUIREMENTS_FILE
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-TTA_MODES = ("none", "flip")
-# Mirror TTA: the identity, horizontal, vertical and both flips (the image axes of NHWC).
-FLIP_AXES = ((), (2,), (1,), (1, 2))
 
 
 def conv_impl_for(configured: str, platforms: Sequence[str]) -> str:
@@ -78,31 +76,18 @@ def probability_function(
 ) -> Callable[[jax.Array], jax.Array]:
   """uint8 `[N, H, W, 3]` -> float32 foreground probabilities `[N, H, W, 1]`.
 
-  With `tta='flip'` the mean over FLIP_AXES, each prediction flipped back before averaging; the
-  flipped copies run as one batch of 4N.
+  ImageNet normalisation, then `ensemble.probability_maps` of the one variable set (constants of
+  the program) with `tta`: the probability that `evaluate` and `predict` compute.
   """
-  if tta not in TTA_MODES:
-    raise errors.ConfigError(f"export tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
+  ensemble.check_tta(tta)
   mean, std = jnp.asarray(augment.IMAGENET_MEAN), jnp.asarray(augment.IMAGENET_STD)
 
   def probability(images: jax.Array) -> jax.Array:
     normalised = (images.astype(jnp.float32) - mean) / std
-    logits = module.apply(variables, normalised, train=False)["o1"]
-    return models.foreground_probability(logits)[..., None]
+    maps = ensemble.probability_maps(module, [variables], normalised, tta)
+    return maps["probability"][..., None]
 
-  if tta == "none":
-    return probability
-
-  def flip_mean(images: jax.Array) -> jax.Array:
-    views = jnp.concatenate([_flip(images, axes) for axes in FLIP_AXES])
-    per_view = probability(views).reshape(len(FLIP_AXES), *images.shape[:3], 1)
-    return sum(_flip(p, axes) for p, axes in zip(per_view, FLIP_AXES)) / len(FLIP_AXES)
-
-  return flip_mean
-
-
-def _flip(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  return jnp.flip(x, axes) if axes else x
+  return probability
 
 
 def serving_requirements() -> list[str]:
