@@ -24,10 +24,9 @@ from sgdnet_jax.core import errors
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import lesions as lesion_lib
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, layout, variables_io
 
 INTACT = "intact"
-ABLATE_DIR = "ablate"
 
 
 def parse_lesions(text: str) -> list[tuple[str, ...]]:
@@ -80,12 +79,12 @@ def ablate(
   _check(config, lesion_sets)
   guard.check_model_fits(config, [workdir])
   variables = variables_io.load_variables(workdir)
-  root = os.path.join(workdir, ABLATE_DIR)
-  suffix = "" if resolution == "train" else "_native"
+  root = os.path.join(workdir, layout.ABLATE_DIR)
+  suffix = layout.eval_suffix(resolution)
   for lesions in [(), *lesion_sets]:
     lesioned = config.copy_and_resolve_references()
     lesioned.model.lesions = tuple(lesions)
-    out_dir = os.path.join(root, lesion_name(lesions), f"fold{config.data.fold}", "eval")
+    out_dir = layout.eval_dir(os.path.join(root, lesion_name(lesions), f"fold{config.data.fold}"))
     evaluate.evaluate(lesioned, workdir, split, resolution, variables=variables, out_dir=out_dir)
   runs = report.load_runs(root, split + suffix, metrics)
   result = report.compare(runs, INTACT, seed)
