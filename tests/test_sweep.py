@@ -15,6 +15,7 @@ import pytest
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils
 from sgdnet_jax.study import sweep, sweeps
+from sgdnet_jax.workdir import checkpointing, layout
 from tests import train_helpers
 
 SPEC = "configs/test.py:sweep=tiny"
@@ -173,6 +174,14 @@ def test_a_run_whose_config_json_differs_fails_naming_each_change(tmp_path):
     f"{workdir / 'config.json'} differs from this sweep's config (model.edge_branch: 'sge' ->"
     " 'none', seed: 7 -> 0: recorded -> sweep); remove that workdir or choose another --root"
   ) in entry["error"]
+
+
+def test_a_workdir_holds_only_the_steps_orbax_finished(tmp_path):
+  checkpoints = layout.latest_dir(tmp_path)
+  for name in ("2", "10", "12.orbax-checkpoint-tmp-1733", f"4{checkpointing.CORRUPT_SUFFIX}"):
+    (checkpoints / name).mkdir(parents=True)
+  assert checkpointing.trained_steps(tmp_path) == [2, 10]
+  assert checkpointing.trained_steps(tmp_path / "never_trained") == []
 
 
 def header(root: pathlib.Path, index: int, skipped: bool = False) -> str:
