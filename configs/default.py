@@ -4,25 +4,15 @@
 
 The experiment files (`isic2018.py`, `isic2016_ph2.py`, `conic.py`, `folder.py`, `demo.py`,
 `test.py`) start from `get_config()` and change a few fields; the package only validates fields
-(`check()` where they are used), it holds no defaults. Loading a config imports neither JAX nor
-`sgdnet_jax`. Every field is also a command-line override: `--config.model.sgdc.kernel_size=5`.
+(`check()` where they are used), it holds no defaults. The named variants (presets of the model
+fields below) live in `sgdnet_jax/core/variants.py`, shared with the porting of upstream
+checkpoints; loading a config imports that list and no JAX. Every field is also a command-line
+override: `--config.model.sgdc.kernel_size=5`.
 """
 
 import ml_collections
 
-# Named variants of the paper's Tables 4 and 5: presets of the model fields below, so that every
-# ablation can also be reached field by field.
-VARIANTS = {
-  "sgdnet": {},  # SGE + SGDC on x1/x2/x3 (Table 4 row 4)
-  "cto": {"edge_branch": "eam", "skip_fusion": "edge_gate"},  # CTO: EAM + x * sigmoid(edge)
-  "baseline": {"edge_branch": "none", "skip_fusion": "none"},  # no boundary branch (row 1)
-  "sge_add": {"skip_fusion": "guidance_add"},  # SGE guidance added element-wise (row 2)
-  "sge_contmix": {"skip_fusion": "contmix"},  # SGE + ContMix (row 3)
-  "sgdc_self_guidance": {"sgdc.guidance": "self"},  # SGDC fed by F_X only (Table 5)
-  "sgdc_no_local": {"sgdc.local_branch": False},  # SGDC without its local branch (Table 5)
-  "sgdc_no_dynamic": {"sgdc.dynamic_branch": False},  # SGDC without its dynamic branch (Table 5)
-  "sgdc_paper_eq": {"sgdc.form": "paper"},  # SGDC in the paper's equation form (Eqs. 3-4)
-}
+from sgdnet_jax.core.variants import VARIANTS
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -49,7 +39,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.compilation_cache_dir = "~/.cache/sgdnet_jax/xla"
 
   config.model = model = ml_collections.ConfigDict()
-  model.variant = "sgdnet"  # the name of the preset applied (VARIANTS above); a record only
+  model.variant = "sgdnet"  # the name of the preset applied (core/variants.py); a record only
   model.num_classes = 1  # 1: one sigmoid logit per pixel; 2: softmax over background/foreground
   model.backbone_depth = 50  # Res2Net v1b depth: 50 or 101
   # ImageNet-pretrained encoder (as the paper and CTO): a name (res2net50_v1b_26w_4s,

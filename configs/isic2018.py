@@ -5,7 +5,7 @@
       --workdir runs/isic2018_sgdnet_f0
   python -m sgdnet_jax.main summary --config configs/isic2018.py:variant=sgdnet,num_classes=2
 
-Arguments: variant (see `configs/default.py` VARIANTS), num_classes (1 sigmoid, 2 softmax), fold
+Arguments: variant (see `sgdnet_jax/core/variants.py`), num_classes (1 sigmoid, 2 softmax), fold
 (0-4), data (the prepared dataset folder). Report the mean over the 5 folds' test scores.
 
 Sweeps (docs/ablations.md): table4, table5, main (each variant x folds 0-4), seeds (sgdnet x

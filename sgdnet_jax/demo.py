@@ -17,7 +17,7 @@ from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.data import prepare, synthetic
 from sgdnet_jax.inference import evaluate, predict
 from sgdnet_jax.train import loop
-from sgdnet_jax.workdir import image_size
+from sgdnet_jax.workdir import image_size, layout
 
 
 def ensure_demo_dataset(
@@ -85,7 +85,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
   outcome = loop.train_and_evaluate(config, workdir)
   result = evaluate.evaluate(config, workdir, "test", "train")
   predicted = predict.predict(
-    config, workdir, workdir / "predictions", split="test", limit=24, overwrite=True
+    config, workdir, layout.predictions_dir(workdir), split="test", limit=24, overwrite=True
   )
   out, count = predicted.out, predicted.written
   minutes = (time.time() - start) / 60
@@ -98,9 +98,11 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     f"Dice {result['dice']:.4f}  IoU {result['iou']:.4f}  HD95 {result['hd95']:.2f} px  "
     f"ASSD {result['assd']:.2f} px"
   )
-  print(f"results:   {workdir / 'eval' / 'test.json'} (per case: test_cases.csv)")
+  evaluations = layout.eval_dir(workdir)
+  cases = layout.eval_cases(evaluations, "test").name
+  print(f"results:   {layout.eval_json(evaluations, 'test')} (per case: {cases})")
   print(f"pictures:  {out / 'overview.png'} and {out / 'panels'} ({count} cases)")
-  print(f"metrics:   {workdir / 'metrics.jsonl'} and TensorBoard events in {workdir}")
+  print(f"metrics:   {layout.metrics_file(workdir)} and TensorBoard events in {workdir}")
   figures = {key: result[key] for key in ("dice", "iou", "hd95", "assd")}
   figures["minutes"] = round(minutes, 2)
   print(json.dumps(figures))

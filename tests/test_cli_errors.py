@@ -20,7 +20,7 @@ from PIL import Image
 from sgdnet_jax import main, models, porting
 from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.models import sgdc
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, layout, variables_io
 
 CONFIG = "configs/test.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,7 @@ def test_train_in_a_read_only_workdir(capsys, tmp_path, monkeypatch):
   real_open = os.open
 
   def read_only_open(path, flags, *args):
-    if str(path).endswith(guard.LOCK_FILE):
+    if str(path).endswith(layout.LOCK_FILE):
       raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
     return real_open(path, flags, *args)
 

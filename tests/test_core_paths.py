@@ -18,8 +18,8 @@ from fsspec.implementations import dirfs, local
 from sgdnet_jax.core import config_utils, paths
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.train import loop, writers
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.train import loop
+from sgdnet_jax.workdir import layout, variables_io
 from tests import train_helpers
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sgdnet_jax"
@@ -117,9 +117,11 @@ WORKDIR_MODULES = (
   "workdir/checkpointing.py",
   "workdir/guard.py",
   "workdir/variables_io.py",
+  "workdir/layout.py",
   "train/writers.py",
   "inference/evaluate.py",
   "inference/predict.py",
+  "inference/stablehlo.py",
   "demo.py",
   "study/report.py",
   "study/plots.py",
@@ -203,7 +205,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_reports_without_local_folders
   workdir = paths.as_path(BUCKET_URL)
   # Read back through the path type, as another machine would.
   assert json.loads((workdir / "config.json").read_text())["total_steps"] == 2
-  records = [json.loads(line) for line in (workdir / writers.METRICS_FILE).read_text().splitlines()]
+  records = [json.loads(line) for line in layout.metrics_file(workdir).read_text().splitlines()]
   # Both runs' lines: the resumed run re-uploaded the first run's lines with its own.
   assert [r["step"] for r in records if "loss" in r] == [1, 2]
   # Step 1 was deleted in the bucket when step 2 was saved (keep_checkpoints=1).
@@ -242,23 +244,59 @@ def test_a_pretrained_file_in_a_bucket_is_fetched_into_the_cache_once(fake_gcs, 
 
 
 def test_a_local_sweep_keeps_its_root_in_the_bucket_and_skips_finished_runs(fake_gcs, data_dir):
-  from sgdnet_jax.core import config_utils
-  from sgdnet_jax.study import sweep
+  from sgdnet_jax.study import sweep, sweeps
 
   spec = f"{train_helpers.REPO}/configs/test.py:sweep=tiny"  # the test runs in an empty cwd
   overrides = train_helpers.overrides(data_dir, total_steps=1)
-  runs = [run for run in config_utils.load_sweep(spec, overrides) if run.config.data.fold == 0]
+  runs = [run for run in sweeps.load_sweep(spec, overrides) if run.config.data.fold == 0]
   root = "gs://bucket/study"
   for run in runs:  # finished in another machine's session: config, last checkpoint, evaluation
-    workdir = paths.as_path(sweep.workdir(root, run))
+    workdir = paths.as_path(sweeps.run_workdir(root, run))
     assert str(workdir) == f"{root}/{run.name}"
-    (workdir / "checkpoints" / "1").mkdir(parents=True)
-    (workdir / "eval").mkdir()
-    (workdir / "eval" / "test.json").write_text("{}")
-    (workdir / "config.json").write_text(json.dumps(sweep._as_recorded(run.config, workdir)))
+    # In a bucket Orbax marks a finished step with a commit file.
+    (layout.latest_dir(workdir) / "1").mkdir(parents=True)
+    (layout.latest_dir(workdir) / "1" / "commit_success.txt").write_text("")
+    layout.eval_dir(workdir).mkdir()
+    layout.eval_json(layout.eval_dir(workdir), "test").write_text("{}")
+    config_utils.save_config(run.config, layout.config_file(workdir))
   record = sweep.run_local(runs, root)
   assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped"]
   assert json.loads((fake_gcs / "bucket" / "study" / "sweep.json").read_text()) == record
   assert list(pathlib.Path.cwd().iterdir()) == []
   with pytest.raises(paths.errors.UserError, match="must be a folder the cluster's nodes share"):
     sweep.write_slurm(runs, root)
+
+
+def test_export_reads_a_bucket_workdir_and_writes_its_files_to_a_bucket(fake_gcs):
+  import jax
+  import numpy as np
+
+  from sgdnet_jax import models
+  from sgdnet_jax.inference import stablehlo
+
+  config = config_utils.load_config(str(train_helpers.REPO / train_helpers.TRAIN_CONFIG))
+  size = config.data.image_size
+  shapes = jax.eval_shape(
+    lambda: models.build(config.model).init(
+      jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32), train=False
+    )
+  )
+  variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  workdir = "gs://bucket/convert"
+  variables_io.save_variables(workdir, variables, config.to_dict())
+  evaluations = layout.eval_dir(workdir)
+  evaluations.mkdir()
+  layout.eval_json(evaluations, "test").write_text(json.dumps({"dice": 0.5}))
+  layout.eval_cases(evaluations, "test").write_text("case_id,dice\n")  # not a result
+
+  out = stablehlo.export_model(config, workdir, "gs://bucket/export", ["cpu"])
+  assert str(out) == "gs://bucket/export"
+  exported = fake_gcs / "bucket" / "export"
+  assert sorted(p.name for p in exported.iterdir()) == sorted(
+    [stablehlo.MODEL_FILE, stablehlo.CARD_FILE, stablehlo.SERVING_FILE, stablehlo.REQUIREMENTS_FILE]
+  )
+  card = json.loads((exported / stablehlo.CARD_FILE).read_text())
+  assert card["workdir"] == workdir and card["evaluation"] == {"test": {"dice": 0.5}}
+  program = jax.export.deserialize(bytearray((exported / stablehlo.MODEL_FILE).read_bytes()))
+  assert program.out_avals[0].shape[1:] == (size, size, 1)
+  assert list(pathlib.Path.cwd().iterdir()) == []  # no ./gs:/bucket/... folder

@@ -8,9 +8,9 @@ without running anything heavy:
 * `python -m sgdnet_jax.main COMMAND ARGS`: COMMAND is in `main.COMMANDS`; ARGS parse with the
   command's own parser (`sgdnet_jax/cli/<command>.py::build_parser`); what the parser leaves over
   is `--config.x=y` overrides, and only for commands that read a config; the config file and its
-  `:args` load (`config_utils.load_config`, or `load_sweep` for `:sweep=`) with the overrides,
-  each naming a field and parsing to its type; `ablate --knockouts` act on the config's variant
-  (the check `ablate` itself makes).
+  `:args` load (`config_utils.load_config`, or `sweeps.load_sweep` for `:sweep=`) with the
+  overrides, each naming a field and parsing to its type; `ablate --knockouts` act on the config's
+  variant (the check `ablate` itself makes).
 * `launch/SCRIPT ARGS`: the script exists and accepts ARGS (the SLURM and TPU launchers with
   `--dry-run` added, `local_multiprocess.sh` with a stub Python), with stub cluster tools on PATH
   that fail the test if called; the `python -m sgdnet_jax.main` command the launcher would run is
@@ -40,6 +40,7 @@ import pytest
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils
 from sgdnet_jax.models import knockouts as knockout_lib
+from sgdnet_jax.study import sweeps
 from tests import train_helpers
 
 REPO = train_helpers.REPO
@@ -193,7 +194,7 @@ def _load_config(spec: str, overrides: list[str]):
     config_utils.load_config(DEFAULT_CONFIG, overrides)  # the fields and their types
     return None
   if config_utils.is_sweep(spec):
-    config_utils.load_sweep(spec, overrides)
+    sweeps.load_sweep(spec, overrides)
     return None
   return config_utils.load_config(spec, overrides)
 

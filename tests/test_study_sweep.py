@@ -14,7 +14,8 @@ import pytest
 
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils
-from sgdnet_jax.study import sweep
+from sgdnet_jax.study import sweep, sweeps
+from sgdnet_jax.workdir import checkpointing, layout
 from tests import train_helpers
 
 SPEC = "configs/test.py:sweep=tiny"
@@ -57,12 +58,12 @@ def test_experiment_sweeps_name_their_runs():
     "configs/demo.py:sweep=example": (4, "sgdnet/fold0/seed1"),
   }
   for spec, (count, name) in expected.items():
-    runs = config_utils.load_sweep(spec)
+    runs = sweeps.load_sweep(spec)
     assert len(runs) == count and name in [run.name for run in runs], spec
-  ph2 = config_utils.load_sweep("configs/isic2016_ph2.py:sweep=main")[0]
+  ph2 = sweeps.load_sweep("configs/isic2016_ph2.py:sweep=main")[0]
   assert tuple(ph2.config.eval_splits) == ("ph2", "test")
   # A run is the command line that rebuilds its config, preset included.
-  run = config_utils.load_sweep("configs/isic2018.py:sweep=table5,num_classes=2")[5]
+  run = sweeps.load_sweep("configs/isic2018.py:sweep=table5,num_classes=2")[5]
   assert run.spec == "configs/isic2018.py:num_classes=2,variant=sgdc_no_local,fold=0"
   assert run.config.model.sgdc.local_branch is False and run.config.model.num_classes == 2
   assert config_utils.load_config(run.spec, run.overrides) == run.config
@@ -156,6 +157,31 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
   output = capsys.readouterr().out
   assert "4 failed" in output
   assert headers(output) == [header(root, i) for i in range(4)]
+
+
+def test_a_run_whose_config_json_differs_fails_naming_each_change(tmp_path):
+  root = tmp_path / "R"
+  run = sweeps.load_sweep(SPEC)[0]
+  recorded = run.config.copy_and_resolve_references()
+  recorded.seed, recorded.model.edge_branch = 7, "sge"
+  workdir = pathlib.Path(sweeps.run_workdir(str(root), run))
+  workdir.mkdir(parents=True)
+  config_utils.save_config(recorded, workdir / "config.json")
+  record = sweep.run_local([run], str(root))
+  [entry] = record["runs"]
+  assert entry["status"] == "failed"
+  assert (
+    f"{workdir / 'config.json'} differs from this sweep's config (model.edge_branch: 'sge' ->"
+    " 'none', seed: 7 -> 0: recorded -> sweep); remove that workdir or choose another --root"
+  ) in entry["error"]
+
+
+def test_a_workdir_holds_only_the_steps_orbax_finished(tmp_path):
+  checkpoints = layout.latest_dir(tmp_path)
+  for name in ("2", "10", "12.orbax-checkpoint-tmp-1733", f"4{checkpointing.CORRUPT_SUFFIX}"):
+    (checkpoints / name).mkdir(parents=True)
+  assert checkpointing.trained_steps(tmp_path) == [2, 10]
+  assert checkpointing.trained_steps(tmp_path / "never_trained") == []
 
 
 def header(root: pathlib.Path, index: int, skipped: bool = False) -> str:

@@ -18,7 +18,7 @@ import torch
 from configs import default
 from sgdnet_jax.core import config_utils
 from sgdnet_jax.train import loop, losses, optimizer, writers
-from sgdnet_jax.workdir import checkpointing, variables_io
+from sgdnet_jax.workdir import checkpointing, layout, variables_io
 from tests import tolerances, train_helpers
 
 
@@ -157,7 +157,7 @@ def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path):
   writer = writers.MetricsWriter(tmp_path, tensorboard=False)
   writer.write_scalars(1, {"loss": np.float32(0.5)})
   writer.close()
-  assert os.listdir(tmp_path) == [writers.METRICS_FILE]
+  assert os.listdir(tmp_path) == [layout.METRICS_FILE]
   assert train_helpers.step_losses(tmp_path) == {1: 0.5}
 
 

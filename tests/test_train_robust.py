@@ -19,7 +19,7 @@ import pytest
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils, errors, sharding
 from sgdnet_jax.train import loop
-from sgdnet_jax.workdir import checkpointing, guard
+from sgdnet_jax.workdir import checkpointing, guard, layout
 from tests import train_helpers
 
 TOTAL_STEPS = 6
@@ -71,7 +71,7 @@ def signals_before_step(monkeypatch):
 
     def global_batch(*args, **kwargs):
       calls["count"] += 1
-      lock_holders.append(json.loads((workdir_path / guard.LOCK_FILE).read_text()))
+      lock_holders.append(json.loads((workdir_path / layout.LOCK_FILE).read_text()))
       for signum in plan.get(calls["count"], []):
         os.kill(os.getpid(), signum)
       return build_batch(*args, **kwargs)
@@ -99,7 +99,7 @@ def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes
   )
   assert saved_steps(run_dir) == [1, 2]  # the checkpoint step saved once
   assert lock_holders[0]["pid"] == os.getpid()
-  assert not (run_dir / guard.LOCK_FILE).exists()
+  assert not (run_dir / layout.LOCK_FILE).exists()
   assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before
 
   signals_before_step(run_dir, {2: [signal.SIGINT]})  # step 4; steps 3 and 4 save nothing
@@ -115,7 +115,7 @@ def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes
   ]
   assert "stopped by" not in captured.out
   assert saved_steps(run_dir) == [4, 5]  # step 5 committed, step 6 never finished
-  assert not (run_dir / guard.LOCK_FILE).exists()
+  assert not (run_dir / layout.LOCK_FILE).exists()
   assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before
 
   monkeypatch.undo()
@@ -134,7 +134,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_naming_the_holder(data_dir,
   holder = subprocess.Popen(["sleep", "60"])
   try:
     lock = {"host": socket.gethostname(), "pid": holder.pid, "since": "2024-01-02T03:04:05"}
-    (tmp_path / guard.LOCK_FILE).write_text(json.dumps(lock))
+    (tmp_path / layout.LOCK_FILE).write_text(json.dumps(lock))
     assert train(tmp_path, data_dir) == 2
   finally:
     holder.kill()
@@ -142,13 +142,13 @@ def test_a_second_run_on_a_locked_workdir_is_refused_naming_the_holder(data_dir,
   line = one_error_line(capsys)
   assert f"in use by another train run (host {lock['host']}, pid {holder.pid}, since " in line
   assert "2024-01-02T03:04:05" in line
-  assert json.loads((tmp_path / guard.LOCK_FILE).read_text()) == lock  # not taken
+  assert json.loads((tmp_path / layout.LOCK_FILE).read_text()) == lock  # not taken
   assert not (tmp_path / "config.json").exists()
 
 
 def test_a_lock_on_another_host_is_refused_whatever_its_pid(tmp_path):
   lock = {"host": socket.gethostname() + "-elsewhere", "pid": 2**22 + 1, "since": "then"}
-  (tmp_path / guard.LOCK_FILE).write_text(json.dumps(lock))
+  (tmp_path / layout.LOCK_FILE).write_text(json.dumps(lock))
   with pytest.raises(errors.UserError, match="-elsewhere, pid"), guard.locked(str(tmp_path)):
     pass
 
@@ -157,17 +157,17 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, cap
   finished = subprocess.Popen(["true"])
   finished.wait()  # its pid is no longer alive
   lock = {"host": socket.gethostname(), "pid": finished.pid, "since": "then"}
-  (tmp_path / guard.LOCK_FILE).write_text(json.dumps(lock))
+  (tmp_path / layout.LOCK_FILE).write_text(json.dumps(lock))
   with (
     caplog.at_level(logging.WARNING),
     pytest.raises(RuntimeError, match="inside"),
     guard.locked(str(tmp_path)),
   ):
-    assert json.loads((tmp_path / guard.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / layout.LOCK_FILE).read_text())["pid"] == os.getpid()
     raise RuntimeError("inside")  # released on an exception too
-  assert f"stale lock {tmp_path / guard.LOCK_FILE}" in caplog.text
+  assert f"stale lock {tmp_path / layout.LOCK_FILE}" in caplog.text
   assert f"pid {finished.pid}" in caplog.text
-  assert not (tmp_path / guard.LOCK_FILE).exists()
+  assert not (tmp_path / layout.LOCK_FILE).exists()
 
 
 def truncate_a_data_file(step_dir: pathlib.Path):

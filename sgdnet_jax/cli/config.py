@@ -9,6 +9,7 @@ import json
 
 from sgdnet_jax import cli
 from sgdnet_jax.core import config_utils
+from sgdnet_jax.study import sweeps
 
 
 def _text(config, as_json: bool) -> str:
@@ -29,7 +30,7 @@ def main(argv) -> int:
   if not config_utils.is_sweep(args.config):
     print(_text(config_utils.load_config(args.config, overrides), args.json))
     return 0
-  runs = config_utils.load_sweep(args.config, overrides)
+  runs = sweeps.load_sweep(args.config, overrides)
   if args.json:
     by_name = {run.name: run.config.to_dict() for run in runs}
     print(json.dumps(by_name, indent=2, sort_keys=True, default=str))

@@ -63,13 +63,13 @@ def main(argv) -> int:
   if bool(args.images) == bool(args.split):
     parser.error("give either --images or --split")
   config = config_utils.load_config(args.config, overrides)
-  from sgdnet_jax.core import paths
   from sgdnet_jax.inference import predict
+  from sgdnet_jax.workdir import layout
 
   result = predict.predict(
     config,
     args.workdir,
-    args.out or paths.as_path(args.workdir[0]) / "predictions",
+    args.out or layout.predictions_dir(args.workdir[0]),
     args.images,
     args.split,
     args.limit,

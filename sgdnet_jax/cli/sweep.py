@@ -42,8 +42,9 @@ def main(argv) -> int:
     parser.error("--sbatch-args go with --submit (sbatch's own options win over the script's)")
   if not config_utils.is_sweep(args.config):
     parser.error(f"--config {args.config} selects no sweep; add :sweep=<name>")
-  runs = config_utils.load_sweep(args.config, overrides)
-  from sgdnet_jax.study import sweep
+  from sgdnet_jax.study import sweep, sweeps
+
+  runs = sweeps.load_sweep(args.config, overrides)
 
   if args.print:
     print("\n".join(sweep.print_lines(runs, args.root)))

@@ -1,13 +1,11 @@
 """Loading experiment configs: `path/to/config.py[:arg]` plus `--config.a.b=value` overrides.
 
 Mirrors `ml_collections.config_flags` for commands that parse their own arguments. A config
-module may also define `get_sweep(name)`: a list of runs, each a dict of config arguments (keys
-of its `get_config(arg)`, e.g. `variant`, `fold`) and field overrides (keys `config.<field>`);
-`file.py:sweep=<name>[,arg=value...]` selects one (`load_sweep`, docs/ablations.md).
+module may also define `get_sweep(name)`, selected by `file.py:sweep=<name>[,arg=value...]`;
+`load_config` refuses such a spec, and `sgdnet_jax.study.sweep.load_sweep` loads its runs.
 """
 
 import ast
-import dataclasses
 import importlib.util
 import json
 import os
@@ -20,12 +18,12 @@ import ml_collections
 from sgdnet_jax.core import errors
 
 SWEEP_ARG = "sweep"  # the config argument that selects a sweep of get_sweep
-FIELD_PREFIX = "config."  # a sweep key naming a config field rather than a config argument
 # Renamed config fields, old dotted name -> new: refused when given, mapped in a recorded config.
 RENAMED_FIELDS = {"model.lesions": "model.knockouts"}
 
 
-def _load_module(path: str):
+def load_module(path: str):
+  """The config file at `path` as a module (a ConfigError when there is none)."""
   if not os.path.isfile(path):
     raise errors.ConfigError(
       f"config file {path!r} does not exist (expected configs/<experiment>.py)"
@@ -40,7 +38,7 @@ def _load_module(path: str):
   return module
 
 
-def _arg_items(arg: str) -> list[tuple[str, str]]:
+def arg_items(arg: str) -> list[tuple[str, str]]:
   """`a=1,b=x` -> [('a', '1'), ('b', 'x')]; an item without '=' keeps '' (get_config refuses)."""
   return [
     tuple(part.strip() for part in item.partition("=")[::2]) for item in arg.split(",") if item
@@ -49,7 +47,7 @@ def _arg_items(arg: str) -> list[tuple[str, str]]:
 
 def is_sweep(spec: str) -> bool:
   """True when `spec` selects a sweep (`file.py:sweep=<name>,...`)."""
-  return any(key == SWEEP_ARG for key, _ in _arg_items(spec.partition(":")[2]))
+  return any(key == SWEEP_ARG for key, _ in arg_items(spec.partition(":")[2]))
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -60,7 +58,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
       f"{spec} selects a sweep of several runs; run it with `sweep --config {spec} --root R`"
       " (`config` prints each run's config)"
     )
-  module = _load_module(path)
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise errors.ConfigError(f"config file {path!r} has no get_config(arg) function")
   try:
@@ -124,71 +122,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   """Applies `--config.a.b=value` items; the value is parsed as a Python literal when it can be."""
   for key, value in split_overrides(overrides):
     set_path(config, key, parse_value(value))
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepRun:
-  """One run of a sweep: where it goes and how to build its config again on a command line."""
-
-  name: str  # workdir below the sweep root: <variant>/fold<k>[/seed<s>]
-  spec: str  # file.py[:arg] of this run (the sweep's arguments, then the run's)
-  overrides: tuple[str, ...]  # --config.x=y: the run's fields, then the command line's
-  config: ml_collections.ConfigDict
-
-
-def _arg_text(value: Any) -> str:
-  return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[SweepRun]:
-  """The runs of `file.py:sweep=<name>[,arg=value...]`, each with its resolved config.
-
-  `get_sweep(name)` lists the runs; the other arguments of `spec` and `overrides` apply to every
-  run (a run's own keys win over the spec's arguments; `overrides` win over a run's fields). A
-  run's workdir name comes from its config: `<model.variant>/fold<data.fold>`, plus
-  `/seed<seed>` when the seed differs between runs.
-  """
-  path, _, arg = spec.partition(":")
-  items = _arg_items(arg)
-  name = next((value for key, value in items if key == SWEEP_ARG), "")
-  base = {key: value for key, value in items if key != SWEEP_ARG}
-  module = _load_module(path)
-  if not hasattr(module, "get_sweep"):
-    raise errors.ConfigError(f"config file {path!r} defines no sweeps (no get_sweep function)")
-  try:
-    entries = module.get_sweep(name)
-  except (ValueError, KeyError) as error:
-    raise errors.ConfigError(f"{spec}: {error}") from None
-  command_line = [f"--config.{key}={value}" for key, value in split_overrides(overrides)]
-  runs = []
-  for entry in entries:
-    args = dict(base)
-    args.update({k: _arg_text(v) for k, v in entry.items() if not k.startswith(FIELD_PREFIX)})
-    fields = [
-      f"--config.{k[len(FIELD_PREFIX) :]}={v!r}"
-      for k, v in entry.items()
-      if k.startswith(FIELD_PREFIX)
-    ]
-    run_spec = path + (":" + ",".join(f"{k}={v}" for k, v in args.items()) if args else "")
-    run_overrides = (*fields, *command_line)
-    runs.append(SweepRun("", run_spec, run_overrides, load_config(run_spec, run_overrides)))
-  if not runs:
-    raise errors.ConfigError(f"{spec}: sweep {name!r} has no runs")
-  with_seed = len({run.config.seed for run in runs}) > 1
-  named = []
-  for run in runs:
-    parts = [str(run.config.model.variant), f"fold{run.config.data.fold}"]
-    parts += [f"seed{run.config.seed}"] if with_seed else []
-    named.append(dataclasses.replace(run, name="/".join(parts)))
-  seen = {}
-  for run in named:
-    if run.name in seen:
-      raise errors.ConfigError(
-        f"{spec}: runs {seen[run.name]} and {run.spec} {' '.join(run.overrides)} would share"
-        f" the workdir {run.name}; a sweep varies the variant, the fold or the seed"
-      )
-    seen[run.name] = f"{run.spec} {' '.join(run.overrides)}".strip()
-  return named
 
 
 def parse_value(text: str) -> Any:

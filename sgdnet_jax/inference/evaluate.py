@@ -33,7 +33,7 @@ from sgdnet_jax.core import compilation_cache, distributed, errors, paths, shard
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import ensemble, postprocessing
 from sgdnet_jax.metrics import panoptic
-from sgdnet_jax.workdir import guard, image_size, variables_io
+from sgdnet_jax.workdir import guard, image_size, layout, variables_io
 
 RESOLUTIONS = ("train", "native")
 DISTANCES_ON = ("host", "device")
@@ -260,12 +260,10 @@ def evaluate(
   }
   result["n_used"] = {name: c.n_used for name, c in results.cases.items()}
   if jax.process_index() == 0:
-    out_dir = paths.as_path(out_dir or workdirs[0] / "eval")
+    out_dir = paths.as_path(out_dir or layout.eval_dir(workdirs[0]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if resolution == "train" else "_native"
-    suffix += "" if tta == "none" else f"_tta-{tta}"
-    suffix += "_post" if post_steps else ""
-    paths.write_text_atomic(out_dir / f"{split}{suffix}.json", json.dumps(result, indent=2))
+    suffix = layout.eval_suffix(resolution, tta, bool(post_steps))
+    paths.write_text_atomic(layout.eval_json(out_dir, split, suffix), json.dumps(result, indent=2))
     columns = _case_columns(record)
     table = io.StringIO()
     writer = csv.writer(table)
@@ -273,5 +271,5 @@ def evaluate(
     writer.writerows(
       [case_ids[int(i)]] + [columns[k][n] for k in columns] for n, i in enumerate(record["index"])
     )
-    paths.write_text_atomic(out_dir / f"{split}{suffix}_cases.csv", table.getvalue())
+    paths.write_text_atomic(layout.eval_cases(out_dir, split, suffix), table.getvalue())
   return result

@@ -11,15 +11,15 @@ are all inside. `DIR/model.json` is the model card, `DIR/serving.py` a copy of
 `sgdnet_jax/inference/serving.py`, which runs the model with jax, numpy and pillow only, and
 `DIR/requirements-serving.txt` a copy of the repository's: what serving.py needs, pinned.
 
-The convolution implementation is chosen from the target platforms, never from the machine that
-traces: the CPU-only matrix-product path (`layers.conv2d_cpu`) only when every target is a CPU.
+W and DIR may be local folders or `gs://` URLs (`sgdnet_jax.core.paths`); each file in DIR is
+written atomically. The convolution implementation is chosen from the target platforms, never
+from the machine that traces: the CPU-only matrix-product path (`layers.conv2d_cpu`) only when
+every target is a CPU.
 """
 
-import glob
 import json
 import os
 import pathlib
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,10 +29,10 @@ import ml_collections
 import numpy as np
 
 from sgdnet_jax import models
-from sgdnet_jax.core import compilation_cache, errors
+from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.data import augment
 from sgdnet_jax.inference import ensemble
-from sgdnet_jax.workdir import guard, image_size, variables_io
+from sgdnet_jax.workdir import guard, image_size, layout, variables_io
 
 MODEL_FILE = "model.jax_export"
 CARD_FILE = "model.json"
@@ -98,12 +98,12 @@ def serving_requirements() -> list[str]:
 
 def export_model(
   config: ml_collections.ConfigDict,
-  workdir: str,
-  out_dir: str,
+  workdir: str | os.PathLike,
+  out_dir: str | os.PathLike,
   platforms: Sequence[str] = ("cpu",),
   tta: str = "none",
   variables: dict[str, Any] | None = None,
-) -> pathlib.Path:
+) -> paths.Path:
   """Writes MODEL_FILE, CARD_FILE, SERVING_FILE and REQUIREMENTS_FILE into `out_dir`.
 
   Returns the folder.
@@ -121,19 +121,20 @@ def export_model(
   function = probability_function(module, variables, tta)
   exported = jax.export.export(jax.jit(function), platforms=platforms)(spec)
 
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  _write_atomic(out / MODEL_FILE, bytes(exported.serialize()))
   card = model_card(config, workdir, variables, exported, model_config.conv_impl, tta, requirements)
-  _write_atomic(out / CARD_FILE, json.dumps(card, indent=2, default=str).encode())
-  shutil.copyfile(pathlib.Path(__file__).with_name(SERVING_FILE), out / SERVING_FILE)
-  shutil.copyfile(SERVING_REQUIREMENTS, out / REQUIREMENTS_FILE)
+  out = paths.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths.write_bytes_atomic(out / MODEL_FILE, bytes(exported.serialize()))
+  paths.write_text_atomic(out / CARD_FILE, json.dumps(card, indent=2, default=str))
+  serving_script = pathlib.Path(__file__).with_name(SERVING_FILE)  # files of this package
+  paths.write_bytes_atomic(out / SERVING_FILE, serving_script.read_bytes())
+  paths.write_bytes_atomic(out / REQUIREMENTS_FILE, SERVING_REQUIREMENTS.read_bytes())
   return out
 
 
 def model_card(
   config: ml_collections.ConfigDict,
-  workdir: str,
+  workdir: str | os.PathLike,
   variables: dict[str, Any],
   exported: jax.export.Exported,
   conv_impl: str,
@@ -190,26 +191,22 @@ def model_card(
       "--images FOLDER --out MASKS",
     },
     "evaluation": evaluation_results(workdir),
-    "workdir": os.path.abspath(workdir),
+    "workdir": str(paths.as_path(workdir)),
     "training_config": config.to_dict(),
   }
 
 
-def evaluation_results(workdir: str) -> dict[str, Any]:
+def evaluation_results(workdir: str | os.PathLike) -> dict[str, Any]:
   """The `W/eval/<name>.json` results of `evaluate` by name; empty when there are none."""
+  evaluations = layout.eval_dir(workdir)
+  if not evaluations.is_dir():
+    return {}
   results = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
+  for path in sorted(evaluations.glob("*.json"), key=lambda p: p.name):
     try:
-      with open(path) as f:
-        results[pathlib.Path(path).stem] = json.load(f)
+      results[path.stem] = json.loads(path.read_text())
     except json.JSONDecodeError as error:
       raise errors.UserError(
         f"{path}: not valid JSON ({error}); re-run evaluate or remove the file"
       ) from None
   return results
-
-
-def _write_atomic(path: pathlib.Path, data: bytes):
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)

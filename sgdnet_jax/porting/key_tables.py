@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgdnet_jax import models
+from sgdnet_jax.core import variants
 from sgdnet_jax.models import layers, res2net, sgdc, sge
 
 # Extra-key kinds.
@@ -179,8 +180,9 @@ def _res2net_structure(params: Params):
   return _abstract(res2net.Res2Net(depth=50), (1, 64, 64, 3), train=False)
 
 
-# The upstream networks as SGDNet fields; everything else is the modules' (upstream) defaults.
-UPSTREAM_NETWORKS = {"sgdnet": {}, "cto": {"edge_branch": "eam", "skip_fusion": "edge_gate"}}
+# The upstream networks as SGDNet fields (their variant presets, which set top-level model fields
+# only); everything else is the modules' (upstream) defaults.
+UPSTREAM_NETWORKS = {name: dict(variants.VARIANTS[name]) for name in ("sgdnet", "cto")}
 
 
 def _network_structure(variant: str) -> Callable[[Params], Any]:

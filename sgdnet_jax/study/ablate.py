@@ -25,10 +25,9 @@ from sgdnet_jax.core import compilation_cache, errors
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import knockouts as knockout_lib
 from sgdnet_jax.study import plots, report
-from sgdnet_jax.workdir import guard, image_size, variables_io
+from sgdnet_jax.workdir import guard, image_size, layout, variables_io
 
 INTACT = "intact"
-ABLATE_DIR = "ablate"
 
 
 def parse_knockouts(text: str) -> list[tuple[str, ...]]:
@@ -83,12 +82,14 @@ def ablate(
   guard.check_model_fits(config, [workdir])
   image_size.resolve(config, [workdir])
   variables = variables_io.load_variables(workdir)
-  root = os.path.join(workdir, ABLATE_DIR)
-  suffix = "" if resolution == "train" else "_native"
+  root = os.path.join(workdir, layout.ABLATE_DIR)
+  suffix = layout.eval_suffix(resolution)
   for knockouts in [(), *knockout_sets]:
     knocked_out = config.copy_and_resolve_references()
     knocked_out.model.knockouts = tuple(knockouts)
-    out_dir = os.path.join(root, knockout_name(knockouts), f"fold{config.data.fold}", "eval")
+    out_dir = layout.eval_dir(
+      os.path.join(root, knockout_name(knockouts), f"fold{config.data.fold}")
+    )
     evaluate.evaluate(knocked_out, workdir, split, resolution, variables=variables, out_dir=out_dir)
   runs = report.load_runs(root, split + suffix, metrics)
   result = report.compare(runs, INTACT, seed)

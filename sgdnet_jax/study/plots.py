@@ -20,6 +20,7 @@ import numpy as np
 
 from sgdnet_jax.core import paths
 from sgdnet_jax.study import report
+from sgdnet_jax.workdir import layout
 
 # A curve of at most this many points marks each one (a single point draws no line); a longer
 # one (the training loss of a real run: hundreds of points) is a plain line.
@@ -78,7 +79,7 @@ def curves_figure(runs: Sequence[report.Run]):
   colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(r.variant for r in runs))}
   labelled = set()
   for run in runs:
-    log = paths.as_path(run.path) / "metrics.jsonl"
+    log = layout.metrics_file(run.path)
     if not log.exists():
       continue
     records = _read_jsonl(log)

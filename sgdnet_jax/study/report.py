@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sgdnet_jax.core import errors, paths
+from sgdnet_jax.workdir import layout
 
 DEFAULT_METRICS = ("dice", "iou", "hd95", "assd")
 RESAMPLES = 10_000
@@ -84,7 +85,7 @@ def load_runs(
     {
       found.parent.parent
       for depth in range(RUN_DEPTH + 1)
-      for found in root.glob("/".join(["*"] * depth + ["eval", f"{split}.json"]))
+      for found in root.glob("/".join(["*"] * depth + [layout.EVAL_DIR, f"{split}.json"]))
     },
     key=str,
   )
@@ -146,10 +147,10 @@ def _check_case_column(json_path: paths.Path, metric: str, convention: dict[str,
 
 
 def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequence[str]) -> Run:
-  config_path = workdir / "config.json"
+  config_path = layout.config_file(workdir)
   config = _read_json(config_path) if config_path.exists() else {}
   variant, fold, seed = _identity(root, workdir, config)
-  json_path = workdir / "eval" / f"{split}.json"
+  json_path = layout.eval_json(layout.eval_dir(workdir), split)
   result = _read_json(json_path)
   available = sorted(k for k, v in result.items() if isinstance(v, (int, float)) and k != "n_total")
   missing = [m for m in metrics if m not in available]
@@ -163,7 +164,8 @@ def _load_run(root: paths.Path, workdir: paths.Path, split: str, metrics: Sequen
     _check_case_column(json_path, metric, convention)
     conventions[metric] = convention
   case_ids, cases = _read_cases(
-    workdir / "eval" / f"{split}_cases.csv", [c["per_case_column"] for c in conventions.values()]
+    layout.eval_cases(layout.eval_dir(workdir), split),
+    [c["per_case_column"] for c in conventions.values()],
   )
   return Run(
     variant=variant,

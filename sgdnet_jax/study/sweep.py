@@ -1,13 +1,15 @@
 """Sweeps: the runs of a config's `get_sweep`, printed, run here one by one, or sent to SLURM.
 
-  runs = config_utils.load_sweep("configs/isic2018.py:sweep=table5")
+  runs = sweeps.load_sweep("configs/isic2018.py:sweep=table5")
   print("\n".join(print_lines(runs, "runs/t5")))   # the train + evaluate commands
   run_local(runs, "runs/t5")                       # R/sweep.json: one status per run
   write_slurm(runs, "runs/t5")                     # R/sweep.sbatch: one array task per run
 
-Run i lives in `R/<variant>/fold<k>[/seed<s>]` (`SweepRun.name`): train it, then evaluate each
-split of its `config.eval_splits`. Locally, a run whose evaluations exist, whose `config.json`
-equals the sweep's config and whose training reached its last step is skipped; any other resumes
+The runs come from `study.sweeps.load_sweep` (docs/ablations.md). Run i lives in
+`R/<variant>/fold<k>[/seed<s>]` (`SweepRun.name`, `sweeps.run_workdir`): train it, then
+evaluate each split of its `config.eval_splits`. Locally, a run whose evaluations exist, whose
+`config.json` equals the sweep's config (`workdir.guard.config_changes` finds none) and whose
+training reached its last step is skipped; any other resumes
 (training continues from its checkpoint). Each run's log opens with a header line,
 `=== run 3/8: sgdnet fold 0 seed 1 → R/sgdnet/fold0/seed1 ===`; a skipped run's header says so.
 On SLURM, each array task trains through the launcher `launch/slurm_gpu.sbatch` (see
@@ -26,10 +28,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sgdnet_jax.core import config_utils, errors, paths
+from sgdnet_jax.core import errors, paths
 from sgdnet_jax.inference import evaluate
+from sgdnet_jax.study import sweeps
 from sgdnet_jax.train import loop
-from sgdnet_jax.workdir import image_size, variables_io
+from sgdnet_jax.workdir import checkpointing, guard, image_size, layout
 
 STATUS_FILE = "sweep.json"
 SCRIPT_FILE = "sweep.sbatch"
@@ -49,12 +52,7 @@ class SweepInterrupted(Exception):
   """SIGTERM or SIGINT outside a training loop (which saves a checkpoint itself)."""
 
 
-def workdir(root: str, run: config_utils.SweepRun) -> str:
-  """`R/<run name>`; R may be a bucket URL (`sgdnet_jax.core.paths`) for local sweeps."""
-  return str(paths.as_path(root) / run.name)
-
-
-def commands(run: config_utils.SweepRun, directory: str) -> list[list[str]]:
+def commands(run: sweeps.SweepRun, directory: str) -> list[list[str]]:
   """The train command and one evaluate command per split of `run.config.eval_splits`."""
   config_args = ["--config", run.spec, "--workdir", directory]
   train = [*PROGRAM, "train", *config_args, *run.overrides]
@@ -64,11 +62,11 @@ def commands(run: config_utils.SweepRun, directory: str) -> list[list[str]]:
   ]
 
 
-def print_lines(runs: Sequence[config_utils.SweepRun], root: str) -> list[str]:
+def print_lines(runs: Sequence[sweeps.SweepRun], root: str) -> list[str]:
   """One line per run: its workdir, then its commands joined by `&&`."""
   return [
-    f"{workdir(root, run)}\t"
-    + " && ".join(shlex.join(c) for c in commands(run, workdir(root, run)))
+    f"{sweeps.run_workdir(root, run)}\t"
+    + " && ".join(shlex.join(c) for c in commands(run, sweeps.run_workdir(root, run)))
     for run in runs
   ]
 
@@ -76,67 +74,44 @@ def print_lines(runs: Sequence[config_utils.SweepRun], root: str) -> list[str]:
 # --- Local -----------------------------------------------------------------------------------
 
 
-def _as_recorded(config, directory: str) -> dict[str, Any]:
-  """The config as `train` writes it to `directory`/config.json (image size resolved, JSON
-  types)."""
+def _config_as_trained(config, directory: str) -> dict[str, Any]:
+  """The config as `train` records it in `directory`/config.json (the image size resolved)."""
   config = config.copy_and_resolve_references()
   config.data.image_size = image_size.resolve(config, [directory])
-  return json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str))
+  return config.to_dict()
 
 
-def _first_difference(recorded: Any, expected: Any, path: str = "") -> str | None:
-  if isinstance(recorded, dict) and isinstance(expected, dict):
-    for key in sorted(set(recorded) | set(expected)):
-      where = f"{path}.{key}" if path else key
-      if key not in recorded or key not in expected:
-        return f"{where} is only in {'the sweep' if key in expected else 'config.json'}"
-      found = _first_difference(recorded[key], expected[key], where)
-      if found:
-        return found
-    return None
-  return None if recorded == expected else f"{path}: {recorded!r} there, {expected!r} here"
-
-
-def _trained_steps(directory: str) -> int | None:
-  """The step of the latest finished checkpoint (Orbax names a finished step folder `<step>`)."""
-  checkpoints = paths.as_path(directory) / variables_io.LATEST_DIR
-  if not checkpoints.is_dir():
-    return None
-  steps = [int(child.name) for child in checkpoints.iterdir() if child.name.isdigit()]
-  return max(steps) if steps else None
-
-
-def _finished(run: config_utils.SweepRun, directory: str, recorded: dict | None) -> bool:
-  """Evaluations written, config.json equal to the sweep's, training at its last step."""
-  evaluations = paths.as_path(directory) / "eval"
-  if not all((evaluations / f"{s}.json").exists() for s in run.config.eval_splits):
-    return False
-  if recorded != _as_recorded(run.config, directory):
+def _finished(run: sweeps.SweepRun, directory: str) -> bool:
+  """Evaluations written and training at its last step (config.json is checked before)."""
+  evaluations = layout.eval_dir(directory)
+  if not all(layout.eval_json(evaluations, s).exists() for s in run.config.eval_splits):
     return False
   _, total_steps = loop.schedule_length(run.config)
-  steps = _trained_steps(directory)
-  return steps is not None and steps >= total_steps
+  steps = checkpointing.trained_steps(directory)
+  return bool(steps) and steps[-1] >= total_steps
 
 
-def describe(run: config_utils.SweepRun) -> str:
+def describe(run: sweeps.SweepRun) -> str:
   """The run in words: `sgdnet fold 0 seed 1` for `sgdnet/fold0/seed1`."""
   return re.sub(r"/(fold|seed)(\d+)", r" \1 \2", run.name)
 
 
-def _run_one(run: config_utils.SweepRun, directory: str, header: str) -> str:
+def _run_one(run: sweeps.SweepRun, directory: str, header: str) -> str:
   """Trains and evaluates one run unless it is finished; returns its status.
 
   Prints `header` with what happens: the run starting, or skipped as finished (one line).
   """
-  recorded = variables_io.load_config_dict(directory)
+  recorded = guard.recorded_config(directory)
   if recorded is not None:
-    difference = _first_difference(recorded, _as_recorded(run.config, directory))
-    if difference:
+    expected = _config_as_trained(run.config, directory)
+    structural, others = guard.config_changes(recorded, expected)
+    if structural or others:
       raise errors.UserError(
-        f"{directory}/config.json differs from this sweep's config ({difference}); remove"
-        " that workdir or choose another --root"
+        f"{layout.config_file(directory)} differs from this sweep's config"
+        f" ({guard.describe_changes(recorded, expected, structural + others)}: recorded -> sweep);"
+        " remove that workdir or choose another --root"
       )
-  if _finished(run, directory, recorded):
+  if recorded is not None and _finished(run, directory):
     print(f"=== {header}: finished before, skipped ===", flush=True)
     return "skipped"
   print(f"=== {header} ===", flush=True)
@@ -162,7 +137,7 @@ def _raise_interrupted(signum, frame):
 
 
 def run_local(
-  runs: Sequence[config_utils.SweepRun], root: str, spec: str = "", overrides: Sequence[str] = ()
+  runs: Sequence[sweeps.SweepRun], root: str, spec: str = "", overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
   """Runs the sweep here, one run after another; writes and returns R/sweep.json.
 
@@ -178,7 +153,12 @@ def run_local(
     "overrides": list(overrides),
     "root": str(root_path),
     "runs": [
-      {"name": run.name, "workdir": workdir(root, run), "status": "pending", "error": None}
+      {
+        "name": run.name,
+        "workdir": sweeps.run_workdir(root, run),
+        "status": "pending",
+        "error": None,
+      }
       for run in runs
     ],
   }
@@ -224,7 +204,7 @@ def _bash_array(values: Sequence[str]) -> str:
   return "(" + " ".join(shlex.quote(v) for v in values) + ")"
 
 
-def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "") -> str:
+def slurm_script(runs: Sequence[sweeps.SweepRun], root: str, spec: str = "") -> str:
   """The job array: task i trains run i through the launcher, then evaluates its splits."""
   if not paths.is_local(root):
     raise errors.UserError(
@@ -241,7 +221,7 @@ def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "
     config = os.path.abspath(path) + (f":{arg}" if arg else "")
     cases += [
       f"  {index})",
-      f"    workdir={shlex.quote(workdir(root, run))}",
+      f"    workdir={shlex.quote(sweeps.run_workdir(root, run))}",
       f"    config={shlex.quote(config)}",
       f"    overrides={_bash_array(run.overrides)}",
       f"    splits={_bash_array(run.config.eval_splits)}",
@@ -283,7 +263,7 @@ def slurm_script(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "
   return "\n".join(header + [""] + body) + "\n"
 
 
-def write_slurm(runs: Sequence[config_utils.SweepRun], root: str, spec: str = "") -> str:
+def write_slurm(runs: Sequence[sweeps.SweepRun], root: str, spec: str = "") -> str:
   """Writes R/sweep.sbatch (and R/slurm/ for the task logs); returns its path."""
   os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
   path = os.path.join(root, SCRIPT_FILE)

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from sgdnet_jax.core import paths
+from sgdnet_jax.workdir import layout
 
-METRICS_FILE = "metrics.jsonl"
 OBJECT_STORE_UPLOAD_S = 30.0
 
 
@@ -86,7 +86,7 @@ class MetricsWriter:
     self.is_main = jax.process_index() == 0
     self.tensorboard = tensorboard
     self._clu = None
-    self._jsonl = _JsonLines(self.workdir / METRICS_FILE) if self.is_main else None
+    self._jsonl = _JsonLines(layout.metrics_file(self.workdir)) if self.is_main else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     if self.tensorboard:

@@ -18,24 +18,31 @@ import jax
 import orbax.checkpoint as ocp
 
 from sgdnet_jax.core import distributed, paths
-from sgdnet_jax.workdir.variables_io import BEST_DIR, LATEST_DIR
+from sgdnet_jax.workdir import layout
 
 CORRUPT_SUFFIX = ".corrupt"
+
+
+def trained_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of the finished training checkpoints in `W/checkpoints`, ascending (none: []).
+
+  Orbax decides what is finished: a step still being written, or moved aside as corrupt, is not.
+  """
+  return sorted(ocp.utils.checkpoint_steps(layout.latest_dir(workdir)))
 
 
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
   def __init__(self, workdir: str | os.PathLike, keep: int = 2, async_save: bool = True):
-    workdir = paths.as_path(workdir)
     options = lambda keep: ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
     self.latest = ocp.CheckpointManager(
-      workdir / LATEST_DIR, options=options(keep), item_names=("state", "data", "meta")
+      layout.latest_dir(workdir), options=options(keep), item_names=("state", "data", "meta")
     )
     self.best = ocp.CheckpointManager(
-      workdir / BEST_DIR, options=options(1), item_names=("variables",)
+      layout.best_dir(workdir), options=options(1), item_names=("variables",)
     )
 
   def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):

@@ -31,10 +31,8 @@ from typing import Any
 import ml_collections
 
 from sgdnet_jax.core import config_utils, errors, paths
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.workdir import layout, variables_io
 
-LOCK_FILE = "train.lock"
-CONFIG_FILE = variables_io.CONFIG_FILE
 # model.* fields a resumed run may change: initialisation (pretrained, layer scale), compute
 # dtype, the convolution and SGDC implementations (same parameters, another algorithm),
 # functional knockouts (switches of the forward pass) and regularisation.
@@ -110,7 +108,7 @@ def _writable_error(workdir: paths.Path, error: OSError) -> errors.UserError:
 def locked(workdir: str | os.PathLike):
   """Holds `workdir/train.lock` for the duration of the block (see the module docstring)."""
   workdir = paths.as_path(workdir)
-  path = workdir / LOCK_FILE
+  path = layout.lock_file(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     taken = _create_lock(path)
@@ -178,10 +176,16 @@ def _show(flat: dict[str, Any], key: str) -> str:
   return repr(flat[key]) if key in flat else "absent"
 
 
+def describe_changes(recorded: dict[str, Any], config: dict[str, Any], keys: Sequence[str]) -> str:
+  """`key: recorded value -> config value, ...` for the dotted `keys` (of `config_changes`)."""
+  old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config))
+  return ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in keys)
+
+
 def recorded_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The config recorded in `workdir/config.json`, None when there is none (a UserError when
   it is not JSON)."""
-  path = paths.as_path(workdir) / CONFIG_FILE
+  path = layout.config_file(workdir)
   try:
     return variables_io.load_config_dict(workdir)
   except ValueError as error:
@@ -197,11 +201,10 @@ def _refuse_structural_changes(
   returns the other changed fields."""
   structural, others = config_changes(recorded, config_dict)
   if structural:
-    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
-    diffs = ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in structural)
+    diffs = describe_changes(recorded, config_dict, structural)
     raise errors.UserError(
       f"workdir {workdir} holds a different model ({diffs}) than the config given (recorded "
-      f"-> given); use another --workdir or the model fields of {workdir / CONFIG_FILE}"
+      f"-> given); use another --workdir or the model fields of {layout.config_file(workdir)}"
     )
   return others
 
@@ -231,25 +234,24 @@ def check_and_record_config(
   the process that `write`s touches files.
   """
   workdir = paths.as_path(workdir)
-  path = workdir / CONFIG_FILE
+  path = layout.config_file(workdir)
   config_dict = config.to_dict()
   recorded = recorded_config(workdir)
   if recorded is not None:
     others = _refuse_structural_changes(workdir, recorded, config_dict)
     if not others:
       return
-    old, new = _flatten(_normalise(recorded)), _flatten(_normalise(config_dict))
     logging.warning(
       "resuming %s with changed fields: %s",
       workdir,
-      ", ".join(f"{k}: {_show(old, k)} -> {_show(new, k)}" for k in others),
+      describe_changes(recorded, config_dict, others),
     )
     if write:
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-      kept = workdir / f"config.{stamp}.json"
+      kept = layout.kept_config_file(workdir, stamp)
       suffix = 1
       while kept.exists():
-        kept = workdir / f"config.{stamp}-{suffix}.json"
+        kept = layout.kept_config_file(workdir, f"{stamp}-{suffix}")
         suffix += 1
       path.rename(kept)
       logging.warning("kept the previous config as %s", kept)

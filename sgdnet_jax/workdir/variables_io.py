@@ -15,12 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sgdnet_jax.core import config_utils, errors, paths
-
-VARIABLES_SUBDIR = "variables"
-CONFIG_FILE = "config.json"
-# A training workdir's checkpoint folders (written by `workdir.checkpointing`).
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
+from sgdnet_jax.workdir import layout
 
 
 def save_variables(
@@ -33,7 +28,7 @@ def save_variables(
   """
   directory = paths.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  target = directory / VARIABLES_SUBDIR
+  target = layout.variables_dir(directory)
   if target.exists():
     raise FileExistsError(f"{target} already exists; choose an empty --out directory")
   tree = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -42,7 +37,7 @@ def save_variables(
   checkpointer.wait_until_finished()
   if config_dict is not None and jax.process_index() == 0:
     paths.write_text_atomic(
-      directory / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True, default=str)
+      layout.config_file(directory), json.dumps(config_dict, indent=2, sort_keys=True, default=str)
     )
 
 
@@ -57,7 +52,7 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
       f"{directory} does not exist or is not a folder; pass a training workdir or the --out "
       f"folder of `convert`"
     )
-  target = directory / VARIABLES_SUBDIR
+  target = layout.variables_dir(directory)
   if target.is_dir():
     restored = dict(ocp.StandardCheckpointer().restore(target))
   else:
@@ -65,9 +60,9 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
       restored = restore_workdir_variables(directory)
     except FileNotFoundError:
       raise errors.UserError(
-        f"{directory} holds no model variables: neither a '{VARIABLES_SUBDIR}/' checkpoint (the "
-        f"--out folder of `convert`) nor a training workdir with checkpoints; train first or "
-        f"pass another folder"
+        f"{directory} holds no model variables: neither a '{layout.VARIABLES_DIR}/' checkpoint"
+        f" (the --out folder of `convert`) nor a training workdir with checkpoints; train first"
+        f" or pass another folder"
       ) from None
   return jax.tree_util.tree_map(np.asarray, restored)
 
@@ -75,7 +70,7 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
 def load_config_dict(directory: str | os.PathLike) -> dict | None:
   """The config stored beside the variables (renamed fields under their current names), or None
   when there is none."""
-  path = paths.as_path(directory) / CONFIG_FILE
+  path = layout.config_file(directory)
   if not path.exists():
     return None
   return config_utils.rename_recorded_fields(json.loads(path.read_text()))
@@ -83,8 +78,7 @@ def load_config_dict(directory: str | os.PathLike) -> dict | None:
 
 def restore_workdir_variables(workdir: str | os.PathLike, which: str = "best") -> dict[str, Any]:
   """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
-  workdir = paths.as_path(workdir)
-  best_dir, latest_dir = workdir / BEST_DIR, workdir / LATEST_DIR
+  best_dir, latest_dir = layout.best_dir(workdir), layout.latest_dir(workdir)
   if which == "best" and best_dir.is_dir():
     with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
       step = manager.latest_step()
@@ -100,4 +94,6 @@ def restore_workdir_variables(workdir: str | os.PathLike, which: str = "best") -
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         state = restored["state"]
         return {"params": state["params"], "batch_stats": state["batch_stats"]}
-  raise FileNotFoundError(f"{workdir}: no checkpoint found in {BEST_DIR}/ or {LATEST_DIR}/")
+  raise FileNotFoundError(
+    f"{workdir}: no checkpoint found in {layout.BEST_DIR}/ or {layout.LATEST_DIR}/"
+  )
