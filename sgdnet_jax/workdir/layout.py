@@ -9,7 +9,7 @@
   W/metrics.jsonl                training scalars, a line per write (`train.writers`)
   W/eval/<split><suffix>.json    `evaluate`'s results; <split><suffix>_cases.csv per case
   W/predictions/                 `predict`'s masks and pictures (its default --out)
-  W/ablate/                      `ablate`'s lesioned evaluations and report
+  W/ablate/                      `ablate`'s knockout evaluations and report
 
 The suffix of an evaluation names how it was computed (`eval_suffix`). W may be a local folder or
 a `gs://` URL (`sgdnet_jax.core.paths`). Nothing here imports JAX: the study report uses it too.
