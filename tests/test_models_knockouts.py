@@ -21,7 +21,7 @@ from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import knockouts, sge
 from sgdnet_jax.study import ablate
-from sgdnet_jax.workdir import guard, variables_io
+from sgdnet_jax.workdir import guard, layout, variables_io
 from tests import train_helpers
 
 BATCH = 3
@@ -300,7 +300,7 @@ def test_a_workdir_recorded_with_the_former_field_stays_usable(tmp_path):
   recorded["model"]["lesions"] = list(recorded["model"].pop("knockouts"))
   workdir = tmp_path / "w"
   workdir.mkdir()
-  (workdir / variables_io.CONFIG_FILE).write_text(json.dumps(recorded))
+  layout.config_file(workdir).write_text(json.dumps(recorded))
 
   loaded = variables_io.load_config_dict(workdir)
   assert "lesions" not in loaded["model"] and loaded["model"]["knockouts"] == []
@@ -308,7 +308,7 @@ def test_a_workdir_recorded_with_the_former_field_stays_usable(tmp_path):
   guard.check_model_fits(config, [workdir])  # the same model: accepted
   config.model.knockouts = ("guidance=zero",)
   guard.check_and_record_config(workdir, config, write=True)  # a non-structural change
-  assert json.loads((workdir / variables_io.CONFIG_FILE).read_text())["model"]["knockouts"] == [
+  assert json.loads(layout.config_file(workdir).read_text())["model"]["knockouts"] == [
     "guidance=zero"
   ]
   config.model.decoder_channels += 1

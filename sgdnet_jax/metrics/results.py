@@ -7,7 +7,7 @@
 * `values`: metric name -> float;
 * `conventions`: metric name -> `MetricConvention(definition, empty_policy, per_case_column)`,
   the last naming the per-image field (the column of evaluate's per-case CSV) that holds the
-  metric's per-case values, or None where no field does (e.g. `thresholded_jaccard`, `pq`);
+  metric's per-case values, or None where none does (`thresholded_jaccard`, `pq_dataset`);
 * `cases`: metric name -> `CaseCounts(n_used, n_total, n_excluded)`;
 * `resolution`: the evaluation resolution the masks were compared at.
 
@@ -253,6 +253,7 @@ def compute_results(
       n,
       f"{matching}; PQ per patch, mean over patches",
       "a patch without ground truth and prediction contributes 0",
+      "pq",  # evaluate's per-case CSV computes it from each patch's counts
     )
     add(
       "pq_dataset",
