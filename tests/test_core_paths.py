@@ -124,6 +124,7 @@ WORKDIR_MODULES = (
   "inference/stablehlo.py",
   "demo.py",
   "study/report.py",
+  "study/ablate.py",
   "study/plots.py",
   "cli/predict.py",
 )

@@ -15,13 +15,12 @@ A knockout set of several knockouts is named by joining them with '+'.
 """
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from sgdnet_jax.core import compilation_cache, errors
+from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.models import knockouts as knockout_lib
 from sgdnet_jax.study import plots, report
@@ -82,27 +81,25 @@ def ablate(
   guard.check_model_fits(config, [workdir])
   image_size.resolve(config, [workdir])
   variables = variables_io.load_variables(workdir)
-  root = os.path.join(workdir, layout.ABLATE_DIR)
+  root = layout.ablate_dir(workdir)
   suffix = layout.eval_suffix(resolution)
   for knockouts in [(), *knockout_sets]:
     knocked_out = config.copy_and_resolve_references()
     knocked_out.model.knockouts = tuple(knockouts)
-    out_dir = layout.eval_dir(
-      os.path.join(root, knockout_name(knockouts), f"fold{config.data.fold}")
-    )
+    out_dir = layout.eval_dir(root / knockout_name(knockouts) / f"fold{config.data.fold}")
     evaluate.evaluate(knocked_out, workdir, split, resolution, variables=variables, out_dir=out_dir)
   runs = report.load_runs(root, split + suffix, metrics)
   result = report.compare(runs, INTACT, seed)
-  report_dir = os.path.join(root, split + suffix)
-  os.makedirs(report_dir, exist_ok=True)
+  report_dir = root / (split + suffix)
+  report_dir.mkdir(parents=True, exist_ok=True)
   report.write_tables(report_dir, result)
   groups = report.group_runs(runs, result["metrics"])
   for metric in result["metrics"]:
     values = {name: groups[name][config.data.fold].cases[metric] for name in groups}
     title = f"{metric} per case under each knockout, split {split} ({report.direction(metric)})"
-    plots.case_plot(os.path.join(report_dir, f"report_{metric}.png"), metric, values, title)
+    plots.case_plot(report_dir / f"report_{metric}.png", metric, values, title)
   summary = {
-    "workdir": os.path.abspath(workdir),
+    "workdir": str(paths.as_path(workdir)),
     "split": split + suffix,
     "variant": config.model.variant,
     "knockouts": {
@@ -110,11 +107,10 @@ def ablate(
       for knockouts in knockout_sets
     },
     "values": {run.variant: run.values for run in runs},
-    "report": report_dir,
+    "report": str(report_dir),
     "comparison": result["tables"],
   }
-  path = os.path.join(root, f"{split}{suffix}.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(report.json_ready(summary), f, indent=2)
-  os.replace(path + ".tmp", path)
+  paths.write_text_atomic(
+    root / f"{split}{suffix}.json", json.dumps(report.json_ready(summary), indent=2)
+  )
   return summary

@@ -60,6 +60,10 @@ def metrics_file(workdir: str | os.PathLike) -> paths.Path:
   return paths.as_path(workdir) / METRICS_FILE
 
 
+def ablate_dir(workdir: str | os.PathLike) -> paths.Path:
+  return paths.as_path(workdir) / ABLATE_DIR
+
+
 def eval_dir(workdir: str | os.PathLike) -> paths.Path:
   return paths.as_path(workdir) / EVAL_DIR
 
