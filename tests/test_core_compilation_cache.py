@@ -37,6 +37,7 @@ def enable_raises(monkeypatch):
     ("summary", []),
     ("demo", ["--workdir", "{tmp}/w"]),
     ("sweep", ["--root", "{tmp}/r", "--local"]),
+    ("convert", ["--torch", "{tmp}/weights.pth", "--layout", "sgdnet", "--out", "{tmp}/out"]),
   ],
 )
 @pytest.mark.usefixtures("enable_raises")

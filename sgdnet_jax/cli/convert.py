@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sgdnet_jax import cli, models
-from sgdnet_jax.core import config_utils
+from sgdnet_jax.core import compilation_cache, config_utils
 from sgdnet_jax.porting import key_tables, port
 from sgdnet_jax.workdir import variables_io
 
@@ -48,6 +48,7 @@ def main(argv) -> int:
   parser = build_parser()
   args, overrides = parser.parse_known_args(argv)
   config = config_utils.load_config(args.config, overrides)
+  compilation_cache.enable(config.compilation_cache_dir)  # it compiles the initialisation
   layout = key_tables.get_layout(args.layout)
   if layout.name == "sgdc":
     parser.error(

@@ -3,8 +3,9 @@
 Every library entry of a command that compiles calls `enable(config.compilation_cache_dir)` before
 anything else: `train.loop.train_and_evaluate`, `inference.evaluate.evaluate`,
 `inference.predict.predict`, `inference.stablehlo.export_model`, `study.ablate.ablate`,
-`demo.run_demo` and `models.summary.summarize` (when it compiles); a sweep's runs train and
-evaluate through the first two (tests/test_core_compilation_cache.py checks each).
+`demo.run_demo`, `models.summary.summarize` (when it compiles) and the `convert` command (it
+compiles the initialisation of partial layouts); a sweep's runs train and evaluate through the
+first two (tests/test_core_compilation_cache.py checks each).
 """
 
 import os
