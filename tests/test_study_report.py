@@ -457,3 +457,28 @@ def test_curves_mark_a_single_validation_point(tmp_path):
     assert loss_line.get_marker() == "None"
   finally:
     plots._pyplot().close(figure)
+
+
+def test_a_half_finished_run_is_refused_unless_allowed_then_marked(tmp_path, capsys):
+  make_sweep(tmp_path, skip=(("sge_add", 2),))
+  unfinished = tmp_path / "sge_add" / "fold2"  # trained, killed before its evaluation
+  unfinished.mkdir(parents=True)
+  (unfinished / "config.json").write_text(json.dumps({"model": {"variant": "sge_add"}}))
+  cut = tmp_path / "sgdnet" / "fold1" / "eval" / "test_cases.csv"  # killed between two writes
+  cut.unlink()
+  argv = ["report", "--root", str(tmp_path)]
+  assert main.main(argv) == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "--allow-incomplete" in error, error
+  assert f"{unfinished} (no eval/test.json, eval/test_cases.csv)" in error
+  assert f"{cut.parent.parent} (no eval/test_cases.csv)" in error
+  assert not (tmp_path / "report.md").exists()
+  assert main.main([*argv, "--allow-incomplete"]) == 0
+  markdown = (tmp_path / "report.md").read_text()
+  assert "**Incomplete**: 2 run(s)" in markdown
+  for variant, status in (("sge_add", "missing fold 2"), ("sgdnet", "1 unfinished run")):
+    line = next(row for row in markdown.splitlines() if row.startswith(f"| {variant} |"))
+    assert f"incomplete: {status}" in line and "complete |" not in line.replace("incomplete", "")
+  with open(tmp_path / "report.csv") as f:
+    complete = {row["variant"]: row["complete"] for row in csv.DictReader(f)}
+  assert complete["sgdnet"] == complete["sge_add"] == "False" and complete["cto"] == "True"

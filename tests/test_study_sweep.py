@@ -242,3 +242,17 @@ def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(
   for name in RUN_NAMES[2:]:
     result = json.loads((root / name / "eval" / "test.json").read_text())
     assert result["n_total"] == 6 and 0.0 <= result["dice"] <= 1.0
+
+
+def test_an_evaluation_json_without_its_csv_is_not_a_finished_run(tmp_path, monkeypatch):
+  run = sweeps.load_sweep(SPEC)[0]
+  monkeypatch.setattr(sweep.loop, "schedule_length", lambda config: (1, 3))
+  (layout.latest_dir(tmp_path) / "3").mkdir(parents=True)  # trained to its last step
+  evaluations = layout.eval_dir(tmp_path)
+  evaluations.mkdir()
+  for split in run.config.eval_splits:  # killed between evaluate's two writes
+    layout.eval_json(evaluations, split).write_text("{}")
+  assert not sweep._finished(run, str(tmp_path))
+  for split in run.config.eval_splits:
+    layout.eval_cases(evaluations, split).write_text("case_id\n")
+  assert sweep._finished(run, str(tmp_path))

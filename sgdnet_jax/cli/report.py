@@ -4,7 +4,8 @@
       [--metrics dice,iou,hd95,assd] [--seed 0]
 
 Reads every `R/<variant>/fold<k>[/seed<s>]/eval/<split>.json` and `<split>_cases.csv`; writes
-R/report.md, .csv, .json, .tex, R/report_<metric>.png and R/curves.png.
+R/report.md, .csv, .json, .tex, R/report_<metric>.png and R/curves.png. A run without both
+(unfinished) is refused, naming it, unless `--allow-incomplete` (its cells are marked incomplete).
 """
 
 import argparse
@@ -24,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     "--metrics", default=",".join(report.DEFAULT_METRICS), help="comma-separated metric names"
   )
   parser.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap")
+  parser.add_argument(
+    "--allow-incomplete",
+    action="store_true",
+    help="report runs that are unfinished or miss an output as incomplete cells instead of "
+    "refusing",
+  )
   return parser
 
 
@@ -31,8 +38,9 @@ def main(argv) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   metrics = [m for m in args.metrics.split(",") if m]
-  runs = report.load_runs(args.root, args.split, metrics)
-  result = report.compare(runs, args.baseline, args.seed)
+  runs = report.load_runs(args.root, args.split, metrics, args.allow_incomplete)
+  incomplete = report.incomplete_runs(args.root, args.split)
+  result = report.compare(runs, args.baseline, args.seed, incomplete=incomplete)
   paths = report.write_tables(args.root, result)
   from sgdnet_jax.study import plots
 

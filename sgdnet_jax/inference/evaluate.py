@@ -6,7 +6,7 @@
 Writes `<out>/<split>.json` (every metric as a top-level number, `conventions` with each metric's
 definition, empty policy and `per_case_column` (its column of the CSV; null where none holds its
 per-case values), `cases` with n_used / n_total / n_excluded per metric) and
-`<out>/<split>_cases.csv` (per-case values);
+`<out>/<split>_cases.csv` (per-case values), the CSV first: the JSON marks a finished evaluation;
 `<out>` defaults to `W/eval`; W and `<out>` may be `gs://` URLs (`sgdnet_jax.core.paths`). The model
 is the workdir's best checkpoint by validation Dice (else its latest). At `native` resolution
 the foreground probability is resized bilinearly to each case's original size and compared with
@@ -176,6 +176,20 @@ def split_name(config: ml_collections.ConfigDict, split: str) -> str:
   return split
 
 
+def _check_split_has_cases(config: ml_collections.ConfigDict, split: str, name: str):
+  """UserError for a split that is unknown or holds no case (nothing to score, before a compile)."""
+  try:
+    _, case_ids = pipeline.resolve_split(config.data, name)
+  except ValueError as e:
+    raise errors.UserError(f"--split {split}: {e}") from None
+  if not case_ids:
+    raise errors.UserError(
+      f"--split {split}: split {name!r} of {config.data.dir} (protocol "
+      f"{config.data.protocol!r}, fold {config.data.fold}) holds no case; evaluate another split"
+      " or prepare the dataset with cases in it"
+    )
+
+
 def evaluate(
   config: ml_collections.ConfigDict,
   workdir: str | os.PathLike | Sequence[str | os.PathLike],
@@ -217,6 +231,7 @@ def evaluate(
   distributed.initialize(config.distributed)
   config.data.image_size = image_size.resolve(config, workdirs)
   name = split_name(config, split)
+  _check_split_has_cases(config, split, name)
   mesh = sharding.make_mesh(config.mesh)
   model = models.build(config.model)
   if variables is not None:
@@ -263,7 +278,6 @@ def evaluate(
     out_dir = paths.as_path(out_dir or layout.eval_dir(workdirs[0]))
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = layout.eval_suffix(resolution, tta, bool(post_steps))
-    paths.write_text_atomic(layout.eval_json(out_dir, split, suffix), json.dumps(result, indent=2))
     columns = _case_columns(record)
     table = io.StringIO()
     writer = csv.writer(table)
@@ -272,4 +286,6 @@ def evaluate(
       [case_ids[int(i)]] + [columns[k][n] for k in columns] for n, i in enumerate(record["index"])
     )
     paths.write_text_atomic(layout.eval_cases(out_dir, split, suffix), table.getvalue())
+    # The JSON last: it marks a finished evaluation (`sweep` and `report` trust it, CSV included).
+    paths.write_text_atomic(layout.eval_json(out_dir, split, suffix), json.dumps(result, indent=2))
   return result

@@ -74,10 +74,58 @@ class FoldCases:
   cases: dict[str, np.ndarray]
 
 
+@dataclasses.dataclass(frozen=True)
+class Incomplete:
+  """A run under the sweep root that is unfinished or misses an output of its evaluation."""
+
+  path: str
+  variant: str | None  # None where neither its path nor its config.json tell
+  fold: int | None
+  seed: int | None
+  missing: tuple[str, ...]  # e.g. ('eval/test.json', 'eval/test_cases.csv')
+
+  def describe(self) -> str:
+    return f"{self.path} (no {', '.join(self.missing)})"
+
+
+def incomplete_runs(root: str | os.PathLike, split: str = "test") -> list[Incomplete]:
+  """Every run under `root` (a folder with config.json or eval/<split>.json) whose evaluation
+  JSON or per-case CSV is missing: training or its evaluation did not finish."""
+  root = paths.as_path(root)
+  marks = (layout.CONFIG_FILE, f"{layout.EVAL_DIR}/{split}.json")
+  workdirs = {
+    root.joinpath(*found.relative_to(root).parts[:depth])
+    for depth in range(RUN_DEPTH + 1)
+    for mark in marks
+    for found in root.glob("/".join(["*"] * depth + [mark]))
+  }
+  found = []
+  for workdir in sorted(workdirs, key=str):
+    files = (layout.eval_json(layout.eval_dir(workdir), split),)
+    files += (layout.eval_cases(layout.eval_dir(workdir), split),)
+    missing = tuple(f"{layout.EVAL_DIR}/{f.name}" for f in files if not f.exists())
+    if missing:
+      try:
+        config_path = layout.config_file(workdir)
+        config = _read_json(config_path) if config_path.exists() else {}
+        variant, fold, seed = _identity(root, workdir, config)
+      except errors.UserError:
+        variant = fold = seed = None
+      found.append(Incomplete(str(workdir), variant, fold, seed, missing))
+  return found
+
+
 def load_runs(
-  root: str | os.PathLike, split: str = "test", metrics: Sequence[str] = DEFAULT_METRICS
+  root: str | os.PathLike,
+  split: str = "test",
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  allow_incomplete: bool = False,
 ) -> list[Run]:
-  """Every run under `root` with `eval/<split>.json`, sorted by variant, fold and seed."""
+  """Every run under `root` with `eval/<split>.json`, sorted by variant, fold and seed.
+
+  A run that is unfinished or misses an output (`incomplete_runs`) is refused, naming each,
+  unless `allow_incomplete`: then it is left out (`compare` marks its cells).
+  """
   root = paths.as_path(root)
   if not root.is_dir():
     raise errors.UserError(f"sweep root {root} is not a directory; pass --root R of a sweep")
@@ -93,6 +141,21 @@ def load_runs(
     raise errors.UserError(
       f"no run under {root} has eval/{split}.json; run `evaluate --split {split}` in each"
       " workdir or pass the --split that was evaluated"
+    )
+  incomplete = incomplete_runs(root, split)
+  if incomplete and not allow_incomplete:
+    raise errors.UserError(
+      f"{len(incomplete)} run(s) under {root} are unfinished or miss an output: "
+      + "; ".join(i.describe() for i in incomplete)
+      + f"; finish them (train, then evaluate --split {split}; `sweep --local` resumes them) or"
+      " pass --allow-incomplete to report the others with these cells marked incomplete"
+    )
+  left_out = {i.path for i in incomplete}
+  workdirs = [workdir for workdir in workdirs if str(workdir) not in left_out]
+  if not workdirs:
+    raise errors.UserError(
+      f"no run under {root} has both eval/{split}.json and its per-case CSV; run `evaluate"
+      f" --split {split}` in each workdir"
     )
   runs = [_load_run(root, workdir, split, metrics) for workdir in workdirs]
   seen = {}
@@ -337,8 +400,12 @@ def compare(
   baseline: str = "cto",
   seed: int = 0,
   resamples: int = RESAMPLES,
+  incomplete: Sequence[Incomplete] = (),
 ) -> dict[str, Any]:
-  """The report as a JSON-ready dict (NaN where a number does not exist)."""
+  """The report as a JSON-ready dict (NaN where a number does not exist).
+
+  `incomplete` (runs `load_runs` left out) marks the rows of their variants incomplete, and
+  their folds as missing where no finished run has the fold."""
   metrics = list(runs[0].values)
   groups = group_runs(runs, metrics)
   if baseline not in groups:
@@ -346,7 +413,7 @@ def compare(
       f"baseline variant {baseline!r} has no evaluated runs under the sweep root; pass"
       f" --baseline with one of: {', '.join(groups)}"
     )
-  folds = sorted({run.fold for run in runs})
+  folds = sorted({run.fold for run in runs} | {i.fold for i in incomplete if i.fold is not None})
   conventions = {
     m: _consistent(runs, lambda r, m=m: r.conventions[m], f"the {m} convention") for m in metrics
   }
@@ -354,6 +421,8 @@ def compare(
   tables = {}
   for metric in metrics:
     rows = [_variant_row(v, groups[v], folds, metric) for v in variants]
+    for row in rows:
+      row["incomplete_runs"] = [i.path for i in incomplete if i.variant == row["variant"]]
     for row in rows[1:]:
       row["comparison"] = _comparison(
         groups[row["variant"]], groups[baseline], metric, seed, resamples
@@ -379,6 +448,7 @@ def compare(
     "conventions": conventions,
     "runs": [{"variant": r.variant, "fold": r.fold, "seed": r.seed, "path": r.path} for r in runs],
     "tables": tables,
+    "incomplete_runs": [dataclasses.asdict(i) for i in incomplete],
   }
 
 
@@ -466,12 +536,14 @@ def _p(x: float) -> str:
 
 def _status(row: dict[str, Any], baseline: str) -> str:
   parts = ["baseline"] if row["variant"] == baseline else []
-  missing = row["missing_folds"]
+  missing, unfinished = row["missing_folds"], row.get("incomplete_runs", [])
   if missing:
     parts.append(
       f"incomplete: missing fold{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
     )
-  else:
+  if unfinished:
+    parts.append(f"incomplete: {len(unfinished)} unfinished run{'s' * (len(unfinished) > 1)}")
+  if not missing and not unfinished:
     parts.append("complete")
   seeds = sorted(set(row["seeds_per_fold"].values()))
   if seeds != [1]:
@@ -560,6 +632,15 @@ def _footer(result: dict[str, Any]) -> list[str]:
 def format_markdown(result: dict[str, Any]) -> str:
   """The report as Markdown: one table per metric, then the footer."""
   lines = [f"# Ablation report: split `{result['split']}`, baseline `{result['baseline']}`", ""]
+  if result.get("incomplete_runs"):
+    lines += [
+      f"**Incomplete**: {len(result['incomplete_runs'])} run(s) unfinished or missing an output,"
+      " left out (`--allow-incomplete`): "
+      + "; ".join(
+        f"`{i['path']}` (no {', '.join(i['missing'])})" for i in result["incomplete_runs"]
+      ),
+      "",
+    ]
   headers = _headers(result)
   for metric in result["metrics"]:
     lines += [f"## {metric} ({result['directions'][metric]})", ""]
@@ -597,7 +678,7 @@ def format_csv(result: dict[str, Any]) -> str:
           "metric": metric,
           "variant": row["variant"],
           "is_baseline": row["variant"] == result["baseline"],
-          "complete": not row["missing_folds"],
+          "complete": not row["missing_folds"] and not row.get("incomplete_runs"),
           "missing_folds": " ".join(map(str, row["missing_folds"])),
           **{k: row[k] for k in ROW_FIELDS},
           **{k: comparison.get(k, "") for k in COMPARISON_FIELDS},
@@ -641,7 +722,8 @@ def format_latex(result: dict[str, Any]) -> str:
     ]
     for row in result["tables"][metric]:
       comparison = row["comparison"] or {}
-      name = _tex(row["variant"]) + ("$^*$" if row["missing_folds"] else "")
+      incomplete = row["missing_folds"] or row.get("incomplete_runs")
+      name = _tex(row["variant"]) + ("$^*$" if incomplete else "")
       ci = (
         f"[{_value(comparison['ci_low'])}, {_value(comparison['ci_high'])}]" if comparison else "--"
       )

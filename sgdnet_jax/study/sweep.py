@@ -82,9 +82,13 @@ def _config_as_trained(config, directory: str) -> dict[str, Any]:
 
 
 def _finished(run: sweeps.SweepRun, directory: str) -> bool:
-  """Evaluations written and training at its last step (config.json is checked before)."""
+  """Evaluations written (each JSON and its per-case CSV) and training at its last step
+  (config.json is checked before). A JSON without its CSV is an evaluation cut short: redone."""
   evaluations = layout.eval_dir(directory)
-  if not all(layout.eval_json(evaluations, s).exists() for s in run.config.eval_splits):
+  written = lambda split: all(
+    file(evaluations, split).exists() for file in (layout.eval_json, layout.eval_cases)
+  )
+  if not all(map(written, run.config.eval_splits)):
     return False
   _, total_steps = loop.schedule_length(run.config)
   steps = checkpointing.trained_steps(directory)
