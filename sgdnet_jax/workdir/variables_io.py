@@ -7,6 +7,7 @@ directory here may be a local path or a `gs://` URL (`sgdnet_jax.core.paths`).
 """
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -44,7 +45,8 @@ def save_variables(
 def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
   """Reads variables as numpy arrays from a variables directory or a training workdir.
 
-  A training workdir gives its best checkpoint by validation Dice, else its latest one.
+  A training workdir gives its best checkpoint by validation Dice, else its latest one; a damaged
+  checkpoint is skipped for the next (`restore_workdir_variables`).
   """
   directory = paths.as_path(directory)
   if not directory.is_dir():
@@ -77,23 +79,52 @@ def load_config_dict(directory: str | os.PathLike) -> dict | None:
 
 
 def restore_workdir_variables(workdir: str | os.PathLike, which: str = "best") -> dict[str, Any]:
-  """{'params', 'batch_stats'} from a training workdir: the best checkpoint, else the latest."""
+  """{'params', 'batch_stats'} from a training workdir: the newest intact checkpoint of `best/`,
+  else of `checkpoints/` (newest first).
+
+  A checkpoint that cannot be restored (damaged bytes, a missing file) is skipped with a warning
+  naming it and why. FileNotFoundError when the workdir has no checkpoint at all; UserError when
+  it has some but none can be restored.
+  """
   best_dir, latest_dir = layout.best_dir(workdir), layout.latest_dir(workdir)
-  if which == "best" and best_dir.is_dir():
-    with ocp.CheckpointManager(best_dir, item_names=("variables",)) as manager:
-      step = manager.latest_step()
-      if step is not None:
+  candidates = []  # (folder, items, step): the order to try
+  if which == "best":
+    candidates += [(best_dir, ("variables",), s) for s in _steps_newest_first(best_dir)]
+  latest = ("state", "data", "meta")
+  candidates += [(latest_dir, latest, s) for s in _steps_newest_first(latest_dir)]
+  if not candidates:
+    raise FileNotFoundError(
+      f"{workdir}: no checkpoint found in {layout.BEST_DIR}/ or {layout.LATEST_DIR}/"
+    )
+  skipped = []
+  for folder, items, step in candidates:
+    item = items[0]
+    try:
+      with ocp.CheckpointManager(folder, item_names=items) as manager:
         restored = manager.restore(
-          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore())
+          step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()})
         )
-        return dict(restored["variables"])
-  if latest_dir.is_dir():
-    with ocp.CheckpointManager(latest_dir, item_names=("state", "data", "meta")) as manager:
-      step = manager.latest_step()
-      if step is not None:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        state = restored["state"]
-        return {"params": state["params"], "batch_stats": state["batch_stats"]}
-  raise FileNotFoundError(
-    f"{workdir}: no checkpoint found in {layout.BEST_DIR}/ or {layout.LATEST_DIR}/"
+    except Exception as error:  # Orbax and TensorStore raise many kinds for damaged bytes.
+      reason = " ".join(str(error).split())[:300]
+      skipped.append(f"{folder / str(step)} ({type(error).__name__}: {reason})")
+      continue
+    if skipped:
+      logging.warning(
+        "%s: skipped damaged checkpoint(s) %s; using %s",
+        workdir,
+        "; ".join(skipped),
+        folder / str(step),
+      )
+    tree = restored[item]
+    return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+  raise errors.UserError(
+    f"{workdir}: every checkpoint is damaged: {'; '.join(skipped)}; train again (or restore the"
+    " workdir from a copy)"
   )
+
+
+def _steps_newest_first(folder: paths.Path) -> list[int]:
+  """The steps Orbax finished in `folder` (none when it does not exist), newest first."""
+  if not folder.is_dir():
+    return []
+  return sorted(ocp.utils.checkpoint_steps(folder), reverse=True)
