@@ -299,3 +299,21 @@ def test_library_logs_are_quiet_unless_verbose(tmp_path, narrow_variables):
   assert "INFO" in verbose and "orbax" in verbose.lower()
   if platform.machine() in ("x86_64", "AMD64"):  # where TensorFlow's oneDNN kernels are on
     assert "oneDNN custom operations are on" in verbose
+
+
+def test_predict_never_writes_over_a_users_files(capsys, tmp_path):
+  recorded = recorded_workdir(tmp_path / "w")
+  photos, results = tmp_path / "photos", tmp_path / "results"
+  photos.mkdir(), results.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photos / "x.png")
+  Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(photos / "overview.png")  # the user's
+  (results / "notes.txt").write_text("mine\n")
+  before = {p: p.read_bytes() for p in (photos / "overview.png", results / "notes.txt")}
+  argv = ["predict", "--config", CONFIG, "--workdir", str(recorded), "--images", str(photos)]
+  line = error_line(capsys, [*argv, "--out", str(photos)])
+  assert f"--images {photos / 'overview.png'} lies inside --out {photos}" in line
+  line = error_line(capsys, [*argv, "--out", str(results)])
+  assert f"--out {results} holds notes.txt, which predict did not write" in line
+  assert {p: p.read_bytes() for p in before} == before
+  assert sorted(p.name for p in photos.iterdir()) == ["overview.png", "x.png"]
+  assert [p.name for p in results.iterdir()] == ["notes.txt"]

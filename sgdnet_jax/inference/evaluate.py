@@ -231,7 +231,6 @@ def evaluate(
   distributed.initialize(config.distributed)
   config.data.image_size = image_size.resolve(config, workdirs)
   name = split_name(config, split)
-  _check_split_has_cases(config, split, name)
   mesh = sharding.make_mesh(config.mesh)
   model = models.build(config.model)
   if variables is not None:
@@ -240,6 +239,7 @@ def evaluate(
     variable_sets = [variables_io.load_variables(w) for w in workdirs]
     ensemble.check_same_structure(variable_sets, workdirs)
   variable_sets = jax.device_put(variable_sets, sharding.replicated(mesh))
+  _check_split_has_cases(config, split, name)  # after the variables: a workdir's errors first
   options = metric_options(config, resolution)
   one_empty = "diagonal" if options.distance_empty == "diagonal" else "nan"
   device_metrics = distances_on == "device"

@@ -10,12 +10,15 @@ For every image it writes `masks/<id>.png` (0/255 at the image's original size) 
 known | the foreground probability | the SGE edge map when the model has one); `overview.png`
 tiles the first panels. `<id>` is the file name without its extension (two inputs with one
 stem, such as `x.jpg` and `x.png`, are refused before anything is written) or the case id of a
-split. The model is each workdir's best checkpoint (or a `convert` output); several workdirs
-average their probabilities. With `--save-probabilities`, `probabilities/<id>.npy` holds the
-float16 foreground probability at the original size, and `> 0.5` on it gives the mask exactly
-(before `--post`). Images whose outputs exist are skipped unless `overwrite`; an unreadable
-image is skipped, named in the result, and the others are predicted. See `sgdnet_jax.inference`
-(`ensemble`, `tiling`, `postprocessing`) for TTA, tiling and post-processing.
+split. Predict replaces only its own outputs: it refuses an `--out` that holds anything without
+its marker file (`.sgdnet_predict`, written there first; a workdir's `predictions/` is its own
+anyway) and an `--out` that holds an input image. The model is each workdir's best checkpoint
+(or a `convert` output); several workdirs average their probabilities. With
+`--save-probabilities`, `probabilities/<id>.npy` holds the float16 foreground probability at
+the original size, and `> 0.5` on it gives the mask exactly (before `--post`). Images whose
+outputs exist are skipped unless `overwrite`; an unreadable image is skipped, named in the
+result, and the others are predicted. See `sgdnet_jax.inference` (`ensemble`, `tiling`,
+`postprocessing`) for TTA, tiling and post-processing.
 """
 
 import dataclasses
@@ -37,9 +40,12 @@ from sgdnet_jax import models
 from sgdnet_jax.core import compilation_cache, errors, paths
 from sgdnet_jax.data import augment, images, layouts, pipeline
 from sgdnet_jax.inference import ensemble, postprocessing, tiling
-from sgdnet_jax.workdir import guard, image_size, variables_io
+from sgdnet_jax.workdir import guard, image_size, layout, variables_io
 
 OVERVIEW_PANELS = 12
+# Written into every --out that predict writes: a folder holding it (or a workdir's predictions/,
+# predict's by the workdir's layout) is predict's, and only there are outputs replaced.
+MARKER = ".sgdnet_predict"
 
 
 @dataclasses.dataclass
@@ -129,6 +135,30 @@ def collect_images(inputs: Sequence[str]) -> list[pathlib.Path]:
       )
     by_stem[path.stem] = path
   return unique
+
+
+def check_out(out: paths.Path, workdirs: Sequence[paths.Path], inputs: Sequence[pathlib.Path]):
+  """Refuses an `out` that holds files predict did not write, or that holds an input: predict
+  would replace a user's file (`masks/x.png`, `overview.png`) or read its own outputs."""
+  if paths.is_local(out):
+    inside = [p for p in inputs if pathlib.Path(out).resolve() in p.resolve().parents]
+    if inside:
+      raise errors.UserError(
+        f"--images {inside[0]} lies inside --out {out}; nothing was written; choose an --out "
+        "folder outside the images (predict writes masks/, panels/ and overview.png there)"
+      )
+  ours = (out / MARKER).exists() or any(out == layout.predictions_dir(w) for w in workdirs)
+  if ours or not out.exists():
+    return
+  if not out.is_dir():
+    raise errors.UserError(f"--out {out} is a file; nothing was written; give a folder")
+  entries = sorted(entry.name for entry in out.iterdir())
+  if entries:
+    more = f" and {len(entries) - 1} other entries" if len(entries) > 1 else ""
+    raise errors.UserError(
+      f"--out {out} holds {entries[0]}{more}, which predict did not write (no {MARKER}); "
+      "nothing was written; choose a new or empty --out folder"
+    )
 
 
 def share(items: Sequence[Any], num_parts: int, part_id: int) -> list[Any]:
@@ -238,6 +268,7 @@ def predict(
   size, batch_size = image_size.resolve(config, workdirs), config.eval_batch_size
   tile = tiling.parse_tile(str(tile), config.model)
   post_steps = postprocessing.parse_post(post)
+  files = [] if split else collect_images(inputs)
   if split:
     try:
       _, names = pipeline.resolve_split(config.data, split)
@@ -245,11 +276,12 @@ def predict(
       raise errors.UserError(f"--split {split}: {e}") from None
     names = share(names, num_parts, part_id)
   else:
-    inputs_share = share(collect_images(inputs), num_parts, part_id)
+    inputs_share = share(files, num_parts, part_id)
     names = [p.stem for p in inputs_share]
   if limit:
     names = names[:limit]
   out = paths.as_path(out_dir)
+  check_out(out, workdirs, files)
   todo = {
     n
     for n in names
@@ -272,6 +304,8 @@ def predict(
 
   for sub in ("masks", "panels", *(("probabilities",) if save_probabilities else ())):
     (out / sub).mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    paths.write_text_atomic(out / MARKER, "predict's outputs: it may replace them here\n")
   if split:
     cases = _split_cases(config, split, batch_size, num_parts, part_id)
   else:
