@@ -6,6 +6,7 @@ The last tests run the command line in a subprocess: its logs are quiet unless `
 """
 
 import errno
+import json
 import os
 import platform
 import subprocess
@@ -317,3 +318,17 @@ def test_predict_never_writes_over_a_users_files(capsys, tmp_path):
   assert {p: p.read_bytes() for p in before} == before
   assert sorted(p.name for p in photos.iterdir()) == ["overview.png", "x.png"]
   assert [p.name for p in results.iterdir()] == ["notes.txt"]
+
+
+def test_evaluate_on_an_empty_split(capsys, tmp_path, narrow_variables):
+  data = tmp_path / "data"  # what evaluate reads before the records: no val case in fold 0
+  (data / "splits").mkdir(parents=True)
+  info = {"dataset": "folder", "image_size": 64, "default_protocol": "p"}
+  (data / "dataset.json").write_text(json.dumps(info))
+  (data / "cases.json").write_text("[]")
+  folds = [{"train": ["a"], "val": [], "test": ["b"]}]
+  (data / "splits/p.json").write_text(json.dumps({"name": "p", "folds": folds}))
+  argv = ["evaluate", "--config", CONFIG, "--workdir", str(narrow_variables)]
+  line = error_line(capsys, [*argv, "--split", "val", f"--config.data.dir={data}"])
+  assert "--split val: split 'val' of" in line and "holds no case" in line
+  assert not (narrow_variables / "eval").exists()
