@@ -14,6 +14,7 @@ loggers. Their warnings and errors, and this project's own INFO lines, still sho
 shows every INFO record, of any command.
 """
 
+import errno
 import importlib
 import logging
 import os
@@ -49,6 +50,9 @@ PATH_ERRORS = (
   IsADirectoryError,
   NotADirectoryError,
 )
+# Errors of the file system a user can fix where any command writes: no space (or quota), a
+# read-only file system, no permission. One line naming the path, like PATH_ERRORS.
+FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 # Python loggers whose INFO records are the libraries' chatter (Orbax, TFDS and clu log
 # through absl).
 LIBRARY_LOGGERS = ("absl", "jax", "tensorflow")
@@ -118,6 +122,12 @@ def main(argv=None) -> int:
       raise
     print(f"error: {_one_line(error)}", file=sys.stderr)
     return 2
+  except OSError as error:
+    if debug or error.errno not in FILESYSTEM_ERRNOS:
+      raise
+    print(f"error: {_one_line(error)}; {argv[0]} stopped, free space or give a path it may write",
+          file=sys.stderr)  # fmt: skip
+    return 2
   except KeyboardInterrupt:
     if debug:
       raise
@@ -126,8 +136,8 @@ def main(argv=None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-  if isinstance(error, OSError) and error.filename is not None:
-    return f"{error.strerror or type(error).__name__}: {error.filename}"
+  if isinstance(error, OSError) and (error.filename is not None or error.strerror):
+    return f"{error.strerror or type(error).__name__}: {error.filename or '(path not given)'}"
   return " ".join(str(getattr(error, "summary", None) or error).split())
 
 

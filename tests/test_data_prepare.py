@@ -351,8 +351,8 @@ def test_output_inside_the_source_is_refused_without_overwrite(tmp_path, capsys)
 def test_overwrite_replaces_a_prepared_dataset(tmp_path, capsys):
   source = replicas.write_folder(tmp_path / "raw", num_cases=2)
   assert cli.main(_cli_prepare(source, tmp_path / "out")) == 0
-  assert cli.main(_cli_prepare(source, tmp_path / "out", "--overwrite", "--size", "16")) == 0
-  assert json.loads((tmp_path / "out/dataset.json").read_text())["image_size"] == 16
+  assert cli.main(_cli_prepare(source, tmp_path / "out", "--overwrite", "--size", "64")) == 0
+  assert json.loads((tmp_path / "out/dataset.json").read_text())["image_size"] == 64
   assert _leftovers(tmp_path) == []
 
 
@@ -468,3 +468,13 @@ def test_a_signal_during_a_deferred_step_acts_after_it(tmp_path):
     signal.signal(signal.SIGTERM, previous)
   assert received == [signal.SIGTERM]  # delivered once more, to the previous handler
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("size, nearest", [(40, "use --size 32 or 64"), (7, "use --size 32")])
+def test_a_size_the_models_do_not_take_is_refused(tmp_path, capsys, size, nearest):
+  source = replicas.write_folder(tmp_path / "raw", num_cases=2)
+  before = _tree(tmp_path)
+  assert cli.main(_cli_prepare(source, tmp_path / "out", "--size", str(size))) == 2
+  message = _one_line_error(capsys)
+  assert message.startswith(f"error: --size {size}: ") and message.endswith(nearest)
+  assert _tree(tmp_path) == before

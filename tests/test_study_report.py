@@ -5,6 +5,7 @@ wrote; the Markdown of a fixed sweep is compared with tests/data/report_expected
 """
 
 import csv
+import errno
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from PIL import Image
 from scipy import stats
 
 from sgdnet_jax import main, metrics
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import errors, paths
 from sgdnet_jax.study import plots, report
 
 VARIANTS = ("cto", "sgdnet", "sge_add")
@@ -482,3 +483,17 @@ def test_a_half_finished_run_is_refused_unless_allowed_then_marked(tmp_path, cap
   with open(tmp_path / "report.csv") as f:
     complete = {row["variant"]: row["complete"] for row in csv.DictReader(f)}
   assert complete["sgdnet"] == complete["sge_add"] == "False" and complete["cto"] == "True"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, code):
+  make_sweep(tmp_path)
+
+  def fail(self, data):  # as write() fails: an errno and no file name
+    raise OSError(code, os.strerror(code))
+
+  monkeypatch.setattr(type(paths.as_path(tmp_path)), "write_bytes", fail)
+  assert main.main(["report", "--root", str(tmp_path)]) == 2
+  error = capsys.readouterr().err
+  assert error.count("\n") == 1 and "Traceback" not in error
+  assert error.startswith(f"error: {os.strerror(code)}: {tmp_path / 'report.md'}; report stopped")

@@ -3,6 +3,7 @@
 import argparse
 
 from sgdnet_jax import cli
+from sgdnet_jax.core import errors
 from sgdnet_jax.data import prepare, synthetic
 
 # Side of the images `--dataset synthetic` generates unless --generated-size says otherwise.
@@ -47,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def check_size(size: int):
+  """UserError unless the model can train at `size`: a positive multiple of the encoder's stride
+  (a size that only fails once training starts is refused before anything is written)."""
+  multiple = prepare.SIZE_MULTIPLE
+  if size >= multiple and size % multiple == 0:
+    return
+  below, above = size // multiple * multiple, (max(size, 0) // multiple + 1) * multiple
+  nearest = f"{below} or {above}" if below > 0 else str(above)
+  raise errors.UserError(
+    f"--size {size}: the models take sides that are multiples of {multiple} (the encoder's "
+    f"stride); nothing was written; use --size {nearest}"
+  )
+
+
 def main(argv) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -54,6 +69,8 @@ def main(argv) -> int:
     parser.error("--generated-size goes with --dataset synthetic")
   if args.generated_size is not None and args.generated_size < 1:
     parser.error(f"--generated-size {args.generated_size}: give a positive number of pixels")
+  if args.size is not None:
+    check_size(args.size)
   prepare.check_output(args.source, args.out, overwrite=args.overwrite)  # before generating
   if args.dataset == "synthetic":
     synthetic.generate_folder_dataset(

@@ -64,16 +64,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
   upload (objects have no rename, and a write is visible only once it is complete).
   """
   path = as_path(path)
-  if not is_local(path):
-    path.write_bytes(data)
-    return
-  temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
   try:
-    temporary.write_bytes(data)
-    temporary.replace(path)
-  finally:
-    if temporary.exists():
-      temporary.unlink()
+    if not is_local(path):
+      path.write_bytes(data)
+      return
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+      temporary.write_bytes(data)
+      temporary.replace(path)
+    finally:
+      if temporary.exists():
+        temporary.unlink()
+  except OSError as error:  # e.g. ENOSPC from write(): no file name; the one-line error needs it
+    if error.filename is None and error.errno is not None:
+      raise OSError(error.errno, error.strerror, os.fspath(path)) from error
+    raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
