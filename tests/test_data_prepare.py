@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -478,3 +479,35 @@ def test_a_size_the_models_do_not_take_is_refused(tmp_path, capsys, size, neares
   message = _one_line_error(capsys)
   assert message.startswith(f"error: --size {size}: ") and message.endswith(nearest)
   assert _tree(tmp_path) == before
+
+
+def test_overwrite_refuses_a_prepared_dataset_holding_a_users_file(tmp_path, capsys):
+  source = replicas.write_folder(tmp_path / "raw", num_cases=2)
+  out = tmp_path / "out"
+  assert cli.main(_cli_prepare(source, out)) == 0
+  (out / "runs/f0").mkdir(parents=True)
+  (out / "runs/f0/notes.txt").write_text("a week of notes\n")
+  (out / "splits/README").write_text("mine too\n")
+  before = _tree(tmp_path)
+  assert cli.main(_cli_prepare(source, out, "--overwrite")) == 2
+  message = _one_line_error(capsys)
+  assert f"--out {out} holds runs/f0/notes.txt, which is not part of a prepared" in message
+  assert _tree(tmp_path) == before
+  shutil.rmtree(out / "runs")
+  assert cli.main(_cli_prepare(source, out, "--overwrite")) == 2
+  assert "holds splits/README" in _one_line_error(capsys)
+
+
+def test_staging_left_by_a_killed_prepare_is_removed_by_the_next(tmp_path, capsys):
+  source = replicas.write_folder(tmp_path / "raw", num_cases=2)
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                        capture_output=True, text=True).stdout.strip()  # fmt: skip
+  stale = [tmp_path / f".out.tmp-{gone}", tmp_path / f".out.old-{gone}"]
+  kept = [tmp_path / f".out.tmp-{os.getppid()}", tmp_path / f".other.tmp-{gone}"]
+  for folder in stale + kept:
+    (folder / "tfds").mkdir(parents=True)
+  assert cli.main(_cli_prepare(source, tmp_path / "out")) == 0
+  assert [p.exists() for p in stale + kept] == [False, False, True, True]
+  assert f"removed {stale[0]}, left by a prepare (pid {gone}) that was killed" in (
+    capsys.readouterr().err
+  )

@@ -23,8 +23,10 @@ offending file; `--no-strict` skips those cases and lists them in dataset.json. 
 any image/mask pair is an error naming the folders it looked in.
 
 `--out` is never the source, inside it or around it; `--overwrite` replaces only a prepared
-dataset (dataset.json, cases.json and tfds/ present). Anything else is refused before anything is
-touched. SIGTERM or SIGINT remove the staging folder (`staging`) and leave `--out` as it was.
+dataset (dataset.json, cases.json and tfds/ present) holding nothing else (a user's file inside is
+named and refused). Anything else is refused before anything is touched. SIGTERM or SIGINT
+remove the staging folder (`staging`) and leave `--out` as it was; the staging folders a SIGKILLed
+prepare into the same `--out` left (`.<out>.tmp-<pid>`, its pid gone) are removed.
 """
 
 import collections
@@ -34,6 +36,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -389,6 +392,7 @@ def prepare(
   check_output(source, out, overwrite=overwrite)
   source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
+  remove_stale_staging(out)
   with staging.Staging(out.parent / f".{out.name}.tmp-{os.getpid()}") as stage:
     info = _prepare_into(
       dataset,
@@ -409,6 +413,62 @@ def prepare(
       else:
         stage.path.rename(out)
   return info
+
+
+def remove_stale_staging(out: pathlib.Path) -> None:
+  """Removes `.<out>.tmp-<pid>` and `.<out>.old-<pid>` beside `out` whose process is gone: what a
+  SIGKILLed `prepare` into `out` leaves (this module's names only, never a live run's)."""
+  pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+  for path in sorted(out.parent.iterdir()) if out.parent.is_dir() else ():
+    match = pattern.fullmatch(path.name)
+    if match and int(match[2]) != os.getpid() and not _alive(int(match[2])):
+      shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+      print(f"removed {path}, left by a prepare (pid {match[2]}) that was killed", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def first_foreign_file(folder: pathlib.Path) -> str | None:
+  """The first path (relative, sorted walk) in a prepared `folder` that `prepare` did not write,
+  or None: `--overwrite` may replace the folder only when there is none."""
+
+  def first_file(path: pathlib.Path) -> pathlib.Path:  # what the user put there, named exactly
+    inside = sorted(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+    return first_file(inside[0]) if inside else path
+
+  def ours(relative: tuple[str, ...], path: pathlib.Path) -> bool:
+    if path.is_symlink():
+      return False
+    top = relative[0]
+    if len(relative) == 1:
+      return (
+        path.is_file()
+        if top in ("dataset.json", "cases.json")
+        else top in ("splits", "tfds") and path.is_dir()
+      )
+    if top == "splits":
+      return len(relative) == 2 and path.is_file() and path.suffix == ".json"
+    return top == "tfds" and relative[1] == PreparedSegmentation.name  # TFDS's own tree below
+
+  def walk(directory: pathlib.Path) -> str | None:
+    for path in sorted(directory.iterdir()):
+      relative = path.relative_to(folder).parts
+      if not ours(relative, path):
+        return first_file(path).relative_to(folder).as_posix()
+      found = walk(path) if relative in (("splits",), ("tfds",)) else None
+      if found:
+        return found
+    return None
+
+  return walk(folder)
 
 
 def is_prepared(folder: pathlib.Path) -> bool:
@@ -451,6 +511,12 @@ def check_output(source: os.PathLike, out: os.PathLike, *, overwrite: bool) -> N
       f"--out {out} exists and is not a prepared dataset (no {', '.join(missing)}); "
       "--overwrite replaces only a prepared dataset, so nothing was removed; choose another "
       "--out, or remove this folder yourself if it is really not needed"
+    )
+  foreign = first_foreign_file(out)
+  if foreign:
+    raise OutputRefusedError(
+      f"--out {out} holds {foreign}, which is not part of a prepared dataset; --overwrite "
+      "would delete it, so nothing was removed; move it out of --out (or choose another --out)"
     )
 
 
