@@ -449,6 +449,28 @@ def test_convert_and_export_torch_commands_round_trip(tmp_path, monkeypatch):
       assert torch.equal(state[key], value), key
 
 
+def test_convert_warns_of_non_finite_weights(tmp_path, monkeypatch, capsys):
+  materialise = lambda module, image_size, seed, concrete: _materialise(
+    jax.eval_shape(
+      lambda x: module.init(jax.random.PRNGKey(seed), x, train=False),
+      jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
+    ),
+    seed,
+  )
+  monkeypatch.setattr(convert_cli, "_initial_variables", materialise)
+  reference = torch_sge.SGE(s4_in=512, s1_in=64, mid=32, guide_ch=8, bottleneck=32)
+  state = reference.state_dict()
+  state["fuse.conv.weight"][0, 0, 0, :2] = torch.tensor([float("nan"), float("inf")])
+  checkpoint = str(tmp_path / "sge.pth")
+  torch.save(state, checkpoint)
+  config = os.path.join(ROOT, "configs", "test.py")
+  argv = ["--torch", checkpoint, "--layout", "sge", "--config", config]
+  assert convert_cli.main([*argv, "--out", str(tmp_path / "converted")]) == 0
+  [warning] = [line for line in capsys.readouterr().err.splitlines() if "NaN" in line]
+  assert f"1 tensor(s) converted from {checkpoint} hold NaN or Inf" in warning
+  assert "params/sge/fuse/conv/kernel (2)" in warning
+
+
 def test_convert_command_for_a_whole_network(tmp_path):
   """A full-width SGD-Net checkpoint (.safetensors, no torch) through convert and export-torch."""
   state = table_state_dict("keys_sgdnet_candidate_x1x2x3.tsv")

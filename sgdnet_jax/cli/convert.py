@@ -8,12 +8,15 @@ train starts from it with `--config.init_from=DIR`, evaluate/predict load it. La
 part of the network (res2net50_v1b, timm_res2net50d: the backbone; sge: the SGE) start from the
 model's random initialisation (`--seed`, default config.seed) for everything else. `sgdc` fills a
 standalone SGDC module and is available from Python (`sgdnet_jax.porting.load_torch`) only.
+Tensors holding NaN or Inf are named in a warning (they are converted as they are).
 """
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sgdnet_jax import cli, models
 from sgdnet_jax.core import compilation_cache, config_utils
@@ -25,6 +28,22 @@ def _initial_variables(module, image_size: int, seed: int, concrete: bool):
   images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   init = lambda x: module.init(jax.random.PRNGKey(seed), x, train=False)
   return jax.jit(init)(images) if concrete else jax.eval_shape(init, images)
+
+
+def warn_non_finite(variables, source: str):
+  """One stderr line naming the tensors that hold NaN or Inf (a model that predicts NaN later)."""
+  found = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(leaf)))
+    if bad:
+      found.append(f"{'/'.join(str(getattr(k, 'key', k)) for k in path)} ({bad})")
+  if found:
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    print(
+      f"WARNING: {len(found)} tensor(s) converted from {source} hold NaN or Inf values "
+      f"(count): {shown}; a model with them predicts NaN; check the checkpoint",
+      file=sys.stderr,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +91,7 @@ def main(argv) -> int:
       f"{config.model.variant!r} does not have"
     )
   result = port.load_torch(args.torch, layout.name, template)
+  warn_non_finite(result.variables, args.torch)
   variables_io.save_variables(args.out, result.variables, config.to_dict())
   print(result.audit.describe())
   print(f"wrote {args.out}")
