@@ -25,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--split", default="", help="a split of the config's prepared dataset instead"
   )
-  parser.add_argument("--out", default="", help="default: <first workdir>/predictions")
+  parser.add_argument(
+    "--out",
+    default="",
+    help="default: <first workdir>/predictions; another must be new, empty or predict's own",
+  )
   parser.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
   parser.add_argument(
     "--tta",

@@ -1,7 +1,7 @@
 """`report`: statistics, tables and pictures of an ablation sweep (see `sgdnet_jax.study.report`).
 
   python -m sgdnet_jax.main report --root R [--baseline cto] [--split test] \
-      [--metrics dice,iou,hd95,assd] [--seed 0]
+      [--metrics dice,iou,hd95,assd] [--seed 0] [--allow-incomplete]
 
 Reads every `R/<variant>/fold<k>[/seed<s>]/eval/<split>.json` and `<split>_cases.csv`; writes
 R/report.md, .csv, .json, .tex, R/report_<metric>.png and R/curves.png. A run without both
