@@ -258,6 +258,7 @@ def test_a_local_sweep_keeps_its_root_in_the_bucket_and_skips_finished_runs(fake
     (layout.latest_dir(workdir) / "1").mkdir(parents=True)
     (layout.latest_dir(workdir) / "1" / "commit_success.txt").write_text("")
     layout.eval_dir(workdir).mkdir()
+    layout.eval_cases(layout.eval_dir(workdir), "test").write_text("case_id\n")
     layout.eval_json(layout.eval_dir(workdir), "test").write_text("{}")
     config_utils.save_config(run.config, layout.config_file(workdir))
   record = sweep.run_local(runs, root)
