@@ -174,7 +174,7 @@ def test_model_card_describes_the_export(portable, trained):
     ROOT / "sgdnet_jax" / "inference" / "serving.py"
   ).read_bytes()
   # The folder says what serving.py needs: the card's list and the requirements file beside it.
-  requirements = (ROOT / stablehlo.REQUIREMENTS_FILE).read_text()
+  requirements = stablehlo.SERVING_REQUIREMENTS.read_text()
   assert (portable / stablehlo.REQUIREMENTS_FILE).read_text() == requirements
   assert card["serving"]["requirements_file"] == stablehlo.REQUIREMENTS_FILE
   assert card["serving"]["requirements"] == stablehlo.serving_requirements()
@@ -270,7 +270,7 @@ def _pins(path: pathlib.Path) -> dict[str, str]:
 
 
 def test_serving_requirements_are_what_serving_needs_pinned_as_requirements_txt():
-  serving_pins = _pins(ROOT / stablehlo.REQUIREMENTS_FILE)
+  serving_pins = _pins(stablehlo.SERVING_REQUIREMENTS)
   assert len(serving_pins) == len(stablehlo.serving_requirements())  # Every line is pinned.
   distributions = importlib.metadata.packages_distributions()
   imported = _serving_imports() - set(sys.stdlib_module_names)

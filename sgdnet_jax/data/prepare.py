@@ -517,7 +517,7 @@ def _prepare_into(
     "image_size": size,
     "strict": strict,
     "split_seed": split_seed,
-    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "records": pathlib.Path(builder.data_dir).relative_to(folder).as_posix(),
     "folders": builder.listing.folders,
     "counts": counts,
