@@ -36,6 +36,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -43,8 +44,8 @@ import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
-from sgdnet_jax.core import errors
-from sgdnet_jax.data import images, layouts, splits, staging, synthetic
+from sgdnet_jax.core import errors, paths
+from sgdnet_jax.data import images, layouts, remote, splits, staging, synthetic
 
 # Dataset name -> the layout it is read with.
 LAYOUT_OF = {name: name for name in layouts.READERS} | {"synthetic": "folder"}
@@ -387,6 +388,21 @@ def prepare(
   if size < 8:
     raise ValueError(f"size {size}: expected a training size of at least 8 pixels")
   check_output(source, out, overwrite=overwrite)
+  if not paths.is_local(out):  # a bucket: prepared here, then uploaded with dataset.json last
+    with tempfile.TemporaryDirectory(prefix="sgdnet_jax-prepare-") as local:
+      prepared = pathlib.Path(local) / "prepared"
+      info = prepare(
+        dataset,
+        source,
+        prepared,
+        size=size,
+        strict=strict,
+        split_seed=split_seed,
+        workers=workers,
+        progress=progress,
+      )
+      remote.upload(prepared, out)
+    return info
   source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   with staging.Staging(out.parent / f".{out.name}.tmp-{os.getpid()}") as stage:
@@ -426,7 +442,8 @@ def check_output(source: os.PathLike, out: os.PathLike, *, overwrite: bool) -> N
   `overwrite` says; an existing `out` is replaced only with `overwrite` and only if it is a
   prepared dataset. Raises FileExistsError or OutputRefusedError; touches nothing.
   """
-  source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
+  source = pathlib.Path(source).resolve()
+  out = pathlib.Path(out).resolve() if paths.is_local(out) else paths.as_path(out)
   relation = (
     "is the source"
     if out == source
