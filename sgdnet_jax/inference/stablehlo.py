@@ -41,6 +41,9 @@ REQUIREMENTS_FILE = "requirements-serving.txt"
 # What serving.py needs, pinned as requirements.txt is: package data, so `pip install .` has it.
 SERVING_REQUIREMENTS = pathlib.Path(__file__).with_name(REQUIREMENTS_FILE)
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# What `export` targets unless told: every platform jax.export lowers for from a CPU-only machine
+# that serving commonly meets (tests/test_inference_export.py exports it here).
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def conv_impl_for(configured: str, platforms: Sequence[str]) -> str:
@@ -100,7 +103,7 @@ def export_model(
   config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
   out_dir: str | os.PathLike,
-  platforms: Sequence[str] = ("cpu",),
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
   tta: str = "none",
   variables: dict[str, Any] | None = None,
 ) -> paths.Path:
