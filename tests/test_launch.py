@@ -290,7 +290,8 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
   assert calls == [
     _ssh(
       "all",
-      "cd sgdnet_jax && mkdir -p logs && { nohup .venv/bin/python -m sgdnet_jax.main train "
+      "cd sgdnet_jax && mkdir -p logs && { SGDNET_JAX_PLATFORM=tpu nohup .venv/bin/python "
+      "-m sgdnet_jax.main train "
       "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
       '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
       f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
@@ -345,6 +346,7 @@ def test_gke_jobset_runs_the_documented_train_command_on_every_host():
   command = container["command"]
   assert command[:4] == ["python", "-m", "sgdnet_jax.main", "train"]
   assert command[-1] == "--config.distributed=on"
+  assert container["env"] == [{"name": "SGDNET_JAX_PLATFORM", "value": "tpu"}]
   # One pod per TPU host: as many as the Job runs at once, each with the host's chips.
   assert job["parallelism"] == job["completions"]
   assert int(container["resources"]["limits"]["google.com/tpu"]) > 0

@@ -6,15 +6,19 @@ prints what JAX got (`jax 0.10.2, jaxlib 0.10.2: backend gpu, 8 devices [cuda:0,
 0 when the backend is the expected one. Otherwise it prints one line naming the interpreter, the
 backend it has and the install that gives the expected one, and exits 2: a GPU job on a CPU
 jaxlib (the plain requirements.txt) would otherwise train on the CPU with nothing but `(cpu)` in
-its start-up line to show it. The launchers run it before starting their processes;
-`make venv PLATFORM=...` runs it after installing.
+its start-up line to show it. The SLURM launcher runs it before srun, `make venv PLATFORM=...`
+after installing; the TPU launchers set PLATFORM_ENV, which `train` and `evaluate` check once
+JAX is initialised (`check_expected`, from `distributed.initialize`).
 """
 
+import os
 import sys
 from collections.abc import Sequence
 
 from sgdnet_jax.core import errors
 
+# Set by a launcher: the platform its processes must run on.
+PLATFORM_ENV = "SGDNET_JAX_PLATFORM"
 # Install target (requirements-<name>.txt, make venv PLATFORM=<name>) -> jax.default_backend().
 BACKENDS = {"cpu": "cpu", "cuda": "gpu", "tpu": "tpu"}
 INSTALLS = {
@@ -54,6 +58,13 @@ def check(platform: str) -> str:
       f"(jax {jax.__version__}); install the {platform} build there: {INSTALLS[platform]}"
     )
   return describe()
+
+
+def check_expected() -> None:
+  """`check` of the platform PLATFORM_ENV names, when it names one (a launcher set it)."""
+  platform = os.environ.get(PLATFORM_ENV, "")
+  if platform:
+    check(platform)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
