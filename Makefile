@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: demo test test-durations serving-check lint format venv venv-test clean
+.PHONY: demo test test-durations serving-check check-requirements lint format venv venv-test clean
 
 $(VENV)/.runtime-stamp: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,14 @@ $(VENV)/.test-stamp: requirements.txt requirements-test.txt $(VENV)/.runtime-sta
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 
+# PLATFORM=cuda or tpu adds the accelerator build of jaxlib (requirements-$(PLATFORM).txt) to the
+# venv and checks that JAX then runs on that backend; cpu (the default) is requirements.txt alone.
+PLATFORM ?= cpu
 venv: $(VENV)/.runtime-stamp
+ifneq ($(PLATFORM),cpu)
+	$(PY) -m pip install --quiet -r requirements-$(PLATFORM).txt
+endif
+	$(PY) -m sgdnet_jax.core.backend $(PLATFORM)
 venv-test: $(VENV)/.test-stamp
 
 demo: $(VENV)/.runtime-stamp
@@ -34,6 +41,11 @@ test-durations: $(VENV)/.test-stamp
 # The exported serving.py in a fresh venv from requirements-serving.txt alone, against predict.
 serving-check: $(VENV)/.runtime-stamp
 	PY=$(PY) PYTHON=$(PYTHON) bash .ci/serving_check.sh
+
+# requirements-cuda.txt / -tpu.txt and pyproject.toml resolve (metadata only), and `pip install .`
+# into a fresh venv imports and runs.
+check-requirements: $(VENV)/.runtime-stamp
+	PY=$(PY) PYTHON=$(PYTHON) bash .ci/check_install.sh
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff format --check .

@@ -10,6 +10,8 @@
 # --dry-run prints the srun command instead of running it (outside an allocation too); --help
 # prints this text. Both may stand anywhere on the line; any other option before COMMAND is refused.
 # Environment: PYTHON (default .venv/bin/python), XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9).
+# In a job with GPUs (SLURM_JOB_GPUS / SLURM_GPUS_ON_NODE) PYTHON's JAX must run on them
+# (python -m sgdnet_jax.core.backend cuda), else the job stops before srun.
 set -euo pipefail
 usage="usage: launch/slurm_task.sh [--dry-run] COMMAND [ARGS...] (inside a SLURM allocation)"
 for arg in "$@"; do
@@ -45,6 +47,10 @@ step=(srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=${SLURM_C
 if ((dry_run)); then
   printf '%q ' "${step[@]}" | sed 's/ $/\n/'
   exit 0
+fi
+# A job with GPUs needs JAX's CUDA build: stop in one line before srun if this venv has another.
+if [[ -n "${SLURM_JOB_GPUS:-${SLURM_GPUS_ON_NODE:-}}" && "${SLURM_GPUS_ON_NODE:-}" != 0 ]]; then
+  "${PYTHON:-.venv/bin/python}" -m sgdnet_jax.core.backend cuda
 fi
 echo "slurm: job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ array task ${SLURM_ARRAY_TASK_ID}}:" \
   "${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NUM_NODES:-?} nodes (${SLURM_JOB_NODELIST:-?}): $command"

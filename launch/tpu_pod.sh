@@ -13,6 +13,7 @@
 #   REMOTE_DIR/logs/train.<worker hostname>.log and its pid next to it. jax.distributed.initialize()
 #   finds the slice through the TPU metadata server; process 0 prints
 #   `jax: process 0 of N (gcetpu), local devices 4 [tpu:0, ...], global devices 4N (tpu)`.
+#   With SGDNET_JAX_PLATFORM=tpu, a worker whose JAX is not on the TPU stops with one line.
 #   WORKDIR must be storage every worker shares (e.g. gs://bucket/run); running again resumes.
 # stop: SIGTERM to every worker's run, which saves a checkpoint at the next step and exits.
 # --dry-run prints the exact commands instead of running them; --help prints this text. Both may
@@ -110,7 +111,7 @@ case "$subcommand" in
     fi
     printf -v train_args ' %q' "$@"
     on_workers all "cd $remote_dir_q && mkdir -p logs \
-&& { nohup .venv/bin/python -m sgdnet_jax.main \
+&& { SGDNET_JAX_PLATFORM=tpu nohup .venv/bin/python -m sgdnet_jax.main \
 train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
 echo \$! >$log_prefix.pid; }"
     ;;

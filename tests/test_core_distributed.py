@@ -10,7 +10,7 @@ from jax._src import clusters
 from jax._src.clusters import cloud_tpu_cluster
 from jax._src.clusters import cluster as cluster_lib
 
-from sgdnet_jax.core import distributed, errors
+from sgdnet_jax.core import backend, distributed, errors
 from tests import train_helpers
 
 # Every variable a cluster environment (or our explicit launcher) is recognised by.
@@ -212,3 +212,15 @@ def test_every_gpu_of_an_8_gpu_node_gets_one_process_of_the_sbatch_layout(calls,
   # An explicit JAX_LOCAL_DEVICE_IDS is the user's choice, which JAX applies itself.
   monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "0")
   assert distributed.local_gpu_ids(clusters.SlurmCluster) is None
+
+
+def test_a_launchers_platform_stops_a_process_whose_jax_runs_elsewhere(calls, monkeypatch, capsys):
+  monkeypatch.setenv(backend.PLATFORM_ENV, "tpu")  # as launch/tpu_pod.sh and the GKE JobSet
+  with pytest.raises(
+    errors.UserError, match="JAX's backend is cpu, not tpu, in .*requirements-tpu"
+  ):
+    distributed.initialize("auto")
+  assert "jax: process 0 of 1" in capsys.readouterr().out  # what it got, printed first
+  monkeypatch.setattr(distributed, "_described", False)
+  monkeypatch.setenv(backend.PLATFORM_ENV, "cpu")
+  distributed.initialize("auto")

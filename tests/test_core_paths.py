@@ -1,7 +1,8 @@
 """Workdirs anywhere Orbax can write: a `gs://` workdir end to end, and no local path tricks.
 
 The `gs://` bucket is a local folder behind the three clients a run uses, each at its public
-seam: etils.epath (through fsspec, with the `gs` protocol registered to a folder), TensorStore
+seam: etils.epath (through fsspec, the backend `sgdnet_jax` pins, with the `gs` protocol
+registered to a folder where a real run has gcsfs), TensorStore
 (Orbax's GCS kvstore spec, pointed at a `file` kvstore on that folder) and TensorFlow's summary
 writer (TensorBoard events). Like a real bucket, the fake refuses appends. Everything else —
 the loop, the checkpoint managers, the writers, evaluation — runs unchanged on the URL; a plain
@@ -16,6 +17,7 @@ import pytest
 from fsspec.implementations import dirfs, local
 
 from sgdnet_jax.core import config_utils, paths
+from sgdnet_jax.data import prepare, remote
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.study import plots, report
 from sgdnet_jax.train import loop
@@ -57,9 +59,8 @@ def fake_gcs(tmp_path, monkeypatch):
   root.mkdir()
   local_of = lambda url: str(root / str(url).removeprefix("gs://"))
 
-  # epath reads EPATH_USE_TF once and keeps one fsspec file system per protocol: both cached.
+  # epath keeps one fsspec file system per protocol (and its backend choice): both cached.
   caches = (gpath._is_tf_installed, backend.fsspec_backend._get_filesystem)
-  monkeypatch.setenv("EPATH_USE_TF", "false")  # epath: fsspec for gs://
   for cache in caches:
     cache.cache_clear()
   for protocol in ("gs", "gcs"):  # what fsspec.register_implementation does, undone afterwards
@@ -102,6 +103,14 @@ def test_as_paths_takes_one_path_of_any_type_or_a_sequence(tmp_path):
     paths.as_path(tmp_path / "b"),
   ]
   assert paths.as_paths(("gs://b/run",)) == [paths.as_path("gs://b/run")]
+
+
+def test_gs_urls_go_through_the_fsspec_backend_the_tests_fake_also_with_tensorflow_installed():
+  import tensorflow  # noqa: F401  (installed: epath alone would pick TensorFlow's gfile)
+  from etils.epath import backend
+
+  assert paths.as_path("gs://b/run")._backend is backend.fsspec_backend
+  assert paths.URL_SCHEMES == ("gs://",)  # the schemes docs/workdirs.md claims; none untested
 
 
 def test_write_text_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path):
@@ -194,13 +203,26 @@ def _config(data_dir: str, total_steps: int):
 
 
 def test_a_gs_workdir_trains_resumes_evaluates_and_reports_without_local_folders(
-  fake_gcs, data_dir
+  fake_gcs, data_dir, tmp_path, monkeypatch, capsys
 ):
-  first = loop.train_and_evaluate(_config(data_dir, 1), BUCKET_URL)
+  # The dataset is prepared into the bucket too, and staged once into this host's cache.
+  cache = tmp_path / "data-cache"
+  monkeypatch.setenv(remote.CACHE_ENV, str(cache))
+  source = pathlib.Path(data_dir).parent / "source"
+  bucket_data = "gs://bucket/data/tiny"
+  prepare.prepare("synthetic", source, bucket_data, size=train_helpers.IMAGE_SIZE, progress=False)
+  assert (fake_gcs / "bucket" / "data" / "tiny" / "dataset.json").is_file()
+  with pytest.raises(FileExistsError, match="pass --overwrite"):
+    prepare.check_output(source, bucket_data, overwrite=False)
+
+  first = loop.train_and_evaluate(_config(bucket_data, 1), BUCKET_URL)
   assert first["step"] == 1 and first["best_step"] == 1
-  second = loop.train_and_evaluate(_config(data_dir, 2), BUCKET_URL)  # resumes at step 1
+  second = loop.train_and_evaluate(_config(bucket_data, 2), BUCKET_URL)  # resumes at step 1
   assert second["step"] == 2
-  evaluation = evaluate.evaluate(_config(data_dir, 2), BUCKET_URL, "test")
+  evaluation = evaluate.evaluate(_config(bucket_data, 2), BUCKET_URL, "test")
+  assert capsys.readouterr().err.count(f"data: staged {bucket_data} into ") == 1  # then reused
+  [staged] = [p for p in cache.iterdir() if not p.name.startswith(".")]
+  assert staged.name.startswith("tiny-") and (staged / remote.MANIFEST).is_file()
 
   assert list(pathlib.Path.cwd().iterdir()) == []  # no ./gs:/bucket/... and nothing else
   workdir = paths.as_path(BUCKET_URL)

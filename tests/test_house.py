@@ -153,3 +153,25 @@ def test_config_command_user_errors_are_one_line(capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
   assert "Traceback" not in "\n".join(err)
+
+
+def _requirement_lines(path: pathlib.Path) -> list[str]:
+  lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+  return [line for line in lines if line]
+
+
+def test_pyproject_declares_requirements_txt_and_the_python_the_pins_need():
+  import tomllib
+
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  assert project["project"]["dependencies"] == _requirement_lines(ROOT / "requirements.txt")
+  assert project["project"]["requires-python"] == ">=3.11"
+  assert project["tool"]["ruff"]["target-version"] == "py311"
+  assert "Python 3.11+" in (ROOT / "README.md").read_text()
+  # The accelerator builds add jax's extra at requirements.txt's jax version.
+  jax = next(line for line in _requirement_lines(ROOT / "requirements.txt") if "jax==" in line)
+  for platform, extra in (("cuda", "cuda12"), ("tpu", "tpu")):
+    assert _requirement_lines(ROOT / f"requirements-{platform}.txt") == [
+      "-r requirements.txt",
+      jax.replace("jax==", f"jax[{extra}]=="),
+    ]

@@ -100,11 +100,11 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def portable(trained, tmp_path_factory):
-  """`export --platforms cpu,cuda,tpu` through the command line."""
+  """`export` with its default platforms (cpu,cuda,tpu) through the command line."""
   _, _, _, workdir = trained
   out = tmp_path_factory.mktemp("portable")
   argv = ["export", "--config", CONFIG, "--workdir", str(workdir), "--out", str(out)]
-  assert main.main(argv + ["--platforms", "cpu,cuda,tpu"]) == 0
+  assert main.main(argv) == 0
   return out
 
 
@@ -174,7 +174,7 @@ def test_model_card_describes_the_export(portable, trained):
     ROOT / "sgdnet_jax" / "inference" / "serving.py"
   ).read_bytes()
   # The folder says what serving.py needs: the card's list and the requirements file beside it.
-  requirements = (ROOT / stablehlo.REQUIREMENTS_FILE).read_text()
+  requirements = stablehlo.SERVING_REQUIREMENTS.read_text()
   assert (portable / stablehlo.REQUIREMENTS_FILE).read_text() == requirements
   assert card["serving"]["requirements_file"] == stablehlo.REQUIREMENTS_FILE
   assert card["serving"]["requirements"] == stablehlo.serving_requirements()
@@ -213,6 +213,7 @@ def test_fresh_process_with_jax_numpy_pillow_reproduces_apply(served, reference,
   assert "SGDNET_MODULES []" in stdout
   # The corrupt image is skipped and named, the others are written, and main() says 1.
   assert "SERVING_STATUS 1" in stdout, stderr
+  assert "serving on cpu (exported for cpu, cuda, tpu)" in stdout
   assert "skipped 1 unreadable images:" in stderr and "corrupt.png: " in stderr
   assert np.ptp(expected) > 100 * PROBABILITY_TOLERANCE  # Outputs vary: the comparison can fail.
   for name, count in (("batch1.npy", 1), ("batch3.npy", 3)):
@@ -270,7 +271,7 @@ def _pins(path: pathlib.Path) -> dict[str, str]:
 
 
 def test_serving_requirements_are_what_serving_needs_pinned_as_requirements_txt():
-  serving_pins = _pins(ROOT / stablehlo.REQUIREMENTS_FILE)
+  serving_pins = _pins(stablehlo.SERVING_REQUIREMENTS)
   assert len(serving_pins) == len(stablehlo.serving_requirements())  # Every line is pinned.
   distributions = importlib.metadata.packages_distributions()
   imported = _serving_imports() - set(sys.stdlib_module_names)
@@ -339,6 +340,15 @@ def test_serving_names_an_unreadable_image_as_predict_does(tmp_path):
   assert serving.DECODE_ERRORS == images_lib.DECODE_ERRORS
   assert serving.HIGH_BIT_DEPTH_MODES == images_lib.HIGH_BIT_DEPTH_MODES
   assert serving.IMAGE_SUFFIXES == layouts.IMAGE_EXTENSIONS  # serving.py imports no sgdnet_jax
+
+
+def test_serving_runs_on_the_backend_the_model_was_exported_for_else_the_cpu():
+  assert serving.backend_platform() == "cpu"  # this machine
+  assert serving.choose_platform("cuda", ("cpu", "cuda", "tpu")) == "cuda"
+  assert serving.choose_platform("tpu", ("cpu", "cuda", "tpu")) == "tpu"
+  assert serving.choose_platform("cuda", ("cpu",)) == "cpu"  # a CPU-only export on a GPU host
+  with pytest.raises(serving.ServingError, match="exported for tpu but JAX here runs on cuda"):
+    serving.choose_platform("cuda", ("tpu",))
 
 
 def test_conv_impl_follows_the_export_platforms():

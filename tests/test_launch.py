@@ -290,7 +290,8 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
   assert calls == [
     _ssh(
       "all",
-      "cd sgdnet_jax && mkdir -p logs && { nohup .venv/bin/python -m sgdnet_jax.main train "
+      "cd sgdnet_jax && mkdir -p logs && { SGDNET_JAX_PLATFORM=tpu nohup .venv/bin/python "
+      "-m sgdnet_jax.main train "
       "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
       '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
       f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
@@ -345,6 +346,7 @@ def test_gke_jobset_runs_the_documented_train_command_on_every_host():
   command = container["command"]
   assert command[:4] == ["python", "-m", "sgdnet_jax.main", "train"]
   assert command[-1] == "--config.distributed=on"
+  assert container["env"] == [{"name": "SGDNET_JAX_PLATFORM", "value": "tpu"}]
   # One pod per TPU host: as many as the Job runs at once, each with the host's chips.
   assert job["parallelism"] == job["completions"]
   assert int(container["resources"]["limits"]["google.com/tpu"]) > 0
@@ -369,7 +371,7 @@ _LAUNCHER_LINES = {
 _CLUSTER_TOOLS = ("gcloud", "srun", "sbatch", "salloc", "kubectl")
 
 
-def _run_without_cluster(tmp_path: pathlib.Path, script: str, args: list[str]):
+def _run_without_cluster(tmp_path: pathlib.Path, script: str, args: list[str], **extra_env: str):
   """Runs a launcher outside any cluster with stub cluster tools; returns it and the stub calls."""
   bin_dir, calls = tmp_path / "bin", tmp_path / "cluster_calls.txt"
   bin_dir.mkdir(exist_ok=True)
@@ -379,6 +381,7 @@ def _run_without_cluster(tmp_path: pathlib.Path, script: str, args: list[str]):
     stub.chmod(0o755)
   env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
   env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+  env.update(extra_env)
   result = subprocess.run(
     ["bash", str(LAUNCH / script), *args],
     cwd=train_helpers.REPO,
@@ -452,3 +455,20 @@ def test_unknown_launcher_flags_exit_2_before_any_cluster_call(tmp_path, script,
   assert (result.returncode, result.stdout, calls) == (2, "", [])
   [message] = result.stderr.splitlines()
   assert message.startswith("error: ") and "usage: launch/" in message
+
+
+def test_a_slurm_job_with_gpus_on_a_cpu_jaxlib_stops_in_one_line_before_srun(tmp_path):
+  # What sbatch gives a job with 2 GPUs; JAX in PYTHON runs on the CPU (this test venv's jaxlib).
+  gpu_job = dict(SLURM_JOB_ID="7", SLURM_JOB_GPUS="0,1", SLURM_GPUS_ON_NODE="2")
+  result, calls = _run_without_cluster(
+    tmp_path,
+    "slurm_gpu.sbatch",
+    _LAUNCHER_LINES["slurm_gpu.sbatch"],
+    PYTHON=sys.executable,
+    JAX_PLATFORMS="cpu",
+    **gpu_job,
+  )
+  assert (result.returncode, result.stdout, calls) == (2, "", [])
+  [message] = result.stderr.splitlines()
+  assert message.startswith("error: JAX's backend is cpu, not gpu (cuda), in ")
+  assert "requirements-cuda.txt" in message

@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--out", required=True, help="folder for the exported model and its card")
   parser.add_argument(
     "--platforms",
-    default="cpu",
-    help="comma-separated targets among cpu, cuda, rocm, tpu (default: cpu)",
+    default="cpu,cuda,tpu",
+    help="comma-separated targets among cpu, cuda, rocm, tpu (default: cpu,cuda,tpu; serving.py "
+    "runs on JAX's backend when it is among them, else on the CPU)",
   )
   parser.add_argument(
     "--tta", choices=("none", "flip"), default="none", help="mirror test-time augmentation"

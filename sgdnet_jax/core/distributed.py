@@ -20,7 +20,7 @@ import jax
 from jax._src import clusters
 from jax.experimental import multihost_utils
 
-from sgdnet_jax.core import errors
+from sgdnet_jax.core import backend, errors
 
 MODES = ("auto", "on", "off")
 
@@ -100,6 +100,7 @@ def initialize(mode: str = "auto"):
   if not _described:
     _described = True
     print(describe(), flush=True)
+    backend.check_expected()  # a launcher's SGDNET_JAX_PLATFORM: stop on another backend
 
 
 def _connect_cpu_collectives():

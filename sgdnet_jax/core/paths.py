@@ -1,11 +1,12 @@
 """One path type for everything a run reads or writes: `etils.epath.Path`.
 
-A workdir, a checkpoint folder, an evaluation folder or a study root may be a local path or a
-URL that `etils.epath` (the path type Orbax uses) understands: `gs://`, `s3://`, `az://`,
-`hf://`. `as_path` keeps such URLs intact (never `<cwd>/gs:/bucket/run`), makes local paths
-absolute as before, and reads `file:///abs/path` as the local path it names. Object stores
-have no rename and no append, so `write_bytes_atomic` and `write_text_atomic` write an object
-in one piece (it appears whole or not at all) and rename a temporary file only on local disks.
+A workdir, a checkpoint folder, an evaluation folder, a study root or a prepared dataset may be
+a local path or a `gs://` URL, which `etils.epath` (the path type Orbax uses) reads through
+fsspec and gcsfs (`sgdnet_jax/__init__.py` pins that backend; tests/test_core_paths.py runs
+it). `as_path` keeps such URLs intact (never `<cwd>/gs:/bucket/run`), makes local paths absolute
+as before, and reads `file:///abs/path` as the local path it names. Object stores have no
+rename and no append, so `write_bytes_atomic` and `write_text_atomic` write an object in one
+piece (it appears whole or not at all) and rename a temporary file only on local disks.
 """
 
 import os
@@ -19,8 +20,8 @@ from sgdnet_jax.core import errors
 
 Path = epath.Path
 FILE_URL = "file://"
-# The URL schemes etils.epath reads and writes (their clients: TensorFlow's gfile or fsspec).
-URL_SCHEMES = ("gs://", "s3://", "az://", "hf://")
+# The URL schemes a run reads and writes: those a test exercises through the backend a run uses.
+URL_SCHEMES = ("gs://",)
 
 
 def is_local(path: str | os.PathLike) -> bool:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sgdnet_jax.data import images, splits
+from sgdnet_jax.core import paths
+from sgdnet_jax.data import images, remote, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +28,15 @@ class CaseInfo:
 
 
 class PreparedDataset:
-  """A prepared dataset folder. Records are opened lazily, so instances pickle cheaply."""
+  """A prepared dataset folder. Records are opened lazily, so instances pickle cheaply.
 
-  def __init__(self, directory: os.PathLike):
+  `directory` may be any path a workdir may be: a URL (`gs://...`) is read from its staged
+  local copy (`remote.staged_copy`), made once per host and content.
+  """
+
+  def __init__(self, directory: str | os.PathLike):
+    if not paths.is_local(directory):
+      directory = remote.staged_copy(directory)
     self.directory = pathlib.Path(directory)
     info_path = self.directory / "dataset.json"
     if not info_path.is_file():

@@ -39,6 +39,7 @@ import pathlib
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -46,8 +47,8 @@ import tensorflow_datasets as tfds
 import tqdm
 from PIL import Image
 
-from sgdnet_jax.core import errors
-from sgdnet_jax.data import images, layouts, splits, staging, synthetic
+from sgdnet_jax.core import errors, paths
+from sgdnet_jax.data import images, layouts, remote, splits, staging, synthetic
 
 # Dataset name -> the layout it is read with.
 LAYOUT_OF = {name: name for name in layouts.READERS} | {"synthetic": "folder"}
@@ -390,6 +391,21 @@ def prepare(
   if size < 8:
     raise ValueError(f"size {size}: expected a training size of at least 8 pixels")
   check_output(source, out, overwrite=overwrite)
+  if not paths.is_local(out):  # a bucket: prepared here, then uploaded with dataset.json last
+    with tempfile.TemporaryDirectory(prefix="sgdnet_jax-prepare-") as local:
+      prepared = pathlib.Path(local) / "prepared"
+      info = prepare(
+        dataset,
+        source,
+        prepared,
+        size=size,
+        strict=strict,
+        split_seed=split_seed,
+        workers=workers,
+        progress=progress,
+      )
+      remote.upload(prepared, out)
+    return info
   source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
   out.parent.mkdir(parents=True, exist_ok=True)
   remove_stale_staging(out)
@@ -486,7 +502,8 @@ def check_output(source: os.PathLike, out: os.PathLike, *, overwrite: bool) -> N
   `overwrite` says; an existing `out` is replaced only with `overwrite` and only if it is a
   prepared dataset. Raises FileExistsError or OutputRefusedError; touches nothing.
   """
-  source, out = pathlib.Path(source).resolve(), pathlib.Path(out).resolve()
+  source = pathlib.Path(source).resolve()
+  out = pathlib.Path(out).resolve() if paths.is_local(out) else paths.as_path(out)
   relation = (
     "is the source"
     if out == source
@@ -583,7 +600,7 @@ def _prepare_into(
     "image_size": size,
     "strict": strict,
     "split_seed": split_seed,
-    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "records": pathlib.Path(builder.data_dir).relative_to(folder).as_posix(),
     "folders": builder.listing.folders,
     "counts": counts,

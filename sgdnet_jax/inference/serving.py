@@ -15,6 +15,9 @@ their own range to 0..255. Each is resized to the model's input size with biline
 as in training; its foreground probability is resized back to the image's own size (bilinear) and
 thresholded at 0.5. `OUT/<image stem>.png` is the 0/255 mask.
 
+The model runs on JAX's default backend when it was exported for it (`export` targets cpu, cuda
+and tpu by default), else on the CPU when it was exported for the CPU; serving prints which.
+
 Exit status 0 when every image's mask was written, 1 when some image could not be read (it is
 skipped and named on stderr, the others are written), 2 for a missing or unusable model folder,
 image folder or option.
@@ -42,6 +45,30 @@ class ServingError(Exception):
   """A missing or unusable model folder, image folder or option; printed as one line."""
 
 
+def backend_platform() -> str:
+  """JAX's default backend as jax.export names platforms: cpu, cuda, rocm or tpu."""
+  device = jax.devices()[0]
+  if device.platform == "gpu":
+    return "rocm" if "rocm" in device.client.platform_version.lower() else "cuda"
+  return device.platform
+
+
+def choose_platform(available: str, exported: Sequence[str]) -> str:
+  """The platform to run a model exported for `exported` on, JAX's backend being `available`.
+
+  That backend when the model was exported for it, else the CPU (which JAX always has) when the
+  model was exported for it; else a ServingError.
+  """
+  if available in exported:
+    return available
+  if "cpu" in exported:
+    return "cpu"
+  raise ServingError(
+    f"the model was exported for {', '.join(exported)} but JAX here runs on {available} (and "
+    f"the CPU); export it again with --platforms {available} (or cpu)"
+  )
+
+
 class ExportedModel:
   """An exported model: `probabilities(uint8 [N, H, W, 3]) -> float32 [N, H, W, 1]`."""
 
@@ -57,6 +84,8 @@ class ExportedModel:
     self.exported = jax.export.deserialize(bytearray(serialized))
     *_, height, width, _ = self.exported.in_avals[0].shape
     self.size = (int(height), int(width))
+    self.platform = choose_platform(backend_platform(), self.exported.platforms)
+    self.device = jax.devices("cpu" if self.platform == "cpu" else None)[0]
     self._call = jax.jit(self.exported.call)
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -67,7 +96,7 @@ class ExportedModel:
         f"images of dtype {images.dtype} and shape {images.shape}: expected uint8 "
         f"[N, {self.size[0]}, {self.size[1]}, 3]"
       )
-    return np.asarray(self._call(images))
+    return np.asarray(self._call(jax.device_put(images, self.device)))
 
 
 def _decoded_from_16_bits(image: Image.Image) -> bool:
@@ -185,9 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
   args = parser.parse_args(argv)
   try:
-    written, unreadable = predict_folder(
-      ExportedModel(args.model), args.images, args.out, args.batch_size
-    )
+    model = ExportedModel(args.model)
+    print(f"serving on {model.platform} (exported for {', '.join(model.exported.platforms)})")
+    written, unreadable = predict_folder(model, args.images, args.out, args.batch_size)
   except (ServingError, OSError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2

@@ -9,7 +9,7 @@ float32. ImageNet normalisation, the network with its weights as constants, the 
 probability of the finest output `o1` and, with `tta='flip'`, the mirror test-time augmentation
 are all inside. `DIR/model.json` is the model card, `DIR/serving.py` a copy of
 `sgdnet_jax/inference/serving.py`, which runs the model with jax, numpy and pillow only, and
-`DIR/requirements-serving.txt` a copy of the repository's: what serving.py needs, pinned.
+`DIR/requirements-serving.txt` a copy of this package's: what serving.py needs, pinned.
 
 W and DIR may be local folders or `gs://` URLs (`sgdnet_jax.core.paths`); each file in DIR is
 written atomically. The convolution implementation is chosen from the target platforms, never
@@ -38,9 +38,12 @@ MODEL_FILE = "model.jax_export"
 CARD_FILE = "model.json"
 SERVING_FILE = "serving.py"
 REQUIREMENTS_FILE = "requirements-serving.txt"
-# What serving.py needs (the repository's requirements-serving.txt), pinned as requirements.txt is.
-SERVING_REQUIREMENTS = pathlib.Path(__file__).resolve().parents[2] / REQUIREMENTS_FILE
+# What serving.py needs, pinned as requirements.txt is: package data, so `pip install .` has it.
+SERVING_REQUIREMENTS = pathlib.Path(__file__).with_name(REQUIREMENTS_FILE)
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+# What `export` targets unless told: every platform jax.export lowers for from a CPU-only machine
+# that serving commonly meets (tests/test_inference_export.py exports it here).
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def conv_impl_for(configured: str, platforms: Sequence[str]) -> str:
@@ -100,7 +103,7 @@ def export_model(
   config: ml_collections.ConfigDict,
   workdir: str | os.PathLike,
   out_dir: str | os.PathLike,
-  platforms: Sequence[str] = ("cpu",),
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
   tta: str = "none",
   variables: dict[str, Any] | None = None,
 ) -> paths.Path:
