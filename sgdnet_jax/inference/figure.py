@@ -268,10 +268,10 @@ def figure(
   labels = (
     "image",
     "ground truth",
-    f"A {config_a.model.variant}",
-    f"B {config_b.model.variant}",
-    f"A guidance ({guidance})",
-    "B boundary",
+    f"A: {config_a.model.variant}",
+    f"B: {config_b.model.variant}",
+    f"A: guidance, {guidance}",
+    "B: boundary",
   )
   top = header(labels, size * scale)
   out.mkdir(parents=True, exist_ok=True)
