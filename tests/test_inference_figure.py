@@ -1,6 +1,8 @@
 """`figure` (the paper's Figure 2) on tiny models: the panel's size by columns, the guidance
 column of a model with SGE against one without, PNG and PDF, and a wrong case id."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -20,17 +22,32 @@ def spec(variant: str) -> str:
   return f"configs/test.py:variant={variant}"
 
 
+def random_variables(model) -> dict:
+  """Seeded variables of `model` without compiling its initialiser: kernels N(0, 1/fan_in),
+  scales 1, biases and means 0, variances 1 (the figure needs weights, not trained ones)."""
+  shapes = jax.eval_shape(
+    functools.partial(model.init, train=False), jax.random.key(0), np.zeros((1, SIZE, SIZE, 3))
+  )
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = str(path[-1].key)
+    if len(leaf.shape) >= 2:
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
+    return np.full(leaf.shape, name in ("scale", "var"), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.fixture(scope="module")
 def workdirs(reference_training, tmp_path_factory):
   """The trained reference baseline (no SGE, no edge branch), and variables directories of
-  SGD-Net (SGE) and CTO (EAM) initialised on the same 32 px data."""
+  SGD-Net (SGE) and CTO (EAM) with seeded weights, on the same 32 px data."""
   root = tmp_path_factory.mktemp("figure")
   found = {"baseline": str(reference_training.workdir)}
   for variant in ("sgdnet", "cto"):
     config = config_utils.load_config(spec(variant), argv(reference_training))
-    model = models.build(config.model)
-    init = jax.jit(model.init, static_argnames="train")  # one compilation, not op by op
-    variables = init(jax.random.key(0), np.zeros((1, SIZE, SIZE, 3)), train=False)
+    variables = random_variables(models.build(config.model))
     variables_io.save_variables(root / variant, variables, config.to_dict())
     found[variant] = str(root / variant)
   return found
