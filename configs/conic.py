@@ -7,7 +7,7 @@ Evaluation adds panoptic quality (PQ) from the instance maps to the overlap and 
   python -m sgdnet_jax.main evaluate --config configs/conic.py --workdir runs/conic --split test
 
 Arguments: variant, num_classes (1 sigmoid, 2 softmax), data (the prepared dataset folder),
-protocol ('grouped_712', or the ungrouped 'random_712').
+protocol ('grouped_712', or the ungrouped 'random_712'), recipe (shared or cto: configs/common.py).
 """
 
 from configs import common
@@ -15,9 +15,14 @@ from configs import common
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, variant="sgdnet", num_classes=1, data="data/conic", protocol="grouped_712"
+    arg,
+    variant="sgdnet",
+    num_classes=1,
+    data="data/conic",
+    protocol="grouped_712",
+    recipe="shared",
   )
-  config = common.experiment(args.variant, args.num_classes, args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data, args.recipe)
   config.data.protocol = args.protocol
   return config
 

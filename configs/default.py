@@ -65,7 +65,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   sge.reduction = 4  # channel reduction inside the SGE's attention
   model.sgdc = sgdc = ml_collections.ConfigDict()
   sgdc.num_heads = 4  # groups of channels sharing one dynamic kernel
-  sgdc.kernel_size = 7  # size k of the dynamic and local depthwise kernels
+  sgdc.kernel_size = 7  # size k of the dynamic kernels (the local branch is a fixed 3x3)
   sgdc.guidance = "sge"  # what generates the dynamic kernels: sge (g and F_X) | self (F_X only)
   sgdc.local_branch = True  # keep the static depthwise (local) branch
   sgdc.dynamic_branch = True  # keep the guidance-generated dynamic branch

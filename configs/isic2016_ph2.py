@@ -1,9 +1,9 @@
 """ISIC 2016 -> PH2 cross-dataset protocol (docs/data.md), any variant of the paper's Tables 4-5.
 
-Train on all 900 ISIC 2016 training images as the paper does (`protocol=all900`: no validation,
-the last epoch's weights are evaluated; `protocol=holdout20` validates on the last 20% in sorted
-order instead), test on all 200 PH2 cases (`--split ph2`, from data.extra_eval.ph2) and on the
-379 official ISIC 2016 test images (`--split test`).
+Train on all 900 ISIC 2016 training images (`protocol=all900`; our reading: the paper names no
+count; no validation, the last epoch's weights are evaluated; `protocol=holdout20` validates on
+the last 20% in sorted order instead), test on all 200 PH2 cases (`--split ph2`, from
+data.extra_eval.ph2) and on the 379 official ISIC 2016 test images (`--split test`).
 
   python -m sgdnet_jax.main prepare --dataset isic2016 --source ~/ISIC2016 --out data/isic2016
   python -m sgdnet_jax.main prepare --dataset ph2 --source ~/PH2Dataset --out data/ph2
@@ -13,7 +13,8 @@ order instead), test on all 200 PH2 cases (`--split ph2`, from data.extra_eval.p
       --split test
 
 Arguments: variant, num_classes (1 sigmoid, 2 softmax), data (prepared ISIC 2016), ph2 (prepared
-PH2), protocol (all900 or holdout20; docs/fidelity.md says why all900 is the default).
+PH2), protocol (all900 or holdout20; docs/fidelity.md says why all900 is the default), recipe
+(shared or cto: configs/common.py).
 """
 
 import ml_collections
@@ -29,8 +30,9 @@ def get_config(arg=None):
     data="data/isic2016",
     ph2="data/ph2",
     protocol="all900",
+    recipe="shared",
   )
-  config = common.experiment(args.variant, args.num_classes, args.data)
+  config = common.experiment(args.variant, args.num_classes, args.data, args.recipe)
   config.data.protocol = args.protocol
   if args.protocol == "all900":  # no validation split: the last epoch's weights are evaluated
     config.eval_every_epochs = 0

@@ -3,8 +3,9 @@
 #   1. the example study: sweep `example` of configs/demo.py (baseline and sgdnet, 2 seeds, 4 epochs
 #      each) trained locally, then `report` against the baseline;
 #   2. prediction on demo test images at their native 192 px: resized to the training size (the
-#      default), with flip test-time augmentation, and tiled with 96 px windows (no resizing).
-# About 20 minutes on a 2-core CPU. Run from the repository root: bash docs/pictures.sh
+#      default), with flip test-time augmentation, and tiled with 96 px windows (no resizing);
+#   3. Figure 2: SGD-Net and CTO trained as configs/demo.py says (6 epochs each), then `figure`.
+# About 30 minutes on a 2-core CPU. Run from the repository root: bash docs/pictures.sh
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/demo_study}
@@ -69,3 +70,11 @@ fig.tight_layout()
 fig.savefig(out, dpi=60)
 print("wrote", out)
 EOF
+
+# Figure 2 from two demo runs: SGD-Net (its guidance) against CTO (its boundary map).
+"$PY" -m sgdnet_jax.main train --config configs/demo.py:variant=sgdnet --workdir runs/figure2/sgdnet
+"$PY" -m sgdnet_jax.main train --config configs/demo.py:variant=cto --workdir runs/figure2/cto
+"$PY" -m sgdnet_jax.main figure --config configs/demo.py:variant=sgdnet \
+  --workdir runs/figure2/sgdnet --config-b configs/demo.py:variant=cto --workdir-b runs/figure2/cto \
+  --split test --limit 2 --out runs/figure2/figure --overwrite
+cp runs/figure2/figure/figure.png "$OUT/figure2_demo.png"

@@ -32,6 +32,7 @@ COMMANDS = {
   "evaluate": "the paper's metrics of a trained model on a split",
   "export": "StableHLO export: a trained model as one portable jax.export file and a model card",
   "export-torch": "PyTorch export: a variables directory -> a state dict in an upstream layout",
+  "figure": "the paper's Figure 2: two models' masks, guidance and boundary maps side by side",
   "predict": "masks and pictures for image files or a split",
   "prepare": "check a downloaded dataset and write the prepared copy training reads",
   "report": "statistics, tables and pictures of an ablation sweep",

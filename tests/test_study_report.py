@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -497,3 +498,107 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, 
   error = capsys.readouterr().err
   assert error.count("\n") == 1 and "Traceback" not in error
   assert error.startswith(f"error: {os.strerror(code)}: {tmp_path / 'report.md'}; report stopped")
+
+
+# --- report --paper-tables ------------------------------------------------------------------
+
+
+def paper_cells(markdown: str, title: str) -> dict[str, list[str]]:
+  """The rows of the table `## title` of paper_tables.md: first cell -> the other cells."""
+  section = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+  rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("|")]
+  return {row[0]: row[1:] for row in rows[2:]}
+
+
+def expected_cell(values, variant, column, percent, p_holm) -> str:
+  fold_means = [np.nanmean(values[variant, f][column]) for f in FOLDS]
+  scale = 100.0 if percent else 1.0
+  mark = "*" if p_holm is not None and p_holm < 0.05 else ""
+  return f"{scale * np.mean(fold_means):.2f} ± {scale * np.std(fold_means, ddof=1):.2f}{mark}"
+
+
+def test_paper_tables_match_numpy_and_the_published_numbers(tmp_path, capsys):
+  """Table 2 (ISIC 2018: one row per method, Params/GFLOPs from `summary`) against CTO and
+  Table 4 (the ablation rows present) against SGD-Net, every cell recomputed with numpy/scipy."""
+  from configs import test as tiny
+  from sgdnet_jax.models import summary
+
+  values = make_sweep(tmp_path)
+  model = tiny.get_config("variant=sgdnet").model  # a recorded model: Params and GFLOPs
+  config = json.loads((tmp_path / "sgdnet/fold0/config.json").read_text())
+  config["model"] = model.to_dict()
+  (tmp_path / "sgdnet/fold0/config.json").write_text(json.dumps(config))
+  argv = ["report", "--root", str(tmp_path), "--paper-tables", "--published"]
+  assert main.main(argv) == 0
+  assert "paper_tables.md" in capsys.readouterr().out
+  markdown = (tmp_path / "paper_tables.md").read_text()
+  assert (tmp_path / "paper_tables.tex").read_text().count(r"\begin{tabular}") == 2
+  column = {"dice": "dice", "iou": "iou", "hd95": "hd95_pooled"}
+
+  def p_holm(variants, reference, metric):
+    pooled = {v: np.concatenate([values[v, f][column[metric]] for f in FOLDS]) for v in VARIANTS}
+    p = []
+    for variant in variants:
+      difference = pooled[variant] - pooled[reference]
+      p.append(stats.wilcoxon(difference[~np.isnan(difference)]).pvalue)
+    return dict(zip(variants, holm_by_hand(p)))
+
+  table2 = paper_cells(markdown, "Table 2: ISIC 2018, 5-fold cross-validation, with complexity")
+  # Published rows first (U-Net ... TransUNet, measured cells empty), then CTO and SGD-Net.
+  assert list(table2)[:3] == [
+    "U-Net (Ronneberger et al., 2015)", "LeViT (Graham et al., 2021)",
+    "TransUNet (Chen et al., 2024)",
+  ]  # fmt: skip
+  assert table2["U-Net (Ronneberger et al., 2015)"][::2] == ["–"] * 5
+  record = summary.summarize(ml_collections.ConfigDict({"model": model.to_dict()}), 256, False)
+  sgdnet = table2["SGD-Net (sgdnet)"]
+  assert sgdnet[0:4] == [
+    f"{record['trainable_params'] / 1e6:.2f}", "75.88", f"{record['gmacs_paper']:.2f}", "36.23",
+  ]  # fmt: skip
+  assert table2["CTO (Lin et al., 2025) (cto)"][0:4] == ["–", "62.22", "–", "22.70"]
+  for i, metric in enumerate(("dice", "iou", "hd95")):
+    against_cto = p_holm(("sgdnet", "sge_add"), "cto", metric)
+    for name, variant in (("CTO (Lin et al., 2025) (cto)", "cto"), ("SGD-Net (sgdnet)", "sgdnet")):
+      cell = expected_cell(
+        values, variant, column[metric], metric != "hd95", against_cto.get(variant)
+      )
+      assert table2[name][4 + 2 * i] == cell, (name, metric)
+  assert table2["SGD-Net (sgdnet)"][5] == "91.41" and table2["SGD-Net (sgdnet)"][7] == "84.96"
+
+  table4 = paper_cells(markdown, "Table 4: ablation of SGD-Net's parts, ISIC 2018")
+  assert list(table4) == ["(2) + SGE (guidance added) (sge_add)", "(4) SGD-Net (sgdnet)"]
+  for i, metric in enumerate(("dice", "iou", "hd95")):
+    against_sgdnet = p_holm(("cto", "sge_add"), "sgdnet", metric)
+    for name, variant in zip(table4, ("sge_add", "sgdnet")):
+      cell = expected_cell(
+        values, variant, column[metric], metric != "hd95", against_sgdnet.get(variant)
+      )
+      assert table4[name][2 * i] == cell, (name, metric)
+  assert table4["(4) SGD-Net (sgdnet)"][1::2] == ["91.41", "84.96", "16.09"]
+
+
+def test_conic_report_defaults_to_pq_and_table_3(tmp_path):
+  """CoNIC evaluations (a `pq` column): the default metrics add PQ and the main table is
+  Table 3 with a PQ column; without --published no paper column."""
+  conventions = {**CONVENTIONS, "pq": {**CONVENTIONS["dice"], "per_case_column": "pq"}}
+  rng = np.random.default_rng(0)
+  for variant in ("cto", "sgdnet"):
+    columns = {
+      name: rng.uniform(0.3, 0.9, CASES_PER_FOLD).round(4)
+      for name in ("dice", "iou", "hd95_pooled", "assd", "pq")
+    }
+    workdir = tmp_path / variant / "fold0"
+    write_run(workdir, variant, 0, columns, case_ids(0), conventions)
+    result = json.loads((workdir / "eval/test.json").read_text())
+    result["pq"] = float(np.mean(columns["pq"]))
+    (workdir / "eval/test.json").write_text(json.dumps(result))
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"]["protocol"] = "grouped_712"
+    (workdir / "config.json").write_text(json.dumps(config))
+  assert main.main(["report", "--root", str(tmp_path), "--paper-tables"]) == 0
+  assert json.loads((tmp_path / "report.json").read_text())["metrics"] == [*METRICS, "pq"]
+  table3 = paper_cells((tmp_path / "paper_tables.md").read_text(), "Table 3: CoNIC, split 7:1:2")
+  assert list(table3) == ["CTO (cto)", "SGD-Net (sgdnet)"]
+  assert len(table3["CTO (cto)"]) == 4  # Dice, IoU, HD95, PQ: no paper columns
+  pq = json.loads((tmp_path / "sgdnet/fold0/eval/test.json").read_text())["pq"]
+  assert table3["SGD-Net (sgdnet)"][3].startswith(f"{100 * pq:.2f}")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from sgdnet_jax import main
-from sgdnet_jax.core import config_utils
+from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.study import sweep, sweeps
 from sgdnet_jax.workdir import checkpointing, layout
 from tests import train_helpers
@@ -56,6 +56,7 @@ def test_experiment_sweeps_name_their_runs():
     "configs/isic2016_ph2.py:sweep=main": (2, "sgdnet/fold0"),
     "configs/conic.py:sweep=main": (2, "cto/fold0"),
     "configs/demo.py:sweep=example": (4, "sgdnet/fold0/seed1"),
+    "configs/isic2018.py:sweep=cto_recipe": (5, "cto/fold4"),
   }
   for spec, (count, name) in expected.items():
     runs = sweeps.load_sweep(spec)
@@ -67,6 +68,19 @@ def test_experiment_sweeps_name_their_runs():
   assert run.spec == "configs/isic2018.py:num_classes=2,variant=sgdc_no_local,fold=0"
   assert run.config.model.sgdc.local_branch is False and run.config.model.num_classes == 2
   assert config_utils.load_config(run.spec, run.overrides) == run.config
+
+
+@pytest.mark.parametrize("experiment", ["isic2018", "isic2016_ph2", "conic"])
+def test_recipe_cto_trains_the_comparator_as_cto_published_it(experiment):
+  shared = config_utils.load_config(f"configs/{experiment}.py:variant=cto")
+  cto = config_utils.load_config(f"configs/{experiment}.py:variant=cto,recipe=cto")
+  assert (shared.loss.seg, shared.loss.edge_weight, shared.epochs) == ("bce_dice", 3.0, 50)
+  assert (cto.loss.seg, cto.loss.edge_weight, cto.epochs) == ("structure", 0.0, 90)
+  assert (shared.global_batch_size, cto.global_batch_size) == (16, 32)
+  cto.loss, cto.epochs, cto.global_batch_size = shared.loss, shared.epochs, 16
+  assert cto == shared  # nothing else changes
+  with pytest.raises(errors.ConfigError, match="recipe='x'"):
+    config_utils.load_config(f"configs/{experiment}.py:recipe=x")
 
 
 def test_print_gives_each_runs_workdir_and_commands(data_dir, tmp_path, capsys):

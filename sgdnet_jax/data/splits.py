@@ -24,7 +24,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 DEFAULT_PROTOCOL = {
   "isic2018": "medi_seg_5fold",
-  "isic2016": "all900",  # the paper's: every training image trains (docs/fidelity.md)
+  "isic2016": "all900",  # every training image trains: our reading (docs/fidelity.md)
   "ph2": "all",
   "conic": "grouped_712",
   "folder": "seeded_712",

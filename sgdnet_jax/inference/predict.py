@@ -78,18 +78,22 @@ def _gray_panel(values: np.ndarray) -> np.ndarray:
   return np.repeat((np.clip(values, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+  """`image` with the boolean prediction `pred` in red and the ground truth outlined in green."""
+  shown = image.astype(np.float32)
+  shown[pred] = 0.55 * shown[pred] + 0.45 * np.array([230, 40, 40])
+  shown = shown.astype(np.uint8)
+  shown[_outline(pred)] = (255, 0, 0)
+  if truth is not None:
+    shown[_outline(truth)] = (0, 255, 0)
+  return shown
+
+
 def panel(
   image: np.ndarray, probability: np.ndarray, edge: np.ndarray | None, truth: np.ndarray | None
 ) -> np.ndarray:
   """Side-by-side picture of one case at the model's resolution, (S, k*S, 3) uint8."""
-  pred = probability > 0.5
-  overlay = image.astype(np.float32)
-  overlay[pred] = 0.55 * overlay[pred] + 0.45 * np.array([230, 40, 40])
-  overlay = overlay.astype(np.uint8)
-  overlay[_outline(pred)] = (255, 0, 0)
-  if truth is not None:
-    overlay[_outline(truth)] = (0, 255, 0)
-  tiles = [image, overlay, _gray_panel(probability)]
+  tiles = [image, overlay(image, probability > 0.5, truth), _gray_panel(probability)]
   if edge is not None:
     tiles.append(_gray_panel(edge / max(float(edge.max()), 1e-6)))
   return np.concatenate(tiles, axis=1)

@@ -1,0 +1,120 @@
+"""`figure` (the paper's Figure 2) on tiny models: the panel's size by columns, the guidance
+column of a model with SGE against one without, PNG and PDF, and a wrong case id."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sgdnet_jax import main, models
+from sgdnet_jax.core import config_utils
+from sgdnet_jax.inference import figure
+from sgdnet_jax.workdir import variables_io
+from tests import train_helpers
+
+SIZE = train_helpers.IMAGE_SIZE
+TILE = SIZE * -(-figure.MIN_TILE // SIZE)  # tiles enlarged by an integer factor to >= MIN_TILE
+
+
+def spec(variant: str) -> str:
+  return f"configs/test.py:variant={variant}"
+
+
+def random_variables(model) -> dict:
+  """Seeded variables of `model` without compiling its initialiser: kernels N(0, 1/fan_in),
+  scales 1, biases and means 0, variances 1 (the figure needs weights, not trained ones)."""
+  shapes = jax.eval_shape(
+    functools.partial(model.init, train=False), jax.random.key(0), np.zeros((1, SIZE, SIZE, 3))
+  )
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = str(path[-1].key)
+    if len(leaf.shape) >= 2:
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
+    return np.full(leaf.shape, name in ("scale", "var"), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def workdirs(reference_training, tmp_path_factory):
+  """The trained reference baseline (no SGE, no edge branch), and variables directories of
+  SGD-Net (SGE) and CTO (EAM) with seeded weights, on the same 32 px data."""
+  root = tmp_path_factory.mktemp("figure")
+  found = {"baseline": str(reference_training.workdir)}
+  for variant in ("sgdnet", "cto"):
+    config = config_utils.load_config(spec(variant), argv(reference_training))
+    variables = random_variables(models.build(config.model))
+    variables_io.save_variables(root / variant, variables, config.to_dict())
+    found[variant] = str(root / variant)
+  return found
+
+
+def argv(reference_training) -> list[str]:
+  return train_helpers.overrides(reference_training.data_dir)
+
+
+def draw(reference_training, workdirs, a, b, out, *more) -> int:
+  return main.main(
+    [
+      "figure", "--config", spec(a), "--workdir", workdirs[a], "--config-b", spec(b),
+      "--workdir-b", workdirs[b], "--out", str(out), *more, *argv(reference_training),
+    ]
+  )  # fmt: skip
+
+
+def guidance_column(path) -> np.ndarray:
+  """The guidance column's first row (below the header) of a panel, box pixels included."""
+  with Image.open(path) as image:
+    pixels = np.asarray(image.convert("RGB"))
+  return pixels[figure.HEADER : figure.HEADER + TILE, 4 * TILE : 5 * TILE]
+
+
+def test_figure_draws_six_columns_and_the_guidance_of_sge_only(
+  reference_training, workdirs, tmp_path
+):
+  with_sge, without = tmp_path / "with_sge", tmp_path / "without"
+  assert draw(reference_training, workdirs, "sgdnet", "cto", with_sge, "--channels") == 0
+  assert draw(reference_training, workdirs, "baseline", "cto", without, "--limit", "1") == 0
+  cases = sorted(p.stem for p in with_sge.glob("*.pdf") if p.stem != "figure")
+  assert len(cases) == 2
+  for name in cases:
+    with Image.open(with_sge / f"{name}.png") as panel:  # image, truth, A, B, guidance, boundary
+      assert panel.size == (6 * TILE, figure.HEADER + 2 * TILE)  # the row and its zoom row
+    assert (with_sge / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    with Image.open(with_sge / f"{name}_guidance.png") as channels:  # one tile per channel
+      assert channels.size == (8 * TILE, TILE)  # configs/test.py: 8 guidance channels
+  with Image.open(with_sge / "figure.png") as whole:
+    assert whole.size == (6 * TILE, figure.HEADER + 4 * TILE)
+  sge = guidance_column(with_sge / f"{cases[0]}.png")
+  none = guidance_column(without / f"{cases[0]}.png")
+  not_box = np.any(none != figure.BOX_COLOR, axis=-1)
+  assert np.all(none[not_box] == figure.EMPTY)  # no SGE: the grey of an empty column
+  assert np.unique(sge[np.any(sge != figure.BOX_COLOR, axis=-1)]).size > 10  # a rendered map
+  assert not list(without.glob("*_guidance.png"))
+
+
+def test_guidance_rules_and_the_zoom_box():
+  guidance = np.random.default_rng(0).normal(size=(8, 8, 4))
+  l2 = figure.render_guidance(guidance, "l2")
+  assert l2 == pytest.approx(
+    np.linalg.norm(guidance, axis=-1) / np.linalg.norm(guidance, axis=-1).max()
+  )
+  pca = figure.render_guidance(guidance, "pca")
+  assert pca.min() == 0.0 and pca.max() == pytest.approx(1.0)
+  a, b = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+  a[9:13, 2:6] = True  # the masks differ in a 4x4 block at row 9, column 2
+  assert figure.zoom_box(a, b, 4) == (9, 2)
+
+
+def test_a_case_not_in_the_split_is_one_line_and_nothing_is_written(
+  reference_training, workdirs, tmp_path, capsys
+):
+  out = tmp_path / "out"
+  assert draw(reference_training, workdirs, "sgdnet", "cto", out, "--cases", "nope") == 2
+  error = capsys.readouterr().err
+  assert error.startswith("error: --cases nope: not in split test") and error.count("\n") == 1
+  assert not out.exists()
