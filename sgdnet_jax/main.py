@@ -18,6 +18,7 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from sgdnet_jax.core import errors
@@ -142,5 +143,17 @@ def _one_line(error: BaseException) -> str:
   return " ".join(str(getattr(error, "summary", None) or error).split())
 
 
+def run() -> int:
+  """`main` for the console: a reader that leaves early (`main --help | head`) ends the
+  command quietly with the shell's SIGPIPE status, not a traceback."""
+  try:
+    code = main()
+    sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+  return code
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run())

@@ -332,3 +332,16 @@ def test_evaluate_on_an_empty_split(capsys, tmp_path, narrow_variables):
   line = error_line(capsys, [*argv, "--split", "val", f"--config.data.dir={data}"])
   assert "--split val: split 'val' of" in line and "holds no case" in line
   assert not (narrow_variables / "eval").exists()
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+  """`main --help | head -1`: the closed pipe is the shell's SIGPIPE status, not a traceback."""
+  process = subprocess.Popen(
+    [sys.executable, "-m", "sgdnet_jax.main", "--help"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
+  process.stdout.close()  # before the command prints: its first write meets a closed pipe
+  _, err = process.communicate(timeout=120)
+  assert err.decode() == "" and process.returncode == 141
