@@ -60,7 +60,8 @@ def test_isic2016_all900_trains_on_every_image_and_holdout20_validates_on_the_la
   protocols = splits.build_protocols("isic2016", cases, seed=0)
   fold = protocols["holdout20"]["folds"][0]
   assert fold["train"] == train[:720] and fold["val"] == train[720:] and fold["test"] == test
-  # The paper's protocol (the default): all 900 train, nothing validates.
+  # Our reading of the paper's protocol (the default; it gives no count): all 900 train,
+  # nothing validates.
   fold = protocols["all900"]["folds"][0]
   assert fold["train"] == train and fold["val"] == [] and fold["test"] == test
   assert splits.DEFAULT_PROTOCOL["isic2016"] == "all900"

@@ -153,7 +153,8 @@ def build_protocols(dataset: str, cases: Sequence[dict], seed: int) -> dict[str,
     protocols["all900"] = _protocol(
       "all900",
       dataset,
-      "The paper's protocol: train on every training image (900 in the release), no "
+      "Our reading of the paper's protocol (it gives no count): train on every training "
+      "image (900 in the release), no "
       "validation (train with eval_every_epochs=0; the last epoch's weights are evaluated); "
       "test = the ISIC 2016 test set",
       [{"train": sorted(ids("train")), "val": [], "test": ids("test")}],
