@@ -365,16 +365,17 @@ def train_and_evaluate(
     refusal = distributed.from_process0(f"workdir_lock:{workdir}", refusal)
     if refusal:
       raise errors.UserError(refusal)
-    guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
-    return _train(config, workdir, start)
+    try:
+      guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
+      return _train(config, workdir, start)
+    except OSError as error:  # A full disk, a read-only or forbidden folder while writing.
+      raise _write_error(workdir, error) from error
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, start: _Start) -> dict[str, Any]:
   preemption = _Preemption()  # From here on a signal stops the run after its next step.
   try:
     return _train_until_done_or_stopped(config, workdir, start, preemption)
-  except OSError as error:  # A full disk, a read-only or forbidden folder while writing.
-    raise _write_error(workdir, error) from error
   finally:
     preemption.restore()
 
