@@ -117,6 +117,26 @@ def test_saving_a_best_step_again_with_other_variables_replaces_it(tmp_path):
   assert restored["variables"]["params"]["w"].tolist() == [2.0] * 4
 
 
+def test_a_checkpoint_of_another_structure_is_refused_and_not_set_aside(tmp_path):
+  """F2's safety net: an optimizer state with one more (empty) transformation, as clip adds,
+  is a config that does not fit, not damage."""
+  import numpy as np
+
+  from sgdnet_jax.core import errors
+
+  saved = {"w": np.zeros(4, np.float32), "opt": [{}, np.zeros(4, np.float32)]}
+  checkpoints = checkpointing.WorkdirCheckpoints(str(tmp_path), async_save=False)
+  try:
+    checkpoints.save(2, saved, {"position": 2}, {"best_dice": -1.0, "best_step": -1})
+    other = {"w": saved["w"], "opt": [{}, {}, saved["opt"][1]]}
+    with pytest.raises(errors.UserError, match=r"does not build \(it differs at opt.2\)"):
+      checkpoints.restore_newest_intact(other)
+    assert checkpoints.restore_newest_intact(saved)[1] == {"position": 2}
+  finally:
+    checkpoints.close()
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+
+
 @pytest.mark.parametrize(
   "field, value", [("optimizer.grad_clip", 0.0), ("optimizer.weight_decay", 0.0)]
 )

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sgdnet_jax.core import distributed, paths
+from sgdnet_jax.core import distributed, errors, paths
 from sgdnet_jax.workdir import layout
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -37,6 +37,19 @@ def trained_steps(workdir: str | os.PathLike) -> list[int]:
   Orbax decides what is finished: a step still being written, or moved aside as corrupt, is not.
   """
   return sorted(ocp.utils.checkpoint_steps(layout.latest_dir(workdir)))
+
+
+def _described(tree) -> dict[tuple[str, ...], Any]:
+  """Path -> (shape, dtype) of each array of `tree`, and 'empty' for each empty state (None in
+  Orbax's metadata, an empty container in a state): a state and its checkpoint's metadata
+  compare equal when one restores into the other."""
+  empty = lambda x: x is None or (isinstance(x, (dict, list, tuple)) and not x)
+  name = lambda key: str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=empty)
+  return {
+    tuple(map(name, path)): "empty" if empty(leaf) else (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in leaves
+  }
 
 
 class WorkdirCheckpoints:
@@ -114,9 +127,12 @@ class WorkdirCheckpoints:
 
     A checkpoint that cannot be restored (a truncated file, a missing `_METADATA`, any read
     error) is reported in one line and moved aside to `<step>.corrupt`, out of the manager's
-    view, so that the next save of that step and every later resume skip it.
+    view, so that the next save of that step and every later resume skip it. One whose
+    metadata reads but describes other arrays than `abstract_state` is not damaged: the config
+    does not fit it, and a UserError says so, leaving it in place.
     """
     for step in sorted(self.latest.all_steps(), reverse=True):
+      self._refuse_other_structure(step, abstract_state)
       try:
         restored = self.latest.restore(
           step,
@@ -139,6 +155,28 @@ class WorkdirCheckpoints:
         continue
       return restored["state"], restored["data"], restored["meta"]
     return None
+
+  def _refuse_other_structure(self, step: int, abstract_state):
+    """UserError when checkpoint `step`'s metadata reads and describes another tree (its paths,
+    empty states included, shapes and dtypes) than `abstract_state`; unreadable metadata is
+    left to the restore to report."""
+    try:
+      saved = self.latest.item_metadata(step)["state"]
+      saved = getattr(saved, "tree", saved)
+    except Exception:  # Damaged: the restore fails and sets the checkpoint aside.
+      return
+    if saved is None:
+      return
+    saved, expected = _described(saved), _described(abstract_state)
+    if saved != expected:
+      differing = sorted(saved.keys() ^ expected.keys()) or sorted(
+        k for k in saved if saved[k] != expected[k]
+      )
+      raise errors.UserError(
+        f"checkpoint {step} in {self.latest.directory} holds a training state that this "
+        f"config does not build (it differs at {'.'.join(differing[0]) or 'the root'}); resume "
+        f"with the config it was saved with (its config.json) or use another --workdir"
+      )
 
   @staticmethod
   def _set_aside(manager, step: int, suffix: str) -> str:
