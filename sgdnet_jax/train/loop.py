@@ -139,8 +139,8 @@ def _check_finite(pending, checkpoints, workdir: paths.Path, lr: float):
       )
       raise NonFiniteLossError(
         f"training loss {loss} (parameter norm {param_norm}) at step {step} is not finite; "
-        f"stopping; {intact}. Try a lower --config.optimizer.lr (now {lr}) and run the "
-        f"same command again (it resumes from that checkpoint)"
+        f"stopping; {intact}. Try a lower --config.optimizer.lr (now {lr}) with the same "
+        f"command"
       )
 
 
