@@ -102,14 +102,18 @@ def test_a_second_ctrl_c_while_a_best_checkpoint_is_saved_leaves_a_workdir_that_
   finish(workdir, reference_training, capsys)
 
 
-def test_saving_a_best_step_again_with_other_variables_replaces_it(tmp_path):
+def test_saving_a_best_step_again_keeps_the_same_variables_and_replaces_others(tmp_path):
   import jax.numpy as jnp
 
+  variables = lambda value: {"params": {"w": jnp.full(4, value)}, "batch_stats": {}}
   checkpoints = checkpointing.WorkdirCheckpoints(str(tmp_path), async_save=False)
   try:
-    checkpoints.save_best(3, {"params": {"w": jnp.zeros(4)}, "batch_stats": {}})
-    checkpoints.save_best(5, {"params": {"w": jnp.ones(4)}, "batch_stats": {}})
-    checkpoints.save_best(3, {"params": {"w": jnp.full(4, 2.0)}, "batch_stats": {}})
+    checkpoints.save_best(3, variables(0.0))
+    written = (tmp_path / "best" / "3").stat().st_ino
+    checkpoints.save_best(3, variables(0.0))
+    assert (tmp_path / "best" / "3").stat().st_ino == written  # the same: kept as it was
+    checkpoints.save_best(5, variables(1.0))
+    checkpoints.save_best(3, variables(2.0))
   finally:
     checkpoints.close()
   assert sorted(os.listdir(tmp_path / "best")) == ["3"]  # 5 was of an abandoned run
@@ -255,12 +259,18 @@ def test_a_non_finite_loss_before_any_checkpoint_is_one_line_saying_what_to_try(
   assert "step None" not in line
 
 
+def trained_lines(workdir: pathlib.Path) -> int:
+  path = workdir / layout.METRICS_FILE
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def test_sigkill_at_random_moments_never_leaves_a_workdir_that_train_cannot_continue(
   reference_training, tmp_path
 ):
-  """10 `train` processes killed with SIGKILL at moments drawn within a run's duration (any
-  of them may land in a save of `checkpoints/` or `best/`), one after the other on the same
-  workdir (a run that finished first restarts it empty); the next `train` always finishes."""
+  """10 `train` processes killed with SIGKILL one after the other on the same workdir, each at
+  a moment drawn within the training part of a run (from its first metrics line to its end:
+  any save of `checkpoints/` or `best/` may be cut); a run that finished first restarts the
+  workdir empty. The next `train` always finishes."""
   workdir = tmp_path / "run"
   command = train_helpers.train_command(
     workdir,
@@ -270,17 +280,28 @@ def test_sigkill_at_random_moments_never_leaves_a_workdir_that_train_cannot_cont
     compilation_cache_dir=str(tmp_path / "xla"),  # the first run compiles for the others
   )
   env = train_helpers.subprocess_env()
-  started = time.monotonic()
-  train_helpers.run(command, env)
-  duration = time.monotonic() - started
-  shutil.rmtree(workdir)
-  rng = random.Random(22)
-  for _ in range(10):
+
+  def start() -> subprocess.Popen:
     process = subprocess.Popen(
       command, cwd=train_helpers.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    lines = trained_lines(workdir)
+    while process.poll() is None and trained_lines(workdir) == lines:
+      time.sleep(0.05)
+    return process
+
+  process = start()
+  training_started = time.monotonic()
+  process.wait(timeout=600)
+  training = time.monotonic() - training_started
+  assert process.returncode == 0, process.stderr.read().decode()[-3000:]
+  process.stderr.close()
+  shutil.rmtree(workdir)
+  rng = random.Random(22)
+  for _ in range(10):
+    process = start()
     try:
-      process.wait(timeout=rng.uniform(0.2, 1.0) * duration)
+      process.wait(timeout=rng.uniform(0.0, training))
     except subprocess.TimeoutExpired:
       process.kill()
       process.wait()
