@@ -34,6 +34,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Params + BN statistics from a `convert` output or another workdir; wins over
   # model.pretrained, and a checkpoint in the workdir (resume) wins over both.
   config.init_from = ""
+  config.demo_cases = 0  # synthetic cases the demo generates (configs/demo.py; 0: not a demo)
   config.distributed = "auto"  # multi-host start: auto (where JAX finds a cluster) | on | off
   # XLA compilation cache ('' off; the environment's $JAX_COMPILATION_CACHE_DIR wins).
   config.compilation_cache_dir = "~/.cache/sgdnet_jax/xla"

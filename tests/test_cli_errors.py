@@ -22,6 +22,7 @@ from sgdnet_jax import main, models, porting
 from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.models import sgdc
 from sgdnet_jax.workdir import guard, layout, variables_io
+from tests import train_helpers
 
 CONFIG = "configs/test.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,22 +38,26 @@ def error_line(capsys, argv) -> str:
   return lines[0]
 
 
-def test_train_in_a_read_only_workdir(capsys, tmp_path, monkeypatch):
-  real_open = os.open
+def test_train_in_a_read_only_workdir(capsys, tmp_path, monkeypatch, reference_training):
+  def read_only(real):
+    def call(*args, **kwargs):
+      if str(args[-1] if real is os.link else args[0]).endswith(layout.LOCK_FILE):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
+      return real(*args, **kwargs)
 
-  def read_only_open(path, flags, *args):
-    if str(path).endswith(layout.LOCK_FILE):
-      raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-    return real_open(path, flags, *args)
+    return call
 
-  monkeypatch.setattr(os, "open", read_only_open)
-  line = error_line(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w")])
+  monkeypatch.setattr(os, "open", read_only(os.open))  # the lock: linked, or created (O_EXCL)
+  monkeypatch.setattr(os, "link", read_only(os.link))
+  argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w")]
+  line = error_line(capsys, argv + train_helpers.overrides(reference_training.data_dir))
   assert f"cannot write in workdir {tmp_path / 'w'} (Read-only file system)" in line
 
 
-def test_train_with_a_workdir_below_a_file(capsys, tmp_path):
+def test_train_with_a_workdir_below_a_file(capsys, tmp_path, reference_training):
   (tmp_path / "file").write_text("")
-  line = error_line(capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "file/w")])
+  argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "file/w")]
+  line = error_line(capsys, argv + train_helpers.overrides(reference_training.data_dir))
   assert "cannot write in workdir" in line
 
 
@@ -345,3 +350,40 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
   process.stdout.close()  # before the command prints: its first write meets a closed pipe
   _, err = process.communicate(timeout=120)
   assert err.decode() == "" and process.returncode == 141
+
+
+@pytest.mark.parametrize(
+  "body, message",
+  [
+    ("  config = test.get_config(arg\n  return config\n", "line 6: SyntaxError"),
+    ("  return test.get_confg(arg)\n", "line 6: AttributeError: module 'configs.test' has no"),
+    ("  from configs import nosuch\n  return nosuch\n", "line 6: ImportError: cannot import"),
+    (
+      "  config = test.get_config(arg)\n  config.optimizer.lrr = 1.0\n  return config\n",
+      "sets config.optimizer.lrr, which configs/default.py does not define; did you mean "
+      "config.optimizer.lr?",
+    ),
+    (
+      "  config = test.get_config(arg)\n  config.global_bach_size = 8\n  return config\n",
+      "did you mean config.global_batch_size?",
+    ),
+  ],
+)
+def test_a_config_file_with_a_mistake_is_one_line_naming_it(capsys, tmp_path, body, message):
+  config_file = tmp_path / "mine.py"
+  config_file.write_text("from configs import test\n\n\ndef get_config(arg=None):\n" + "\n" + body)
+  line = error_line(capsys, ["config", "--config", str(config_file)])
+  assert str(config_file) in line and message in line, line
+
+
+SHIPPED_CONFIGS = sorted(
+  name
+  for name in os.listdir(os.path.join(ROOT, "configs"))
+  if name.endswith(".py") and name not in ("__init__.py", "common.py")
+)
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_config_sets_only_known_fields(name):
+  arg = ":data=somewhere" if name == "folder.py" else ""
+  config_utils.load_config(os.path.join(ROOT, "configs", name) + arg)

@@ -216,7 +216,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     train_helpers.overrides(data_dir, total_steps=8, checkpoint_every_steps=1, epochs=100),
   )
   config.optimizer.lr = 1e38  # The first update overflows the parameters.
-  with pytest.raises(loop.NonFiniteLossError, match="not finite; stopping. The last checkpoint"):
+  with pytest.raises(loop.NonFiniteLossError, match=r"stopping; the last checkpoint \(step 6\)"):
     loop.train_and_evaluate(config, str(workdir))
   manager = checkpointing.WorkdirCheckpoints(str(workdir))
   assert manager.latest_step() == 6

@@ -19,6 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--workdir", required=True, help="checkpoints, metrics and config.json go here"
   )
+  parser.add_argument(
+    "--reset-optimizer",
+    action="store_true",
+    help="resume checkpoints whose optimizer state does not fit the config (optimizer.grad_clip "
+    "or weight_decay switched on or off, another prng_impl): keep the weights, BN statistics "
+    "and step, start a fresh optimizer state",
+  )
   return parser
 
 
@@ -29,7 +36,7 @@ def main(argv) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   from sgdnet_jax.train import loop
 
-  outcome = loop.train_and_evaluate(config, args.workdir)
+  outcome = loop.train_and_evaluate(config, args.workdir, args.reset_optimizer)
   print(json.dumps(outcome))
   if outcome["stopped_by"]:
     print(

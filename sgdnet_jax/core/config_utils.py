@@ -6,10 +6,13 @@ module may also define `get_sweep(name)`, selected by `file.py:sweep=<name>[,arg
 """
 
 import ast
+import difflib
+import importlib
 import importlib.util
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +37,59 @@ def load_module(path: str):
     sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as error:  # The user's file: a syntax error, a bad import, a typo.
+    raise _file_error(path, error) from error
   return module
+
+
+def _file_error(path: str, error: Exception) -> errors.ConfigError:
+  """The one-line error of a config file that fails to load or run, at its line."""
+  line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+  for frame in traceback.extract_tb(error.__traceback__):
+    if os.path.abspath(frame.filename) == os.path.abspath(path):
+      line = frame.lineno
+  where = f"{path}, line {line}" if line else path
+  message = error.msg if isinstance(error, SyntaxError) else str(error)
+  return errors.ConfigError(f"config file {where}: {type(error).__name__}: {message}; fix the file")
+
+
+def _default_fields() -> dict[str, Any] | None:
+  """configs/default.py's fields, dotted -> value (None where there is no `configs` package)."""
+  try:
+    default = importlib.import_module("configs.default")
+  except ImportError:
+    return None
+  return _flatten(default.get_config().to_dict())
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A nested dict as dotted fields -> values (an empty dict is a field of its own)."""
+  if not isinstance(tree, dict) or not tree:
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+  return flat
+
+
+def check_known_fields(config: ml_collections.ConfigDict, path: str):
+  """Refuses a field that the config file at `path` sets but configs/default.py does not define
+  (a typo such as `optimizer.lrr`), naming the nearest known field."""
+  known = _default_fields()
+  if known is None:
+    return
+  open_fields = [k for k, v in known.items() if isinstance(v, dict)]  # free-form dicts
+  for field in _flatten(config.to_dict()):
+    if field in known or any(field.startswith(f"{k}.") for k in open_fields):
+      continue
+    nearest = difflib.get_close_matches(field, list(known), n=1, cutoff=0.6)
+    hint = f"did you mean config.{nearest[0]}? " if nearest else ""
+    raise errors.ConfigError(
+      f"{path} sets config.{field}, which configs/default.py does not define; {hint}"
+      f"(a new field is added to configs/default.py first)"
+    )
 
 
 def arg_items(arg: str) -> list[tuple[str, str]]:
@@ -65,9 +119,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     config = module.get_config(arg or None)
   except (ValueError, KeyError) as error:  # Argument parsing in the config file itself.
     raise errors.ConfigError(f"{spec}: {error}") from None
+  except Exception as error:  # A mistake in the file: a misspelled attribute, a bad call.
+    raise _file_error(path, error) from error
   for old, new in RENAMED_FIELDS.items():
     if _has_path(config, old):
       raise errors.ConfigError(f"{path} sets config.{old}, which is now config.{new}; rename it")
+  check_known_fields(config, path)
   apply_overrides(config, overrides)
   return config
 

@@ -31,7 +31,7 @@ from sgdnet_jax.train import state as state_lib
 from sgdnet_jax.workdir import checkpointing, guard, image_size, variables_io
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Raised when the training loss stops being finite; the last checkpoint is left as it was."""
 
 
@@ -125,16 +125,22 @@ def _load_initial_variables(path: str, state, shardings):
   return state.replace(params=params, batch_stats=batch_stats)
 
 
-def _check_finite(pending, checkpoints, workdir: paths.Path):
+def _check_finite(pending, checkpoints, workdir: paths.Path, lr: float):
   """Raises NonFiniteLossError at the first (step, metrics) whose loss or weights are not finite."""
   for step, scalars in pending:
     loss, param_norm = float(scalars["loss"]), float(scalars["param_norm"])
     if not (math.isfinite(loss) and math.isfinite(param_norm)):
-      parts = {k: float(v) for k, v in scalars.items()}
+      checkpoints.wait()
+      latest = checkpoints.latest_step()
+      intact = (
+        f"the last checkpoint (step {latest}) in {workdir} is intact"
+        if latest is not None
+        else f"no checkpoint was saved in {workdir} yet"
+      )
       raise NonFiniteLossError(
         f"training loss {loss} (parameter norm {param_norm}) at step {step} is not finite; "
-        f"stopping. The last checkpoint (step {checkpoints.latest_step()}) in {workdir} is "
-        f"intact. Parts: {parts}"
+        f"stopping; {intact}. Try a lower --config.optimizer.lr (now {lr}) with the same "
+        f"command"
       )
 
 
@@ -202,19 +208,153 @@ def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return steps_per_epoch, config.total_steps or config.epochs * steps_per_epoch
 
 
+@dataclasses.dataclass
+class _Start:
+  """What the checks before a run found: its schedule, model, optimizer, and when its
+  checkpoints hold another optimizer state (`--reset-optimizer`), the recorded config's
+  optimizer and PRNG implementation to restore them with."""
+
+  steps_per_epoch: int
+  total_steps: int
+  model: Any
+  tx: Any
+  schedule: Any
+  recorded_tx: Any = None
+  recorded_prng_impl: str = ""
+
+
+def _check_batch_sizes(config: ml_collections.ConfigDict, train_size: int, devices: int):
+  """ConfigError unless the batch sizes fit the training split, the devices and the processes."""
+  for field in ("global_batch_size", "eval_batch_size"):
+    value = config[field]
+    if not isinstance(value, int) or value <= 0:
+      raise errors.ConfigError(f"{field}={value!r}: expected a positive number of images")
+  if config.global_batch_size % devices:
+    raise errors.ConfigError(
+      f"global_batch_size={config.global_batch_size} is not a multiple of the {devices} "
+      f"devices of the mesh; give a multiple of {devices}"
+    )
+  for field in ("global_batch_size", "eval_batch_size"):
+    if config[field] % jax.process_count():
+      raise errors.ConfigError(
+        f"{field}={config[field]} is not a multiple of the {jax.process_count()} processes"
+      )
+  if config.global_batch_size > train_size:
+    raise errors.ConfigError(
+      f"global_batch_size={config.global_batch_size} is larger than the training split "
+      f"'{config.data.train_split}' of {config.data.dir} ({train_size} cases); give at most "
+      f"{train_size}"
+    )
+
+
+def _optimizer_fits(recorded: dict[str, Any], config, start: _Start, abstract_params) -> bool:
+  """True when the optimizer state that `recorded` (config.json) trained with has the tree,
+  shapes and dtypes of `config`'s, and the PRNG implementation is the same; sets
+  `start.recorded_*` either way."""
+  recorded_optimizer = ml_collections.ConfigDict(
+    {**config.optimizer.to_dict(), **recorded.get("optimizer", {})}
+  )
+  recorded_tx, _ = optimizer.make_optimizer(
+    recorded_optimizer, start.steps_per_epoch, start.total_steps
+  )
+  shapes = lambda tx: jax.tree_util.tree_map(
+    lambda x: (x.shape, x.dtype), jax.eval_shape(tx.init, abstract_params)
+  )
+  new, old = shapes(start.tx), shapes(recorded_tx)
+  prng_impl = recorded.get("prng_impl", config.prng_impl)
+  start.recorded_tx, start.recorded_prng_impl = recorded_tx, prng_impl
+  same_tree = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(old)
+  return same_tree and new == old and prng_impl == config.prng_impl
+
+
+def check_start(
+  config: ml_collections.ConfigDict, workdir: paths.Path, reset_optimizer: bool = False
+) -> _Start:
+  """Every check that can refuse a run, before anything is written (ConfigError/UserError).
+
+  The model fields, the batch sizes against the splits and the devices, the length of the
+  run, a validation split that validation needs, the initial weights, a workdir's recorded
+  model, and whether its checkpoints' optimizer state fits the optimizer of `config`: when it
+  does not (grad_clip or weight_decay switched on or off, another prng_impl), the run is
+  refused naming the fields, unless `reset_optimizer` (then `_Start.recorded_*` say how to
+  read the checkpoints, whose weights are kept and optimizer state dropped).
+  """
+  try:
+    model = models.build(config.model)
+  except ValueError as error:
+    raise errors.ConfigError(f"{error}; fix that --config.model field") from None
+  mesh = sharding.make_mesh(config.mesh)
+  train_size = pipeline.split_size(config.data, config.data.train_split)
+  _check_batch_sizes(config, train_size, mesh.size)
+  if config.total_steps < 0 or (not config.total_steps and config.epochs <= 0):
+    raise errors.ConfigError(
+      f"epochs={config.epochs}, total_steps={config.total_steps}: give a positive number of "
+      f"epochs (or of total_steps)"
+    )
+  if config.eval_every_epochs > 0 and not pipeline.split_size(config.data, config.data.val_split):
+    raise errors.ConfigError(
+      f"the validation split '{config.data.val_split}' of {config.data.dir} is empty but "
+      f"eval_every_epochs={config.eval_every_epochs} validates on it; give a split with cases "
+      f"(--config.data.val_split) or --config.eval_every_epochs=0"
+    )
+  steps_per_epoch, total_steps = schedule_length(config)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
+  start = _Start(steps_per_epoch, total_steps, model, tx, schedule)
+  image_shape = (1, config.data.image_size, config.data.image_size, 3)
+  abstract_params = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(image_shape), train=False)
+  )["params"]
+  recorded = guard.check_config(workdir, config)
+  if not checkpointing.trained_steps(workdir):
+    if config.init_from and not paths.as_path(config.init_from).exists():
+      raise errors.ConfigError(
+        f"config.init_from={config.init_from!r} does not exist; give a `convert` output or "
+        f"a workdir"
+      )
+    if not config.init_from:
+      pretrained.resolve(config.model.pretrained)
+    return start
+  if recorded is None or _optimizer_fits(recorded, config, start, abstract_params):
+    start.recorded_tx = None  # The checkpoints restore into this run's state.
+  else:
+    changed = [
+      key
+      for key in guard.config_changes(recorded, config.to_dict())[1]
+      if key.startswith("optimizer.") or key == "prng_impl"
+    ]
+    fields = guard.describe_changes(recorded, config.to_dict(), changed)
+    if not reset_optimizer:
+      raise errors.UserError(
+        f"the checkpoints of {workdir} hold an optimizer state that the changed fields "
+        f"({fields}; recorded -> given) cannot continue; resume with the recorded values, or "
+        f"add --reset-optimizer to keep the weights and start a fresh optimizer state"
+      )
+    logging.warning(
+      "--reset-optimizer: the optimizer state of %s does not fit (%s); keeping its weights, "
+      "BN statistics and step, starting a fresh optimizer state",
+      workdir,
+      fields,
+    )
+  return start
+
+
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | os.PathLike
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, reset_optimizer: bool = False
 ) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns an outcome.
 
-  The workdir is locked for the run (`workdir.locked`), and its recorded config is checked
-  against `config` before anything is written (`workdir.check_and_record_config`).
+  Every check that can refuse the run (`check_start`) runs before anything is written: a
+  refused run leaves the workdir as it found it. The workdir is then locked for the run
+  (`workdir.locked`) and `config` recorded (`workdir.check_and_record_config`).
+  `reset_optimizer`: resume checkpoints whose optimizer state does not fit `config` with a
+  fresh optimizer state (otherwise refused).
   """
   distributed.initialize(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = paths.as_path(workdir)
   config.data.image_size = image_size.resolve(config, [workdir])  # recorded as trained
+  start = check_start(config, workdir, reset_optimizer)
   with contextlib.ExitStack() as stack:
     refusal = ""
     if jax.process_index() == 0:
@@ -225,23 +365,54 @@ def train_and_evaluate(
     refusal = distributed.from_process0(f"workdir_lock:{workdir}", refusal)
     if refusal:
       raise errors.UserError(refusal)
-    guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
-    return _train(config, workdir)
+    try:
+      guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
+      return _train(config, workdir, start)
+    except OSError as error:  # A full disk, a read-only or forbidden folder while writing.
+      raise _write_error(workdir, error) from error
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, start: _Start) -> dict[str, Any]:
   preemption = _Preemption()  # From here on a signal stops the run after its next step.
   try:
-    return _train_until_done_or_stopped(config, workdir, preemption)
+    return _train_until_done_or_stopped(config, workdir, start, preemption)
   finally:
     preemption.restore()
 
 
-def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) -> dict[str, Any]:
+def _write_error(workdir: paths.Path, error: OSError) -> errors.UserError:
+  """The one-line error of a failed write in `workdir` (no space, read-only, permission)."""
+  where = error.filename or workdir
+  reason = error.strerror or str(error)
+  return errors.UserError(
+    f"cannot write {where} ({reason}); free space or fix the permissions of {workdir}, then "
+    f"run the same command again (it resumes from the last checkpoint)"
+  )
+
+
+def _restore_abstract(state, shardings, start: _Start, mesh, min_size: int):
+  """The abstract state to restore the checkpoints into: this run's, or with
+  `--reset-optimizer` the recorded run's optimizer state and PRNG key."""
+  place = lambda tree, where: jax.tree_util.tree_map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, where
+  )
+  if start.recorded_tx is None:
+    return place(state, shardings)
+  recorded = state.replace(
+    opt_state=jax.eval_shape(start.recorded_tx.init, state.params),
+    rng=jax.eval_shape(
+      lambda: jax.random.key_data(jax.random.key(0, impl=start.recorded_prng_impl))
+    ),
+  )
+  return place(recorded, sharding.param_sharding(recorded, mesh, min_size))
+
+
+def _train_until_done_or_stopped(
+  config, workdir: str, start: _Start, preemption: _Preemption
+) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
-  steps_per_epoch, total_steps = schedule_length(config)
-  model = models.build(config.model)
-  tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
+  steps_per_epoch, total_steps = start.steps_per_epoch, start.total_steps
+  model, tx, schedule = start.model, start.tx, start.schedule
   image_shape = (1, config.data.image_size, config.data.image_size, 3)
   rng = jax.random.PRNGKey(config.seed)
   state, shardings = state_lib.create_state(
@@ -252,14 +423,21 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
   best = BestCheckpoint()
   restored = None
   if checkpoints.latest_step() is not None:
-    abstract = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
-    )
+    abstract = _restore_abstract(state, shardings, start, mesh, config.mesh.fsdp_min_size)
     restored = checkpoints.restore_newest_intact(abstract)
     if restored is None:
       logging.warning("no checkpoint in %s could be restored: starting from scratch", workdir)
   if restored is not None:
-    state, data_state, best_record = restored
+    restored_state, data_state, best_record = restored
+    if start.recorded_tx is None:
+      state = restored_state
+    else:  # --reset-optimizer: the weights and step; this run's fresh optimizer state.
+      state = state.replace(
+        step=restored_state.step,
+        params=restored_state.params,
+        batch_stats=restored_state.batch_stats,
+        rng=restored_state.rng if start.recorded_prng_impl == config.prng_impl else state.rng,
+      )
     train_iter.set_state(data_state)
     best = BestCheckpoint.from_json(best_record)
     logging.info("resumed from step %d", int(state.step))
@@ -321,7 +499,7 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
       # The previous step's metrics are ready by now; this step's are read only when something
       # below uses the state, so that dispatch stays one step ahead otherwise.
       syncing = log_now or validate_now or save_now
-      _check_finite(pending if syncing else pending[:-1], checkpoints, workdir)
+      _check_finite(pending if syncing else pending[:-1], checkpoints, workdir, config.optimizer.lr)
       pending = [] if syncing else pending[-1:]
 
       if log_now:
@@ -349,16 +527,17 @@ def _train_until_done_or_stopped(config, workdir: str, preemption: _Preemption) 
         writer.write_scalars(step, {"val_dice": dice, "epoch": step / steps_per_epoch})
         if dice > best.dice:
           best = BestCheckpoint(dice, step)
-          with preemption.critical():
-            checkpoints.save_best(step, state.variables())
         if is_main:
           print(f"step {step}: validation Dice {dice:.4f} (best {best.dice:.4f})", flush=True)
-      if save_now:
+      new_best = best.step == step
+      if save_now or new_best:  # The latest checkpoint first: best/<step> never runs ahead.
         with preemption.critical():
           checkpoints.save(step, state, train_iter.get_state(), best.to_json())
+          if new_best:
+            checkpoints.save_best(step, state.variables())
       if stopping:
         break
-    _check_finite(pending, checkpoints, workdir)
+    _check_finite(pending, checkpoints, workdir, config.optimizer.lr)
   finally:
     checkpoints.wait()  # An abort (second Ctrl-C) too lets a started save commit.
     checkpoints.close()

@@ -5,9 +5,15 @@
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it, or in an
 object store marks it complete with a commit file), so a crash mid-save leaves the previous
-checkpoint intact. A checkpoint damaged later (a truncated file, a lost `_METADATA`) is moved
-aside to `checkpoints/<step>.corrupt` at the next resume, which continues from the newest intact
-one. W may be a local folder or a `gs://` URL (`sgdnet_jax.core.paths`).
+checkpoint intact. A best checkpoint is written only once the latest checkpoint of its step is
+committed, and a step saved again (a resume that went back to an older checkpoint reaches a step
+that `best/` already holds) is a no-op when its content is the same; otherwise the old folder is
+set aside as `<step>.replaced` (with any newer best step of the abandoned run) and deleted once
+the new one is committed, so no sequence of kills leaves a step that cannot be saved again.
+
+A checkpoint damaged later (a truncated file, a lost `_METADATA`) is moved aside to
+`checkpoints/<step>.corrupt` at the next resume, which continues from the newest intact one.
+W may be a local folder or a `gs://` URL (`sgdnet_jax.core.paths`).
 """
 
 import logging
@@ -15,12 +21,14 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from sgdnet_jax.core import distributed, paths
+from sgdnet_jax.core import distributed, errors, paths
 from sgdnet_jax.workdir import layout
 
 CORRUPT_SUFFIX = ".corrupt"
+REPLACED_SUFFIX = ".replaced"
 
 
 def trained_steps(workdir: str | os.PathLike) -> list[int]:
@@ -29,6 +37,19 @@ def trained_steps(workdir: str | os.PathLike) -> list[int]:
   Orbax decides what is finished: a step still being written, or moved aside as corrupt, is not.
   """
   return sorted(ocp.utils.checkpoint_steps(layout.latest_dir(workdir)))
+
+
+def _described(tree) -> dict[tuple[str, ...], Any]:
+  """Path -> (shape, dtype) of each array of `tree`, and 'empty' for each empty state (None in
+  Orbax's metadata, an empty container in a state): a state and its checkpoint's metadata
+  compare equal when one restores into the other."""
+  empty = lambda x: x is None or (isinstance(x, (dict, list, tuple)) and not x)
+  name = lambda key: str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=empty)
+  return {
+    tuple(map(name, path)): "empty" if empty(leaf) else (tuple(leaf.shape), str(leaf.dtype))
+    for path, leaf in leaves
+  }
 
 
 class WorkdirCheckpoints:
@@ -46,20 +67,56 @@ class WorkdirCheckpoints:
     )
 
   def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):
-    self.latest.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta),
-      ),
-      force=True,
+    """Saves the latest checkpoint of `step` (replacing one of that step, see the docstring)."""
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_state),
+      meta=ocp.args.JsonSave(meta),
     )
+    self._save_replacing(self.latest, step, args, [s for s in self.latest.all_steps() if s == step])
 
   def save_best(self, step: int, variables):
-    self.best.save(
-      step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)), force=True
+    """Saves the best `variables` of `step` once the latest checkpoint is committed; a no-op
+    when `best/<step>` holds the same variables already."""
+    self.latest.wait_until_finished()
+    stale = [s for s in self.best.all_steps() if s >= step]
+    if step in stale and self._same_best(step, variables):
+      logging.info("best checkpoint %d already holds these variables; kept it", step)
+      return
+    args = ocp.args.Composite(variables=ocp.args.StandardSave(variables))
+    self._save_replacing(self.best, step, args, stale)
+
+  def _same_best(self, step: int, variables) -> bool:
+    """True when `best/<step>` restores to exactly `variables` (False when it cannot be read)."""
+    abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables
     )
+    try:
+      saved = self.best.restore(
+        step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
+      )["variables"]
+    except Exception:  # Damaged or of another structure: replaced below.
+      return False
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), variables, saved)
+    return all(jax.tree_util.tree_leaves(same))
+
+  def _save_replacing(self, manager, step: int, args, stale: list[int]):
+    """`manager.save(step)` after setting the `stale` steps aside; deletes them once committed."""
+    aside = [self._set_aside(manager, s, REPLACED_SUFFIX) for s in sorted(stale)]
+    for s, path in zip(sorted(stale), aside):
+      logging.warning(
+        "checkpoint %s/%d is saved again: the old one is set aside as %s",
+        manager.directory,
+        s,
+        path,
+      )
+    manager.save(step, args=args, force=True)
+    if aside:
+      manager.wait_until_finished()
+      if jax.process_index() == 0:
+        for path in aside:
+          paths.as_path(path).rmtree()
+      distributed.barrier(f"checkpoint_replaced:{step}")
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -70,9 +127,12 @@ class WorkdirCheckpoints:
 
     A checkpoint that cannot be restored (a truncated file, a missing `_METADATA`, any read
     error) is reported in one line and moved aside to `<step>.corrupt`, out of the manager's
-    view, so that the next save of that step and every later resume skip it.
+    view, so that the next save of that step and every later resume skip it. One whose
+    metadata reads but describes other arrays than `abstract_state` is not damaged: the config
+    does not fit it, and a UserError says so, leaving it in place.
     """
     for step in sorted(self.latest.all_steps(), reverse=True):
+      self._refuse_other_structure(step, abstract_state)
       try:
         restored = self.latest.restore(
           step,
@@ -83,7 +143,7 @@ class WorkdirCheckpoints:
           ),
         )
       except Exception as error:  # Whatever the damage: fall back to the previous step.
-        aside = self._move_aside(step)
+        aside = self._set_aside(self.latest, step, CORRUPT_SUFFIX)
         reason = " ".join(str(error).split())[:300]
         logging.warning(
           "checkpoint %d cannot be restored (%s: %s); moved it to %s, trying an older one",
@@ -96,18 +156,42 @@ class WorkdirCheckpoints:
       return restored["state"], restored["data"], restored["meta"]
     return None
 
-  def _move_aside(self, step: int) -> str:
-    """Renames checkpoint `step` to `<step>.corrupt` (process 0); every process forgets it."""
-    source = paths.as_path(self.latest.directory) / str(step)
-    target = source.parent / f"{step}{CORRUPT_SUFFIX}"
-    suffix = 1
+  def _refuse_other_structure(self, step: int, abstract_state):
+    """UserError when checkpoint `step`'s metadata reads and describes another tree (its paths,
+    empty states included, shapes and dtypes) than `abstract_state`; unreadable metadata is
+    left to the restore to report."""
+    try:
+      saved = self.latest.item_metadata(step)["state"]
+      saved = getattr(saved, "tree", saved)
+    except Exception:  # Damaged: the restore fails and sets the checkpoint aside.
+      return
+    if saved is None:
+      return
+    saved, expected = _described(saved), _described(abstract_state)
+    if saved != expected:
+      differing = sorted(saved.keys() ^ expected.keys()) or sorted(
+        k for k in saved if saved[k] != expected[k]
+      )
+      raise errors.UserError(
+        f"checkpoint {step} in {self.latest.directory} holds a training state that this "
+        f"config does not build (it differs at {'.'.join(differing[0]) or 'the root'}); resume "
+        f"with the config it was saved with (its config.json) or use another --workdir"
+      )
+
+  @staticmethod
+  def _set_aside(manager, step: int, suffix: str) -> str:
+    """Renames `manager`'s checkpoint `step` to `<step><suffix>` (process 0), out of the view
+    of every process's manager; returns the new path."""
+    source = paths.as_path(manager.directory) / str(step)
+    target = source.parent / f"{step}{suffix}"
+    index = 1
     while target.exists():
-      target = source.parent / f"{step}{CORRUPT_SUFFIX}-{suffix}"
-      suffix += 1
+      target = source.parent / f"{step}{suffix}-{index}"
+      index += 1
     if jax.process_index() == 0:
       source.rename(target)
-    distributed.barrier(f"checkpoint_aside:{step}")
-    self.latest.reload()
+    distributed.barrier(f"checkpoint_aside:{step}{suffix}")
+    manager.reload()
     return str(target)
 
   def wait(self):

@@ -4,9 +4,12 @@
   W/config.json             the config of the run that wrote W's checkpoints
   W/config.<time>.json      an earlier config.json, kept when a resume changed non-model fields
 
-The lock is created atomically (O_EXCL) on a local disk and removed when the run ends, exceptions
-included. A lock left by a killed run on this host (its pid is no longer alive) is taken over
-with a warning; one held by a live process, or by another host, refuses the second run at once.
+The lock is created atomically with its content on a local disk (written to a temporary file,
+then hard-linked into place, which fails when the lock exists; O_EXCL where links are not
+supported) and removed when the run ends, exceptions included. A lock left by a killed run on
+this host (its pid is no longer alive), or one that is empty or unreadable (a full disk while
+an older version wrote it), is taken over with a warning; one held by a live process, or by
+another host, refuses the second run at once.
 In an object store (a `gs://` workdir) there is no exclusive create: the lock is checked, then
 written, which guards against a second run started later but not against two started within
 the same second.
@@ -86,14 +89,28 @@ def _create_lock(path: paths.Path) -> bool:
       return False
     path.write_text(json.dumps(holder))
     return True
+  temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
   try:
-    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    return False
-  with os.fdopen(descriptor, "w") as f:
-    json.dump(holder, f)
-    f.flush()
-    os.fsync(f.fileno())
+    with open(temporary, "w") as f:
+      json.dump(holder, f)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(temporary, path)  # Atomic, and fails when the lock exists.
+    except FileExistsError:
+      return False
+    except OSError:  # A file system without hard links: exclusive create, then the content.
+      try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(descriptor, "w") as f:
+        json.dump(holder, f)
+        f.flush()
+        os.fsync(f.fileno())
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      temporary.unlink()
   return True
 
 
@@ -114,7 +131,15 @@ def locked(workdir: str | os.PathLike):
     taken = _create_lock(path)
     if not taken:
       holder = _read_holder(path)
-      stale = (
+      unreadable = not isinstance(holder, dict) or not holder
+      if unreadable:
+        logging.warning(
+          "taking over the lock %s: it is empty or unreadable (a run that could not finish "
+          "writing it)",
+          path,
+        )
+        holder = {}
+      stale = unreadable or (
         holder.get("host") == socket.gethostname()
         and isinstance(holder.get("pid"), int)
         and not _pid_alive(holder["pid"])
@@ -124,11 +149,12 @@ def locked(workdir: str | os.PathLike):
           f"workdir {workdir} is in use by another train run ({_describe(holder)}); wait for "
           f"it to end or use another --workdir (if that run is gone, delete {path})"
         )
-      logging.warning(
-        "taking over the stale lock %s of a run that is no longer alive (%s)",
-        path,
-        _describe(holder),
-      )
+      if not unreadable:
+        logging.warning(
+          "taking over the stale lock %s of a run that is no longer alive (%s)",
+          path,
+          _describe(holder),
+        )
       path.unlink()
       if not _create_lock(path):
         raise errors.UserError(
@@ -222,6 +248,15 @@ def check_model_fits(config: ml_collections.ConfigDict, workdirs: Sequence[str |
     recorded = recorded_config(workdir)
     if recorded is not None:
       _refuse_structural_changes(paths.as_path(workdir), recorded, config_dict)
+
+
+def check_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict | None:
+  """Refuses `config` when its model does not fit the workdir's recorded one (reading only);
+  returns the recorded config (None: none yet)."""
+  recorded = recorded_config(workdir)
+  if recorded is not None:
+    _refuse_structural_changes(paths.as_path(workdir), recorded, config.to_dict())
+  return recorded
 
 
 def check_and_record_config(
