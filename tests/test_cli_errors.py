@@ -39,16 +39,16 @@ def error_line(capsys, argv) -> str:
 
 
 def test_train_in_a_read_only_workdir(capsys, tmp_path, monkeypatch, reference_training):
-  def read_only(real):
+  def read_only(real, target=0):  # target: the index of the argument that names the new file
     def call(*args, **kwargs):
-      if str(args[-1] if real is os.link else args[0]).endswith(layout.LOCK_FILE):
+      if str(args[target]).endswith(layout.LOCK_FILE):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
       return real(*args, **kwargs)
 
     return call
 
   monkeypatch.setattr(os, "open", read_only(os.open))  # the lock: linked, or created (O_EXCL)
-  monkeypatch.setattr(os, "link", read_only(os.link))
+  monkeypatch.setattr(os, "link", read_only(os.link, target=1))
   argv = ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w")]
   line = error_line(capsys, argv + train_helpers.overrides(reference_training.data_dir))
   assert f"cannot write in workdir {tmp_path / 'w'} (Read-only file system)" in line
