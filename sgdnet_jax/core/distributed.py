@@ -154,10 +154,14 @@ class CompiledOnAllProcesses:
   def __init__(self, jitted, name: str):
     self._jitted, self._name, self._compiled = jitted, name, None
 
-  def __call__(self, *args):
+  def compile(self, *args):
+    """Compiles for `args` unless done, then waits for every process; runs nothing."""
     if self._compiled is None:
       self._compiled = self._jitted.lower(*args).compile()
       barrier(f"compiled:{self._name}")
+
+  def __call__(self, *args):
+    self.compile(*args)
     return self._compiled(*args)
 
 
