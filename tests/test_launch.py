@@ -452,3 +452,41 @@ def test_unknown_launcher_flags_exit_2_before_any_cluster_call(tmp_path, script,
   assert (result.returncode, result.stdout, calls) == (2, "", [])
   [message] = result.stderr.splitlines()
   assert message.startswith("error: ") and "usage: launch/" in message
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_job_requeues_itself_only_when_train_asks_to_resume(tmp_path, status, requeued):
+  """Stub srun exits as train did; stub scontrol records. 75 (stopped with a checkpoint) requeues
+  the job by its id; a finished (0) or failed (1) run does not. The job's status is train's."""
+  bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+  bin_dir.mkdir()
+  for tool, exit_status in (("srun", status), ("scontrol", 0), ("sbatch", 1)):
+    stub = bin_dir / tool
+    stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >>{calls}\nexit {exit_status}\n')
+    stub.chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_ID="4242", PYTHON="python")
+  result = subprocess.run(
+    ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *_LAUNCHER_LINES["slurm_gpu.sbatch"]],
+    cwd=train_helpers.REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert result.returncode == status, result.stderr
+  srun, *others = calls.read_text().splitlines()
+  assert srun.startswith("srun --kill-on-bad-exit=1 python -m sgdnet_jax.main train ")
+  assert others == (["scontrol requeue 4242"] if requeued else [])
+
+
+def test_slurm_job_asks_for_requeue_append_and_a_signal_before_the_time_limit():
+  options = [
+    line.split()[1]
+    for line in (LAUNCH / "slurm_gpu.sbatch").read_text().splitlines()
+    if line.startswith("#SBATCH")
+  ]
+  assert {"--requeue", "--open-mode=append"} <= set(options)
+  [signal_option] = [option for option in options if option.startswith("--signal=")]
+  assert signal_option.startswith("--signal=TERM@")  # to the tasks, not B: the batch shell
+  assert int(signal_option.split("@")[1]) >= 120  # seconds for a checkpoint to a bucket
