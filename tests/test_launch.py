@@ -490,3 +490,65 @@ def test_slurm_job_asks_for_requeue_append_and_a_signal_before_the_time_limit():
   [signal_option] = [option for option in options if option.startswith("--signal=")]
   assert signal_option.startswith("--signal=TERM@")  # to the tasks, not B: the batch shell
   assert int(signal_option.split("@")[1]) >= 120  # seconds for a checkpoint to a bucket
+
+
+def test_gke_jobset_restarts_on_the_resume_status_and_fails_on_errors():
+  from sgdnet_jax.train import preemption
+
+  spec = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())["spec"]
+  [replicated] = spec["replicatedJobs"]
+  job = replicated["template"]["spec"]
+  pod = job["template"]["spec"]
+  exit_rules = [r for r in job["podFailurePolicy"]["rules"] if "onExitCodes" in r]
+  assert exit_rules == [
+    {
+      "action": "FailJob",
+      "onExitCodes": {
+        "containerName": pod["containers"][0]["name"],
+        "operator": "In",
+        "values": [preemption.RESUME_EXIT],
+      },
+    }
+  ]
+  assert job["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"  # podFailurePolicy needs it
+  actions = {
+    reason: rule["action"]
+    for rule in spec["failurePolicy"]["rules"]
+    for reason in rule["onJobFailureReasons"]
+  }
+  assert actions == {
+    "PodFailurePolicy": "RestartJobSetAndIgnoreMaxRestarts",
+    "BackoffLimitExceeded": "FailJobSet",
+  }
+  assert pod["terminationGracePeriodSeconds"] >= 120  # a checkpoint written to a bucket
+  assert pod["serviceAccountName"]  # Workload Identity: the bucket's write and delete
+
+
+_DOCKERFILE_INSTRUCTIONS = {
+  "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
+  "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+def test_dockerfile_builds_the_image_the_jobset_names():
+  """Without a network for `docker build`: every instruction is one Docker knows, the base image's
+  Python satisfies the pins, the requirements and jax[tpu] are installed and the package copied
+  into the JobSet's working directory."""
+  text = (train_helpers.REPO / "Dockerfile").read_text()
+  instructions = [
+    line.split(None, 1)
+    for line in text.replace("\\\n", " ").splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+  ]
+  assert {name for name, _ in instructions} <= _DOCKERFILE_INSTRUCTIONS, instructions
+  assert instructions[0][0] == "FROM"
+  python = instructions[0][1].split(":")[1].split("-")[0]
+  assert tuple(map(int, python.split("."))) >= (3, 11)  # the oldest the pins (numpy 2.4) accept
+  pod = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())["spec"]["replicatedJobs"][0]
+  pod = pod["template"]["spec"]["template"]["spec"]
+  assert ["WORKDIR", pod["containers"][0]["workingDir"]] in instructions
+  runs = " ".join(args for name, args in instructions if name == "RUN")
+  assert "pip install -r requirements.txt" in runs and '"jax[tpu]==' in runs
+  assert ["COPY", ". ."] in instructions
+  ignored = (train_helpers.REPO / ".dockerignore").read_text().split()
+  assert {".venv", ".git"} <= set(ignored)
