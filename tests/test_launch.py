@@ -143,6 +143,7 @@ _FAKE_REMOTE_PYTHON = """#!/usr/bin/env bash
 # `python3 -m venv .venv` on a fake worker: a pip that records its arguments and a python that
 # records its own, prints a start line and runs until stopped.
 set -eu
+[[ "$1" != -c ]] || exit 0  # the version check: 3.11 or newer
 venv=$3
 mkdir -p "$venv/bin"
 printf '#!/usr/bin/env bash\\nprintf "%%s\\\\n" "$*" >>pip_calls.txt\\n' >"$venv/bin/pip"
@@ -268,7 +269,10 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
     _ssh(
       "all",
       "mkdir -p sgdnet_jax && tar -xzf sgdnet_jax.tar.gz -C sgdnet_jax && rm sgdnet_jax.tar.gz "
-      f"&& cd sgdnet_jax && {remote_python} -m venv .venv "
+      f"&& cd sgdnet_jax && python={remote_python} "
+      "&& if ! $python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then "
+      "sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get install -y python3.11-venv "
+      "&& python=python3.11; fi && $python -m venv .venv "
       "&& .venv/bin/pip install --quiet --upgrade pip "
       f"&& .venv/bin/pip install --quiet -r requirements.txt jax\\[tpu\\]=={jax_version}",
     ),
@@ -290,7 +294,8 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
   assert calls == [
     _ssh(
       "all",
-      "cd sgdnet_jax && mkdir -p logs && { nohup .venv/bin/python -m sgdnet_jax.main train "
+      f"cd sgdnet_jax && mkdir -p logs && {{ nohup launch/tpu_worker.sh {log}.status "
+      ".venv/bin/python -m sgdnet_jax.main train "
       "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
       '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
       f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
@@ -317,6 +322,7 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
     while _alive(pid):
       assert time.monotonic() < deadline, "stop left the run going"
       time.sleep(0.05)
+    _wait_for(next((worker_repo / "logs").glob("train.*.status")))  # how the run ended
   finally:
     if _alive(pid):
       os.kill(pid, signal.SIGKILL)
@@ -552,3 +558,49 @@ def test_dockerfile_builds_the_image_the_jobset_names():
   assert ["COPY", ". ."] in instructions
   ignored = (train_helpers.REPO / ".dockerignore").read_text().split()
   assert {".venv", ".git"} <= set(ignored)
+
+
+_FLAKY_TRAIN = """#!/usr/bin/env bash
+# Exits 75 (stopped with a checkpoint) on its first call, 0 (finished) on the next.
+echo call >>"$1"
+(($(wc -l <"$1") > 1)) || exit 75
+"""
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_tpu_worker_restarts_a_run_that_asks_to_resume_only_with_restart(tmp_path, restart):
+  train = tmp_path / "train"
+  train.write_text(_FLAKY_TRAIN)
+  train.chmod(0o755)
+  status, calls = tmp_path / "status", tmp_path / "calls"
+  result = subprocess.run(
+    ["bash", str(LAUNCH / "tpu_worker.sh"), *(["--restart"] if restart else []), str(status)]
+    + [str(train), str(calls)],
+    env=dict(os.environ, RESTART_PAUSE_S="0"),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  expected = 0 if restart else 75
+  assert (result.returncode, status.read_text().strip()) == (expected, str(expected))
+  assert len(calls.read_text().splitlines()) == (2 if restart else 1)
+
+
+def test_tpu_worker_passes_sigterm_on_and_does_not_restart_after_it(tmp_path):
+  train = tmp_path / "train"  # saves on SIGTERM and exits 75, as train does
+  train.write_text(
+    "#!/usr/bin/env bash\ntrap 'kill $!; exit 75' TERM\necho started >>\"$1\"\nsleep 60 & wait\n"
+  )
+  train.chmod(0o755)
+  status, calls = tmp_path / "status", tmp_path / "calls"
+  worker = subprocess.Popen(
+    ["bash", str(LAUNCH / "tpu_worker.sh"), "--restart", str(status), str(train), str(calls)],
+    env=dict(os.environ, RESTART_PAUSE_S="0"),
+  )
+  try:
+    _wait_for(calls)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 75
+  finally:
+    worker.kill()
+  assert status.read_text().strip() == "75" and calls.read_text().splitlines() == ["started"]

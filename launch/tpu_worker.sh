@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs `train` on one TPU VM worker for launch/tpu_pod.sh run, and records how it ended.
+#   launch/tpu_worker.sh [--restart] STATUS_FILE COMMAND [ARGS...]
+# COMMAND's exit status goes to STATUS_FILE when it ends (0 finished, 75 stopped with a
+# checkpoint, anything else failed) and is this script's. With --restart, an exit 75 starts
+# COMMAND again after RESTART_PAUSE_S seconds (default 30): the run resumes from its checkpoint.
+# SIGTERM (launch/tpu_pod.sh stop) is passed on to COMMAND, which saves and exits 75, and ends
+# the loop. --help prints this text.
+set -uo pipefail
+for arg in "$@"; do
+  if [[ "$arg" == -h || "$arg" == --help ]]; then
+    awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"
+    exit 0
+  fi
+done
+usage="usage: launch/tpu_worker.sh [--restart] STATUS_FILE COMMAND [ARGS...]"
+restart=0
+if [[ "${1:-}" == --restart ]]; then
+  restart=1
+  shift
+fi
+if (($# < 2)); then
+  echo "error: give STATUS_FILE and the command to run; $usage" >&2
+  exit 2
+fi
+status_file=$1
+shift
+stopping=0
+child=""
+trap 'stopping=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null' TERM
+while :; do
+  rm -f "$status_file"
+  "$@" &
+  child=$!
+  status=0
+  wait "$child" || status=$?
+  # A trapped SIGTERM interrupts `wait`: wait again for the command's own status.
+  while kill -0 "$child" 2>/dev/null; do
+    status=0
+    wait "$child" || status=$?
+  done
+  echo "$status" >"$status_file"
+  if ((restart && status == 75 && !stopping)); then
+    echo "tpu_worker: train stopped with a checkpoint (exit 75): restarting in" \
+      "${RESTART_PAUSE_S:-30} s"
+    sleep "${RESTART_PAUSE_S:-30}"
+    continue
+  fi
+  exit "$status"
+done
