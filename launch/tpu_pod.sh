@@ -134,8 +134,7 @@ sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get install -y python3
     printf -v train_args ' %q' "$@"
     on_workers all "cd $remote_dir_q && mkdir -p logs \
 && { nohup launch/tpu_worker.sh$( ((restart)) && echo " --restart") $log_prefix.status \
-.venv/bin/python -m sgdnet_jax.main \
-train --config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
+--config.distributed=on${train_args} >>$log_prefix.log 2>&1 </dev/null & \
 echo \$! >$log_prefix.pid; }"
     ;;
   logs)

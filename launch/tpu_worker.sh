@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs `train` on one TPU VM worker for launch/tpu_pod.sh run, and records how it ended.
-#   launch/tpu_worker.sh [--restart] STATUS_FILE COMMAND [ARGS...]
-# COMMAND's exit status goes to STATUS_FILE when it ends (0 finished, 75 stopped with a
-# checkpoint, anything else failed) and is this script's. With --restart, an exit 75 starts
-# COMMAND again after RESTART_PAUSE_S seconds (default 30): the run resumes from its checkpoint.
-# SIGTERM (launch/tpu_pod.sh stop) is passed on to COMMAND, which saves and exits 75, and ends
-# the loop. --help prints this text.
+# `train` on one TPU VM worker, as launch/tpu_pod.sh run starts it there; records how it ended.
+#   launch/tpu_worker.sh [--restart] STATUS_FILE TRAIN_ARGS...
+# Runs `$PYTHON -m sgdnet_jax.main train TRAIN_ARGS` (PYTHON defaults to .venv/bin/python) and
+# writes its exit status to STATUS_FILE when it ends (0 finished, 75 stopped with a checkpoint,
+# anything else failed); that status is also this script's. With --restart, an exit 75 starts
+# train again after RESTART_PAUSE_S seconds (default 30): the run resumes from its checkpoint.
+# SIGTERM (launch/tpu_pod.sh stop) is passed on to train, which saves and exits 75, and ends the
+# loop. --help prints this text.
 set -uo pipefail
 for arg in "$@"; do
   if [[ "$arg" == -h || "$arg" == --help ]]; then
@@ -13,24 +14,25 @@ for arg in "$@"; do
     exit 0
   fi
 done
-usage="usage: launch/tpu_worker.sh [--restart] STATUS_FILE COMMAND [ARGS...]"
+usage="usage: launch/tpu_worker.sh [--restart] STATUS_FILE TRAIN_ARGS..."
 restart=0
 if [[ "${1:-}" == --restart ]]; then
   restart=1
   shift
 fi
 if (($# < 2)); then
-  echo "error: give STATUS_FILE and the command to run; $usage" >&2
+  echo "error: give STATUS_FILE and train's arguments; $usage" >&2
   exit 2
 fi
 status_file=$1
 shift
+mkdir -p "$(dirname "$status_file")"
 stopping=0
 child=""
 trap 'stopping=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null' TERM
 while :; do
   rm -f "$status_file"
-  "$@" &
+  "${PYTHON:-.venv/bin/python}" -m sgdnet_jax.main train "$@" &
   child=$!
   status=0
   wait "$child" || status=$?

@@ -295,7 +295,6 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
     _ssh(
       "all",
       f"cd sgdnet_jax && mkdir -p logs && {{ nohup launch/tpu_worker.sh {log}.status "
-      ".venv/bin/python -m sgdnet_jax.main train "
       "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
       '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
       f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
@@ -561,9 +560,10 @@ def test_dockerfile_builds_the_image_the_jobset_names():
 
 
 _FLAKY_TRAIN = """#!/usr/bin/env bash
-# Exits 75 (stopped with a checkpoint) on its first call, 0 (finished) on the next.
-echo call >>"$1"
-(($(wc -l <"$1") > 1)) || exit 75
+# PYTHON for tpu_worker.sh: exits 75 (stopped with a checkpoint) on its first call, 0 (finished)
+# on the next; records its arguments.
+echo "$*" >>"$CALLS"
+(($(wc -l <"$CALLS") > 1)) || exit 75
 """
 
 
@@ -572,30 +572,32 @@ def test_tpu_worker_restarts_a_run_that_asks_to_resume_only_with_restart(tmp_pat
   train = tmp_path / "train"
   train.write_text(_FLAKY_TRAIN)
   train.chmod(0o755)
-  status, calls = tmp_path / "status", tmp_path / "calls"
+  status, calls = tmp_path / "logs" / "status", tmp_path / "calls"
   result = subprocess.run(
     ["bash", str(LAUNCH / "tpu_worker.sh"), *(["--restart"] if restart else []), str(status)]
-    + [str(train), str(calls)],
-    env=dict(os.environ, RESTART_PAUSE_S="0"),
+    + ["--config", "c", "--workdir", "w"],
+    env=dict(os.environ, RESTART_PAUSE_S="0", PYTHON=str(train), CALLS=str(calls)),
     capture_output=True,
     text=True,
     timeout=60,
   )
   expected = 0 if restart else 75
   assert (result.returncode, status.read_text().strip()) == (expected, str(expected))
-  assert len(calls.read_text().splitlines()) == (2 if restart else 1)
+  train_call = "-m sgdnet_jax.main train --config c --workdir w"
+  assert calls.read_text().splitlines() == [train_call] * (2 if restart else 1)
 
 
 def test_tpu_worker_passes_sigterm_on_and_does_not_restart_after_it(tmp_path):
   train = tmp_path / "train"  # saves on SIGTERM and exits 75, as train does
   train.write_text(
-    "#!/usr/bin/env bash\ntrap 'kill $!; exit 75' TERM\necho started >>\"$1\"\nsleep 60 & wait\n"
+    "#!/usr/bin/env bash\ntrap 'kill $!; exit 75' TERM\necho started >>\"$CALLS\"\n"
+    "sleep 60 & wait\n"
   )
   train.chmod(0o755)
   status, calls = tmp_path / "status", tmp_path / "calls"
   worker = subprocess.Popen(
-    ["bash", str(LAUNCH / "tpu_worker.sh"), "--restart", str(status), str(train), str(calls)],
-    env=dict(os.environ, RESTART_PAUSE_S="0"),
+    ["bash", str(LAUNCH / "tpu_worker.sh"), "--restart", str(status), "--config", "c"],
+    env=dict(os.environ, RESTART_PAUSE_S="0", PYTHON=str(train), CALLS=str(calls)),
   )
   try:
     _wait_for(calls)
