@@ -260,3 +260,28 @@ def test_checkpoints_moved_aside_are_outside_the_managers_view(tmp_path):
     assert manager.latest_step() is None
   finally:
     manager.close()
+
+
+def test_every_process_restores_its_own_input_position(tmp_path):
+  """The positions of all processes are saved; each restores its own. A checkpoint of other
+  processes resumes where they agree (as one written before this format does) and is refused,
+  not moved aside, where they differ."""
+  state = {"w": np.arange(4, dtype=np.float32)}
+  checkpoints = checkpointing.WorkdirCheckpoints(str(tmp_path), keep=2, async_save=False)
+  try:
+    checkpoints.save(1, state, {"position": 7}, {"best_dice": -1.0, "best_step": -1})
+    data = tmp_path / "checkpoints" / "1" / "data" / "metadata"
+    assert json.loads(data.read_text()) == {"process_count": 1, "processes": [{"position": 7}]}
+    for written in (
+      {"process_count": 1, "processes": [{"position": 7}]},
+      {"process_count": 2, "processes": [{"position": 7}, {"position": 7}]},
+      {"position": 7},
+    ):
+      data.write_text(json.dumps(written))
+      assert checkpoints.restore_newest_intact(state)[1] == {"position": 7}
+    data.write_text(json.dumps({"process_count": 2, "processes": [{"position": 7}, {}]}))
+    with pytest.raises(errors.UserError, match="of 2 processes, which differ.*with 2 processes"):
+      checkpoints.restore_newest_intact(state)
+    assert checkpoints.latest_step() == 1
+  finally:
+    checkpoints.close()
