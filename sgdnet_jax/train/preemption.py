@@ -71,7 +71,10 @@ class StopDecision:
 
   @property
   def signal_name(self) -> str | None:
-    """What stopped the run (None: nothing did), as the outcome and `train` report it."""
+    """The signal the run stopped for, or (one process) received in its last step; None if none.
+
+    Several processes name the notice: the signal may have reached another process.
+    """
     if not self._stopped:
       return self._received if not self._multiprocess else None
     if self._multiprocess:
