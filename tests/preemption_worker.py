@@ -21,10 +21,9 @@ def _preempt():
 
 
 def main() -> int:
-  import orbax.checkpoint as ocp
-
   from sgdnet_jax import main as cli
   from sgdnet_jax.core import distributed, sharding
+  from sgdnet_jax.workdir import checkpointing
 
   at_batch = int(os.environ.get("PREEMPT_AT_BATCH", "0"))
   if at_batch:
@@ -47,15 +46,15 @@ def main() -> int:
 
     distributed.CompiledOnAllProcesses.compile = planted_compile
   if os.environ.get("FAIL_NEWEST_RESTORE"):
-    restore, failed = ocp.CheckpointManager.restore, []
+    restore_step, failed = checkpointing.WorkdirCheckpoints._restore_step, []
 
-    def planted_restore(self, step, *args, **kwargs):
-      if not failed and str(self.directory).endswith("checkpoints"):
-        failed.append(step)  # the newest: restore_newest_intact tries it first
+    def planted_restore_step(self, step, *args):
+      if not failed:  # the newest: restore_newest_intact tries it first
+        failed.append(step)
         raise OSError(f"planted: process {os.environ['JAX_PROCESS_ID']} cannot read step {step}")
-      return restore(self, step, *args, **kwargs)
+      return restore_step(self, step, *args)
 
-    ocp.CheckpointManager.restore = planted_restore
+    checkpointing.WorkdirCheckpoints._restore_step = planted_restore_step
   return cli.main(sys.argv[1:])
 
 

@@ -105,14 +105,7 @@ class WorkdirCheckpoints:
     for step in sorted(self.latest.all_steps(), reverse=True):
       failure = ""
       try:
-        restored = self.latest.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-          ),
-        )
+        restored = self._restore_step(step, abstract_state)
       except Exception as error:  # Whatever the damage: fall back to the previous step.
         failure = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
         if jax.process_count() > 1:
@@ -131,6 +124,23 @@ class WorkdirCheckpoints:
       where = f"{self.latest.directory}/{step}"
       return restored["state"], _own_data_state(restored["data"], where), restored["meta"]
     return None
+
+  def _restore_step(self, step: int, abstract_state) -> dict[str, Any]:
+    """Checkpoint `step` read by this process, through the handler alone: the manager's restore
+    ends in a barrier over every device (`Checkpointer:restore`), which a process whose read
+    failed never reaches, so that the others would wait there forever."""
+    handler = ocp.CompositeCheckpointHandler()
+    try:
+      return handler.restore(
+        self.latest.directory / str(step),
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
+    finally:
+      handler.close()
 
   def _move_aside(self, step: int) -> str:
     """Renames checkpoint `step` to `<step>.corrupt` (process 0); every process forgets it."""
