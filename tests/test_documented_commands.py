@@ -258,14 +258,19 @@ def _stub_environment(folder: pathlib.Path) -> tuple[dict, pathlib.Path, pathlib
 
 def launched_commands(printed: str) -> list[list[str]]:
   """The `-m sgdnet_jax.main` command lines among printed shell commands (also inside a remote
-  shell's `--command=...`), each cut at its first redirection."""
+  shell's `--command=...`, and `launch/tpu_worker.sh [--restart] STATUS ARGS`, which runs
+  `train ARGS`), each cut at its first redirection."""
   found, texts = [], printed.splitlines()
   while texts:
     for words in _split_commands(texts.pop(0)):
       texts += [word.removeprefix("--command=") for word in words if word.startswith("--command=")]
       for index in range(1, len(words)):
+        rest = None
         if words[index - 1 : index + 1] == ["-m", "sgdnet_jax.main"]:
           rest = words[index + 1 :]
+        elif words[index - 1] == "launch/tpu_worker.sh":
+          rest = ["train", *words[index + (words[index] == "--restart") + 1 :]]
+        if rest is not None:
           cut = next((i for i, word in enumerate(rest) if word.startswith(("<", ">", "2>"))), None)
           found.append(rest[:cut])
   return found

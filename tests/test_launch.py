@@ -143,6 +143,7 @@ _FAKE_REMOTE_PYTHON = """#!/usr/bin/env bash
 # `python3 -m venv .venv` on a fake worker: a pip that records its arguments and a python that
 # records its own, prints a start line and runs until stopped.
 set -eu
+[[ "$1" != -c ]] || exit 0  # the version check: 3.11 or newer
 venv=$3
 mkdir -p "$venv/bin"
 printf '#!/usr/bin/env bash\\nprintf "%%s\\\\n" "$*" >>pip_calls.txt\\n' >"$venv/bin/pip"
@@ -268,7 +269,10 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
     _ssh(
       "all",
       "mkdir -p sgdnet_jax && tar -xzf sgdnet_jax.tar.gz -C sgdnet_jax && rm sgdnet_jax.tar.gz "
-      f"&& cd sgdnet_jax && {remote_python} -m venv .venv "
+      f"&& cd sgdnet_jax && python={remote_python} "
+      "&& if ! $python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then "
+      "sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get install -y python3.11-venv "
+      "&& python=python3.11; fi && $python -m venv .venv "
       "&& .venv/bin/pip install --quiet --upgrade pip "
       f"&& .venv/bin/pip install --quiet -r requirements.txt jax\\[tpu\\]=={jax_version}",
     ),
@@ -290,8 +294,8 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
   assert calls == [
     _ssh(
       "all",
-      "cd sgdnet_jax && mkdir -p logs && { SGDNET_JAX_PLATFORM=tpu nohup .venv/bin/python "
-      "-m sgdnet_jax.main train "
+      f"cd sgdnet_jax && mkdir -p logs && {{ SGDNET_JAX_PLATFORM=tpu nohup launch/tpu_worker.sh "
+      f"{log}.status "
       "--config.distributed=on --config configs/isic2018.py:fold=1 --workdir gs://b/r "
       '--config.data.dir=/data/my\\ isic\\\'s\\ \\"v2\\" '
       f">>{log}.log 2>&1 </dev/null & echo $! >{log}.pid; }}",
@@ -318,6 +322,7 @@ def test_tpu_pod_subcommands_run_the_expected_gcloud_commands(tmp_path):
     while _alive(pid):
       assert time.monotonic() < deadline, "stop left the run going"
       time.sleep(0.05)
+    _wait_for(next((worker_repo / "logs").glob("train.*.status")))  # how the run ended
   finally:
     if _alive(pid):
       os.kill(pid, signal.SIGKILL)
@@ -472,3 +477,152 @@ def test_a_slurm_job_with_gpus_on_a_cpu_jaxlib_stops_in_one_line_before_srun(tmp
   [message] = result.stderr.splitlines()
   assert message.startswith("error: JAX's backend is cpu, not gpu (cuda), in ")
   assert "requirements-cuda.txt" in message
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_job_requeues_itself_only_when_train_asks_to_resume(tmp_path, status, requeued):
+  """Stub srun exits as train did; stub scontrol records. 75 (stopped with a checkpoint) requeues
+  the job by its id; a finished (0) or failed (1) run does not. The job's status is train's."""
+  bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+  bin_dir.mkdir()
+  for tool, exit_status in (("srun", status), ("scontrol", 0), ("sbatch", 1)):
+    stub = bin_dir / tool
+    stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >>{calls}\nexit {exit_status}\n')
+    stub.chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", SLURM_JOB_ID="4242", PYTHON="python")
+  result = subprocess.run(
+    ["bash", str(LAUNCH / "slurm_gpu.sbatch"), *_LAUNCHER_LINES["slurm_gpu.sbatch"]],
+    cwd=train_helpers.REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert result.returncode == status, result.stderr
+  srun, *others = calls.read_text().splitlines()
+  assert srun.startswith("srun --kill-on-bad-exit=1 python -m sgdnet_jax.main train ")
+  assert others == (["scontrol requeue 4242"] if requeued else [])
+
+
+def test_slurm_job_asks_for_requeue_append_and_a_signal_before_the_time_limit():
+  options = [
+    line.split()[1]
+    for line in (LAUNCH / "slurm_gpu.sbatch").read_text().splitlines()
+    if line.startswith("#SBATCH")
+  ]
+  assert {"--requeue", "--open-mode=append"} <= set(options)
+  [signal_option] = [option for option in options if option.startswith("--signal=")]
+  assert signal_option.startswith("--signal=TERM@")  # to the tasks, not B: the batch shell
+  assert int(signal_option.split("@")[1]) >= 120  # seconds for a checkpoint to a bucket
+
+
+def test_gke_jobset_restarts_on_the_resume_status_and_fails_on_errors():
+  from sgdnet_jax.train import preemption
+
+  spec = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())["spec"]
+  [replicated] = spec["replicatedJobs"]
+  job = replicated["template"]["spec"]
+  pod = job["template"]["spec"]
+  exit_rules = [r for r in job["podFailurePolicy"]["rules"] if "onExitCodes" in r]
+  assert exit_rules == [
+    {
+      "action": "FailJob",
+      "onExitCodes": {
+        "containerName": pod["containers"][0]["name"],
+        "operator": "In",
+        "values": [preemption.RESUME_EXIT],
+      },
+    }
+  ]
+  assert job["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"  # podFailurePolicy needs it
+  actions = {
+    reason: rule["action"]
+    for rule in spec["failurePolicy"]["rules"]
+    for reason in rule["onJobFailureReasons"]
+  }
+  assert actions == {
+    "PodFailurePolicy": "RestartJobSetAndIgnoreMaxRestarts",
+    "BackoffLimitExceeded": "FailJobSet",
+  }
+  assert pod["terminationGracePeriodSeconds"] >= 120  # a checkpoint written to a bucket
+  assert pod["serviceAccountName"]  # Workload Identity: the bucket's write and delete
+
+
+_DOCKERFILE_INSTRUCTIONS = {
+  "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
+  "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+def test_dockerfile_builds_the_image_the_jobset_names():
+  """Without a network for `docker build`: every instruction is one Docker knows, the base image's
+  Python satisfies the pins, the requirements and jax[tpu] are installed and the package copied
+  into the JobSet's working directory."""
+  text = (train_helpers.REPO / "Dockerfile").read_text()
+  instructions = [
+    line.split(None, 1)
+    for line in text.replace("\\\n", " ").splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+  ]
+  assert {name for name, _ in instructions} <= _DOCKERFILE_INSTRUCTIONS, instructions
+  assert instructions[0][0] == "FROM"
+  python = instructions[0][1].split(":")[1].split("-")[0]
+  assert tuple(map(int, python.split("."))) >= (3, 11)  # the oldest the pins (numpy 2.4) accept
+  pod = yaml.safe_load((LAUNCH / "gke_jobset.yaml").read_text())["spec"]["replicatedJobs"][0]
+  pod = pod["template"]["spec"]["template"]["spec"]
+  assert ["WORKDIR", pod["containers"][0]["workingDir"]] in instructions
+  runs = " ".join(args for name, args in instructions if name == "RUN")
+  assert "pip install -r requirements.txt" in runs and '"jax[tpu]==' in runs
+  assert ["COPY", ". ."] in instructions
+  ignored = (train_helpers.REPO / ".dockerignore").read_text().split()
+  assert {".venv", ".git"} <= set(ignored)
+
+
+_FLAKY_TRAIN = """#!/usr/bin/env bash
+# PYTHON for tpu_worker.sh: exits 75 (stopped with a checkpoint) on its first call, 0 (finished)
+# on the next; records its arguments.
+echo "$*" >>"$CALLS"
+(($(wc -l <"$CALLS") > 1)) || exit 75
+"""
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_tpu_worker_restarts_a_run_that_asks_to_resume_only_with_restart(tmp_path, restart):
+  train = tmp_path / "train"
+  train.write_text(_FLAKY_TRAIN)
+  train.chmod(0o755)
+  status, calls = tmp_path / "logs" / "status", tmp_path / "calls"
+  result = subprocess.run(
+    ["bash", str(LAUNCH / "tpu_worker.sh"), *(["--restart"] if restart else []), str(status)]
+    + ["--config", "c", "--workdir", "w"],
+    env=dict(os.environ, RESTART_PAUSE_S="0", PYTHON=str(train), CALLS=str(calls)),
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  expected = 0 if restart else 75
+  assert (result.returncode, status.read_text().strip()) == (expected, str(expected))
+  train_call = "-m sgdnet_jax.main train --config c --workdir w"
+  assert calls.read_text().splitlines() == [train_call] * (2 if restart else 1)
+
+
+def test_tpu_worker_passes_sigterm_on_and_does_not_restart_after_it(tmp_path):
+  train = tmp_path / "train"  # saves on SIGTERM and exits 75, as train does
+  train.write_text(
+    "#!/usr/bin/env bash\ntrap 'kill $!; exit 75' TERM\necho started >>\"$CALLS\"\n"
+    "sleep 60 & wait\n"
+  )
+  train.chmod(0o755)
+  status, calls = tmp_path / "status", tmp_path / "calls"
+  worker = subprocess.Popen(
+    ["bash", str(LAUNCH / "tpu_worker.sh"), "--restart", str(status), "--config", "c"],
+    env=dict(os.environ, RESTART_PAUSE_S="0", PYTHON=str(train), CALLS=str(calls)),
+  )
+  try:
+    _wait_for(calls)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 75
+  finally:
+    worker.kill()
+  assert status.read_text().strip() == "75" and calls.read_text().splitlines() == ["started"]

@@ -109,11 +109,12 @@ def test_slurm_array_trains_each_run_through_the_launcher(data_dir, tmp_path, ca
   stubs = tmp_path / "bin"
   stubs.mkdir()
   calls = tmp_path / "calls.txt"
-  for name in ("sbatch", "srun", "python"):  # each records its arguments, one call per line
+  for name in ("sbatch", "srun", "python", "scontrol"):  # each records its arguments
     stub = stubs / name
     stub.write_text(
       f"#!/bin/bash\n{{ printf '%s' {name}; printf ' %q' \"$@\"; echo; }} >> {calls}\n"
       "echo 'Submitted batch job 42'\n"
+      + ("exit ${STUB_SRUN_STATUS:-0}\n" if name == "srun" else "")
     )
     stub.chmod(0o755)
   env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "PYTHON": str(stubs / "python")}
@@ -156,6 +157,17 @@ def test_slurm_array_trains_each_run_through_the_launcher(data_dir, tmp_path, ca
     "python", "-m", "sgdnet_jax.main", "evaluate", "--config", config, "--workdir", workdir,
     "--split", "test", "--config.data.fold=0", *overrides, "--config.distributed=off",
   ]  # fmt: skip
+
+  # A train stopped with a checkpoint (75) requeues the array task and is not evaluated; a failed
+  # one (1) is neither requeued nor evaluated.
+  for status, requeued in ((75, ["scontrol requeue 42"]), (1, [])):
+    calls.unlink()
+    task_env = {**env, **slurm, "STUB_SRUN_STATUS": str(status)}
+    result = subprocess.run(["bash", str(script)], env=task_env, capture_output=True, text=True)
+    assert result.returncode == status, result.stderr[-2000:]
+    [srun, *others] = calls.read_text().splitlines()
+    assert srun.startswith("srun ") and others == requeued
+    assert f"run 2: train exited {status}; not evaluated" in result.stderr
 
 
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):

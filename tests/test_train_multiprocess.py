@@ -1,14 +1,68 @@
 """Two processes on loopback (jax.distributed, gloo CPU collectives) compute what one process
-computes, in float64; the two-process checkpoint resumes in one process on another device count."""
+computes, in float64, and survive preemption: SIGTERM to one process stops both at the same step
+(exit 75), a restart where one process cannot restore the newest checkpoint falls back with the
+other, SIGTERM during compilation stops before the first step; the two-process checkpoint then
+resumes in one process on another device count."""
 
+import json
+import random
 import subprocess
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from sgdnet_jax.train import preemption
 from tests import ports, tolerances, train_helpers
+
+TOTAL_STEPS = 5
+
+
+def _two_processes(workdir, data_dir, fields, plans: dict) -> tuple[list, list, float]:
+  """`train` in two processes (tests/preemption_worker.py, faults per `plans[process]`): their
+  exit codes and outputs, and the seconds they took. A hang fails the test at the timeout."""
+  start = time.monotonic()
+  with ports.reserved_port() as port:  # held until both processes are done with it
+    processes = []
+    for process_id in range(2):
+      env = train_helpers.subprocess_env(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(process_id),
+        JAX_ENABLE_X64="1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        **plans.get(process_id, {}),
+      )
+      command = train_helpers.train_command(workdir, data_dir, fields, total_steps=TOTAL_STEPS)
+      command[1:3] = ["-m", "tests.preemption_worker"]
+      processes.append(
+        subprocess.Popen(
+          command,
+          cwd=train_helpers.REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+        )
+      )
+    try:
+      outputs = [p.communicate(timeout=900)[0] for p in processes]
+    finally:
+      for p in processes:
+        p.kill()
+  return [p.returncode for p in processes], outputs, time.monotonic() - start
+
+
+def _outcome(output: str) -> dict:
+  """What `train` printed as its outcome (one JSON line)."""
+  [line] = [line for line in output.splitlines() if line.startswith('{"step": ')]
+  return json.loads(line)
+
+
+def _saved_steps(workdir) -> list:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def _step_state(workdir, step: int) -> dict:
@@ -33,7 +87,7 @@ def _gradients(state) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_two_process_training_equals_single_process_and_resumes_on_one_device(tmp_path):
+def test_two_processes_equal_one_stop_together_on_preemption_and_resume_on_one_device(tmp_path):
   data_dir = train_helpers.tiny_dataset(tmp_path / "data")
   # float64 in every process: float32 rounding flips max-pool and ReLU subgradients at near-ties,
   # so only float64 shows that the two layouts compute the same function. No clipping or weight
@@ -46,7 +100,7 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
   # parameters or another data position still moves the step-4 loss far beyond 1e-9.
   fields = {
     "checkpoint_every_steps": 1,
-    "keep_checkpoints": 4,
+    "keep_checkpoints": 2 * TOTAL_STEPS,
     "eval_every_epochs": 0,
     "model.dtype": "float64",
     "model.head_dropout": 0.0,
@@ -57,45 +111,51 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
   }
   single = tmp_path / "single"
   train_helpers.run(
-    train_helpers.train_command(single, data_dir, fields, total_steps=4),
+    train_helpers.train_command(single, data_dir, fields, total_steps=TOTAL_STEPS),
     train_helpers.subprocess_env(
       JAX_ENABLE_X64="1", XLA_FLAGS="--xla_force_host_platform_device_count=2"
     ),
   )
 
   multi = tmp_path / "multi"
-  with ports.reserved_port() as port:  # held until both processes are done with it
-    processes = []
-    for process_id in range(2):
-      env = train_helpers.subprocess_env(
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-        JAX_NUM_PROCESSES="2",
-        JAX_PROCESS_ID=str(process_id),
-        JAX_ENABLE_X64="1",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-      )
-      processes.append(
-        subprocess.Popen(
-          train_helpers.train_command(multi, data_dir, fields, total_steps=3),
-          cwd=train_helpers.REPO,
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT,
-          text=True,
-        )
-      )
-    try:
-      outputs = [p.communicate(timeout=900)[0] for p in processes]
-    finally:
-      for p in processes:
-        p.kill()
-  for p, out in zip(processes, outputs):
-    assert p.returncode == 0, out[-4000:]
-  assert (multi / "checkpoints" / "3").is_dir()
-  # Resume the two-process checkpoint in one process with one device: the step-4 update must be
-  # the single-process run's.
+  # SIGTERM to process 1 only, at a random step: both stop at the same later step, saved, exit 75.
+  preempt_at = random.choice([2, 3])
+  codes, outputs, seconds = _two_processes(
+    multi, data_dir, fields, {1: {"PREEMPT_AT_BATCH": str(preempt_at)}}
+  )
+  assert codes == [preemption.RESUME_EXIT] * 2, [out[-3000:] for out in outputs]
+  stopped = [_outcome(out) for out in outputs]
+  assert stopped[0]["step"] == stopped[1]["step"], stopped
+  stop_step = stopped[0]["step"]
+  assert preempt_at <= stop_step < TOTAL_STEPS, (preempt_at, stopped)
+  assert _saved_steps(multi) == list(range(1, stop_step + 1))
+  assert "run the same command again to resume (exit status 75" in outputs[0]
+  print(
+    f"\nSIGTERM to process 1 before step {preempt_at}: both stopped at step {stop_step}, "
+    f"exit 75 after {seconds:.0f} s"
+  )
+
+  # The restart: process 1 cannot restore the newest checkpoint, so both resume from the one
+  # before; process 0 gets SIGTERM while compiling: both stop before their first step.
+  codes, outputs, _ = _two_processes(
+    multi,
+    data_dir,
+    fields,
+    {0: {"PREEMPT_AT_COMPILE": "1"}, 1: {"FAIL_NEWEST_RESTORE": "1"}},
+  )
+  assert codes == [preemption.RESUME_EXIT] * 2, [out[-3000:] for out in outputs]
+  for out in outputs:
+    tail = out[-3000:]
+    assert f"checkpoint {stop_step} cannot be restored (process 1: OSError: planted" in out, tail
+    assert _outcome(out)["start_step"] == _outcome(out)["step"] == stop_step - 1, tail
+    assert f"at step {stop_step - 1} of {TOTAL_STEPS} before its first step" in out, tail
+  assert _saved_steps(multi) == list(range(1, stop_step))
+  assert (multi / "checkpoints" / f"{stop_step}.corrupt").is_dir()
+
+  # Resume the two-process checkpoint in one process with one device: the updates after it must
+  # be the single-process run's.
   train_helpers.run(
-    train_helpers.train_command(multi, data_dir, fields, total_steps=4),
+    train_helpers.train_command(multi, data_dir, fields, total_steps=TOTAL_STEPS),
     train_helpers.subprocess_env(
       JAX_ENABLE_X64="1", XLA_FLAGS="--xla_force_host_platform_device_count=1"
     ),
@@ -103,7 +163,7 @@ def test_two_process_training_equals_single_process_and_resumes_on_one_device(tm
 
   expected = train_helpers.step_losses(single)
   got = train_helpers.step_losses(multi)  # written by process 0 only
-  assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+  assert sorted(got) == sorted(expected) == list(range(1, TOTAL_STEPS + 1))
   loss_diffs = {step: abs(got[step] - expected[step]) / abs(expected[step]) for step in got}
   # Step 1: same parameters, same global batch. Every gradient leaf against the largest gradient
   # (the biases before BatchNorm have a zero true gradient, rounding noise only); every BatchNorm

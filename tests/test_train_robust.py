@@ -18,7 +18,7 @@ import pytest
 
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils, errors, sharding
-from sgdnet_jax.train import loop
+from sgdnet_jax.train import loop, preemption
 from sgdnet_jax.workdir import checkpointing, guard, layout
 from tests import train_helpers
 
@@ -83,7 +83,7 @@ def signals_before_step(monkeypatch):
   signal.signal(signal.SIGINT, previous_sigint)
 
 
-def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes_exactly(
+def test_signals_save_the_step_exit_75_a_second_sigint_aborts_and_the_run_resumes_exactly(
   reference, data_dir, tmp_path, capsys, signals_before_step, monkeypatch
 ):
   """One workdir through four runs (each run costs a start-up): stopped by SIGTERM at a
@@ -93,7 +93,7 @@ def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes
   handlers_before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
   lock_holders = signals_before_step(run_dir, {2: [signal.SIGTERM]})
-  assert train(run_dir, data_dir, checkpoint_every_steps=1) == 0
+  assert train(run_dir, data_dir, checkpoint_every_steps=1) == preemption.RESUME_EXIT == 75
   assert f"stopped by SIGTERM at step 2 of {TOTAL_STEPS} with a checkpoint; run the same" in (
     capsys.readouterr().out
   )
@@ -103,7 +103,7 @@ def test_signals_save_the_step_exit_0_a_second_sigint_aborts_and_the_run_resumes
   assert {s: signal.getsignal(s) for s in handlers_before} == handlers_before
 
   signals_before_step(run_dir, {2: [signal.SIGINT]})  # step 4; steps 3 and 4 save nothing
-  assert train(run_dir, data_dir, checkpoint_every_steps=100) == 0
+  assert train(run_dir, data_dir, checkpoint_every_steps=100) == preemption.RESUME_EXIT
   assert f"stopped by SIGINT at step 4 of {TOTAL_STEPS}" in capsys.readouterr().out
   assert saved_steps(run_dir) == [2, 4]
 
@@ -260,3 +260,28 @@ def test_checkpoints_moved_aside_are_outside_the_managers_view(tmp_path):
     assert manager.latest_step() is None
   finally:
     manager.close()
+
+
+def test_every_process_restores_its_own_input_position(tmp_path):
+  """The positions of all processes are saved; each restores its own. A checkpoint of other
+  processes resumes where they agree (as one written before this format does) and is refused,
+  not moved aside, where they differ."""
+  state = {"w": np.arange(4, dtype=np.float32)}
+  checkpoints = checkpointing.WorkdirCheckpoints(str(tmp_path), keep=2, async_save=False)
+  try:
+    checkpoints.save(1, state, {"position": 7}, {"best_dice": -1.0, "best_step": -1})
+    data = tmp_path / "checkpoints" / "1" / "data" / "metadata"
+    assert json.loads(data.read_text()) == {"process_count": 1, "processes": [{"position": 7}]}
+    for written in (
+      {"process_count": 1, "processes": [{"position": 7}]},
+      {"process_count": 2, "processes": [{"position": 7}, {"position": 7}]},
+      {"position": 7},
+    ):
+      data.write_text(json.dumps(written))
+      assert checkpoints.restore_newest_intact(state)[1] == {"position": 7}
+    data.write_text(json.dumps({"process_count": 2, "processes": [{"position": 7}, {}]}))
+    with pytest.raises(errors.UserError, match="of 2 processes, which differ.*with 2 processes"):
+      checkpoints.restore_newest_intact(state)
+    assert checkpoints.latest_step() == 1
+  finally:
+    checkpoints.close()

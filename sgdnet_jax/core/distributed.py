@@ -14,6 +14,7 @@
 CPU processes use gloo collectives. Every run states at start what JAX got (`describe`).
 """
 
+import itertools
 import os
 
 import jax
@@ -155,10 +156,14 @@ class CompiledOnAllProcesses:
   def __init__(self, jitted, name: str):
     self._jitted, self._name, self._compiled = jitted, name, None
 
-  def __call__(self, *args):
+  def compile(self, *args):
+    """Compiles for `args` unless done, then waits for every process; runs nothing."""
     if self._compiled is None:
       self._compiled = self._jitted.lower(*args).compile()
       barrier(f"compiled:{self._name}")
+
+  def __call__(self, *args):
+    self.compile(*args)
     return self._compiled(*args)
 
 
@@ -177,3 +182,25 @@ def from_process0(name: str, value: str, timeout_s: float = 600.0) -> str:
     client.key_value_set(name, value)
     return value
   return client.blocking_key_value_get(name, int(timeout_s * 1000))
+
+
+_exchanges = itertools.count()  # Every process exchanges in the same order: the same keys.
+
+
+def all_values(name: str, value: str, timeout_s: float = 600.0) -> list[str]:
+  """Every process's `value`, in process order, on every process (coordination service).
+
+  For decisions all processes must take alike from what each saw on its own (whether it could
+  restore a checkpoint), and for what each must hand to process 0 (its input position).
+  """
+  if jax.process_count() == 1:
+    return [value]
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
+  client = jax_distributed.global_state.client
+  key = f"{name}#{next(_exchanges)}"
+  client.key_value_set(f"{key}/{jax.process_index()}", value)
+  return [
+    client.blocking_key_value_get(f"{key}/{index}", int(timeout_s * 1000))
+    for index in range(jax.process_count())
+  ]

@@ -12,8 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -26,7 +24,7 @@ from sgdnet_jax.core import compilation_cache, distributed, errors, paths, shard
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.porting import pretrained
-from sgdnet_jax.train import losses, optimizer, writers
+from sgdnet_jax.train import losses, optimizer, preemption, writers
 from sgdnet_jax.train import state as state_lib
 from sgdnet_jax.workdir import checkpointing, guard, image_size, variables_io
 
@@ -142,63 +140,6 @@ def _check_finite(pending, checkpoints, workdir: paths.Path, lr: float):
         f"stopping; {intact}. Try a lower --config.optimizer.lr (now {lr}) with the same "
         f"command"
       )
-
-
-class _Preemption:
-  """SIGTERM or a first SIGINT: save a checkpoint at the next step boundary and stop.
-
-  A second SIGINT raises KeyboardInterrupt at once, except inside `critical()` (a checkpoint
-  being handed to Orbax), where it waits for the block to end: the last committed checkpoint
-  stays intact either way (Orbax commits a step by renaming its finished folder). Handlers are
-  installed only in the main thread (Python's rule) and not over an ignored signal.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signal_name: str | None = None
-    self._abort_pending = False
-    self._in_critical = False
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for signum in self.SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT under nohup
-          self._previous[signum] = signal.signal(signum, self._handle)
-
-  @property
-  def requested(self) -> bool:
-    return self.signal_name is not None
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT and self.requested:
-      if self._in_critical:
-        self._abort_pending = True
-        return
-      raise KeyboardInterrupt
-    if self.signal_name is None:
-      self.signal_name = signal.Signals(signum).name
-      again = " (Ctrl-C again aborts at once)" if signum == signal.SIGINT else ""
-      logging.warning(
-        "%s received: saving a checkpoint at the end of this step and stopping%s",
-        self.signal_name,
-        again,
-      )
-
-  @contextlib.contextmanager
-  def critical(self):
-    """A second SIGINT inside the block raises only after it."""
-    self._in_critical = True
-    try:
-      yield
-    finally:
-      self._in_critical = False
-    if self._abort_pending:
-      raise KeyboardInterrupt
-
-  def restore(self):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
 
 def schedule_length(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -349,7 +290,18 @@ def train_and_evaluate(
   `reset_optimizer`: resume checkpoints whose optimizer state does not fit `config` with a
   fresh optimizer state (otherwise refused).
   """
-  distributed.initialize(config.distributed)
+  stop = preemption.StopDecision()  # From here on a signal stops the run (before its first step)
+  try:
+    distributed.initialize(config.distributed)
+    stop.joined()
+    return _train_in_workdir(config, workdir, reset_optimizer, stop)
+  finally:
+    stop.restore()
+
+
+def _train_in_workdir(
+  config, workdir, reset_optimizer: bool, stop: preemption.StopDecision
+) -> dict[str, Any]:
   compilation_cache.enable(config.compilation_cache_dir)
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   workdir = paths.as_path(workdir)
@@ -367,17 +319,9 @@ def train_and_evaluate(
       raise errors.UserError(refusal)
     try:
       guard.check_and_record_config(workdir, config, write=jax.process_index() == 0)
-      return _train(config, workdir, start)
+      return _train_until_done_or_stopped(config, workdir, start, stop)
     except OSError as error:  # A full disk, a read-only or forbidden folder while writing.
       raise _write_error(workdir, error) from error
-
-
-def _train(config: ml_collections.ConfigDict, workdir: str, start: _Start) -> dict[str, Any]:
-  preemption = _Preemption()  # From here on a signal stops the run after its next step.
-  try:
-    return _train_until_done_or_stopped(config, workdir, start, preemption)
-  finally:
-    preemption.restore()
 
 
 def _write_error(workdir: paths.Path, error: OSError) -> errors.UserError:
@@ -408,7 +352,7 @@ def _restore_abstract(state, shardings, start: _Start, mesh, min_size: int):
 
 
 def _train_until_done_or_stopped(
-  config, workdir: str, start: _Start, preemption: _Preemption
+  config, workdir: str, start: _Start, stop: preemption.StopDecision
 ) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   steps_per_epoch, total_steps = start.steps_per_epoch, start.total_steps
@@ -465,7 +409,7 @@ def _train_until_done_or_stopped(
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
   is_main = jax.process_index() == 0
   writer = writers.MetricsWriter(workdir, tensorboard=config.tensorboard)
-  step = int(state.step)
+  step = start_step = int(state.step)
   pending = []  # (step, metrics) not yet checked: reading them waits for the device.
   # Throughput and ETA count the steps after the first, which compiles the train step: its
   # minutes would otherwise make the first ETA many times too long.
@@ -475,10 +419,17 @@ def _train_until_done_or_stopped(
   if is_main and step < total_steps:
     print("compiling the train step (first step only)…", flush=True)
   first_step_start = time.time()
+  batch = None
+  if step < total_steps:  # Compiled before the first check: a signal meanwhile stops here.
+    batch = sharding.global_batch(next(train_iter), mesh)
+    train_step.compile(state, batch)
+  stopping = stop.stop_now()
   try:
-    while step < total_steps:
-      batch = sharding.global_batch(next(train_iter), mesh)
+    while step < total_steps and not stopping:
+      if batch is None:
+        batch = sharding.global_batch(next(train_iter), mesh)
       state, scalars = train_step(state, batch)
+      batch = None
       step += 1
       if window_start is None:
         jax.block_until_ready(scalars)
@@ -493,8 +444,8 @@ def _train_until_done_or_stopped(
       pending.append((step, scalars))
       log_now = due(step, config.log_every_steps, total_steps)
       validate_now = config.eval_every_epochs > 0 and due(step, validate_every, total_steps)
-      # Read once: a signal arriving later in this step is acted upon after the next one.
-      stopping = preemption.requested
+      # Decided once per step, on every process alike (train/preemption.py).
+      stopping = stop.stop_now()
       save_now = due(step, checkpoint_every, total_steps) or stopping
       # The previous step's metrics are ready by now; this step's are read only when something
       # below uses the state, so that dispatch stays one step ahead otherwise.
@@ -531,12 +482,10 @@ def _train_until_done_or_stopped(
           print(f"step {step}: validation Dice {dice:.4f} (best {best.dice:.4f})", flush=True)
       new_best = best.step == step
       if save_now or new_best:  # The latest checkpoint first: best/<step> never runs ahead.
-        with preemption.critical():
+        with stop.critical():
           checkpoints.save(step, state, train_iter.get_state(), best.to_json())
           if new_best:
             checkpoints.save_best(step, state.variables())
-      if stopping:
-        break
     _check_finite(pending, checkpoints, workdir, config.optimizer.lr)
   finally:
     checkpoints.wait()  # An abort (second Ctrl-C) too lets a started save commit.
@@ -544,10 +493,11 @@ def _train_until_done_or_stopped(
     writer.close()
   return {
     "step": step,
+    "start_step": start_step,
     "total_steps": total_steps,
     "best_dice": best.dice,
     "best_step": best.step,
     "last": last_log,
-    "stopped_by": preemption.signal_name if step < total_steps else None,
-    "signal": preemption.signal_name,  # received during training, even in its last step
+    "stopped_by": stop.signal_name if step < total_steps else None,
+    "signal": stop.signal_name,  # received during training, even in its last step
   }

@@ -1,6 +1,7 @@
 """Orbax checkpoints of a training workdir: exact resume, last N, best by validation Dice.
 
-  W/checkpoints/<step>/  state (TrainState), data (input iterator state), meta (epoch, best Dice)
+  W/checkpoints/<step>/  state (TrainState), data (every process's input iterator state),
+                         meta (epoch, best Dice)
   W/best/<step>/         variables ({'params', 'batch_stats'}) of the best validation Dice
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it, or in an
@@ -14,8 +15,14 @@ the new one is committed, so no sequence of kills leaves a step that cannot be s
 A checkpoint damaged later (a truncated file, a lost `_METADATA`) is moved aside to
 `checkpoints/<step>.corrupt` at the next resume, which continues from the newest intact one.
 W may be a local folder or a `gs://` URL (`sgdnet_jax.core.paths`).
+
+In a run of several processes each reads its own shards, so a checkpoint may fail to restore on
+some processes only: they all learn which did, and all move on to the same older step together.
+The input position is each process's own: process 0 gathers them and writes them in `data`
+(`{"process_count": n, "processes": [state of process 0, ...]}`); each restores its own.
 """
 
+import json
 import logging
 import os
 from typing import Any
@@ -52,6 +59,25 @@ def _described(tree) -> dict[tuple[str, ...], Any]:
   }
 
 
+def _own_data_state(data: dict[str, Any], where: str) -> dict[str, Any]:
+  """This process's input position from a checkpoint's `data`.
+
+  Written by another number of processes: their common position, when they had one (an older
+  checkpoint holds just that position); positions that differ cannot be split another way.
+  """
+  if "processes" not in data:
+    return data
+  states = data["processes"]
+  if len(states) == jax.process_count():
+    return states[jax.process_index()]
+  if all(state == states[0] for state in states):
+    return states[0]
+  raise errors.UserError(
+    f"checkpoint {where} holds the input positions of {len(states)} processes, which differ, "
+    f"and this run has {jax.process_count()}; resume it with {len(states)} processes"
+  )
+
+
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
@@ -67,10 +93,16 @@ class WorkdirCheckpoints:
     )
 
   def save(self, step: int, state, data_state: dict[str, Any], meta: dict[str, Any]):
-    """Saves the latest checkpoint of `step` (replacing one of that step, see the docstring)."""
+    """Saves the latest checkpoint of `step` (replacing one of that step, see the docstring).
+
+    Called by every process with its own `data_state` (its input iterator's position).
+    """
+    states = [
+      json.loads(v) for v in distributed.all_values("iterator_state", json.dumps(data_state))
+    ]
     args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_state),
+      data=ocp.args.JsonSave({"process_count": len(states), "processes": states}),
       meta=ocp.args.JsonSave(meta),
     )
     self._save_replacing(self.latest, step, args, [s for s in self.latest.all_steps() if s == step])
@@ -133,27 +165,26 @@ class WorkdirCheckpoints:
     """
     for step in sorted(self.latest.all_steps(), reverse=True):
       self._refuse_other_structure(step, abstract_state)
+      failure = ""
       try:
-        restored = self.latest.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-          ),
-        )
+        restored = self._restore_step(step, abstract_state)
       except Exception as error:  # Whatever the damage: fall back to the previous step.
+        failure = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        if jax.process_count() > 1:
+          failure = f"process {jax.process_index()}: {failure}"
+      # Every process learns every failure: all move on together (none waits alone).
+      failures = [f for f in distributed.all_values(f"checkpoint_restore:{step}", failure) if f]
+      if failures:
         aside = self._set_aside(self.latest, step, CORRUPT_SUFFIX)
-        reason = " ".join(str(error).split())[:300]
         logging.warning(
-          "checkpoint %d cannot be restored (%s: %s); moved it to %s, trying an older one",
+          "checkpoint %d cannot be restored (%s); moved it to %s, trying an older one",
           step,
-          type(error).__name__,
-          reason,
+          "; ".join(failures),
           aside,
         )
         continue
-      return restored["state"], restored["data"], restored["meta"]
+      where = f"{self.latest.directory}/{step}"
+      return restored["state"], _own_data_state(restored["data"], where), restored["meta"]
     return None
 
   def _refuse_other_structure(self, step: int, abstract_state):
@@ -177,6 +208,23 @@ class WorkdirCheckpoints:
         f"config does not build (it differs at {'.'.join(differing[0]) or 'the root'}); resume "
         f"with the config it was saved with (its config.json) or use another --workdir"
       )
+
+  def _restore_step(self, step: int, abstract_state) -> dict[str, Any]:
+    """Checkpoint `step` read by this process, through the handler alone: the manager's restore
+    ends in a barrier over every device (`Checkpointer:restore`), which a process whose read
+    failed never reaches, so that the others would wait there forever."""
+    handler = ocp.CompositeCheckpointHandler()
+    try:
+      return handler.restore(
+        self.latest.directory / str(step),
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore(),
+        ),
+      )
+    finally:
+      handler.close()
 
   @staticmethod
   def _set_aside(manager, step: int, suffix: str) -> str:
