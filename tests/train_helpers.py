@@ -10,8 +10,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
 # The loop's mechanics do not depend on the variant: the baseline compiles fastest.
 TRAIN_CONFIG = "configs/test.py:variant=baseline"
-# XLA flags of every test process (tests/conftest.py sets them, subprocesses keep them).
-XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def tiny_dataset(root: pathlib.Path, image_size: int = IMAGE_SIZE) -> str:
@@ -52,10 +50,11 @@ def train_command(workdir, data_dir: str, fields=None, **more_fields) -> list:
 
 
 def subprocess_env(**extra) -> dict:
-  """This process's environment plus `extra`; XLA flags in `extra` add to the tests' flags."""
+  """This process's environment plus `extra`; XLA flags in `extra` add to this process's (the
+  optimisation level tests/conftest.py sets)."""
   env = dict(os.environ)
   if "XLA_FLAGS" in extra:
-    extra["XLA_FLAGS"] = f"{XLA_TEST_FLAGS} {extra['XLA_FLAGS']}"
+    extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
   env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra})
   return env
 
