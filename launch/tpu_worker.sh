@@ -36,10 +36,13 @@ while :; do
   child=$!
   status=0
   wait "$child" || status=$?
-  # A trapped SIGTERM interrupts `wait`: wait again for the command's own status.
-  while kill -0 "$child" 2>/dev/null; do
-    status=0
-    wait "$child" || status=$?
+  # A trapped SIGTERM interrupts `wait` (status > 128): wait again for the command's own status,
+  # which bash keeps when the command ended meanwhile (127: the status was collected already).
+  while ((stopping && status > 128)); do
+    again=0
+    wait "$child" 2>/dev/null || again=$?
+    ((again == 127)) && break
+    status=$again
   done
   echo "$status" >"$status_file"
   if ((restart && status == 75 && !stopping)); then

@@ -91,10 +91,7 @@ def _create_lock(path: paths.Path) -> bool:
     return True
   temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
   try:
-    with open(temporary, "w") as f:
-      json.dump(holder, f)
-      f.flush()
-      os.fsync(f.fileno())
+    temporary.write_text(json.dumps(holder))  # complete before it is linked into place
     try:
       os.link(temporary, path)  # Atomic, and fails when the lock exists.
     except FileExistsError:
