@@ -34,16 +34,22 @@ while :; do
   rm -f "$status_file"
   "${PYTHON:-.venv/bin/python}" -m sgdnet_jax.main train "$@" &
   child=$!
+  # A SIGTERM between the start and `child=$!` found no child to pass on to: pass it on now.
+  ((stopping)) && kill -TERM "$child" 2>/dev/null
   status=0
   wait "$child" || status=$?
   # A trapped SIGTERM interrupts `wait` (status > 128): wait again for the command's own status,
-  # which bash keeps when the command ended meanwhile (127: the status was collected already).
-  while ((stopping && status > 128)); do
+  # which bash keeps when the command ended meanwhile (127: the status was collected already);
+  # again while it still runs and another SIGTERM interrupts that wait.
+  if ((stopping)); then
     again=0
     wait "$child" 2>/dev/null || again=$?
-    ((again == 127)) && break
-    status=$again
-  done
+    while ((again > 128)) && kill -0 "$child" 2>/dev/null; do
+      again=0
+      wait "$child" 2>/dev/null || again=$?
+    done
+    ((again != 127)) && status=$again
+  fi
   echo "$status" >"$status_file"
   if ((restart && status == 75 && !stopping)); then
     echo "tpu_worker: train stopped with a checkpoint (exit 75): restarting in" \
