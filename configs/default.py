@@ -42,7 +42,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.variant = "sgdnet"  # the name of the preset applied (core/variants.py); a record only
   model.num_classes = 1  # 1: one sigmoid logit per pixel; 2: softmax over background/foreground
-  model.backbone_depth = 50  # Res2Net v1b depth: 50 or 101
+  model.backbone_depth = 50  # Res2Net v1b depth: 50 or 101 (14: one block a stage, CPU tests)
   # ImageNet-pretrained encoder (as the paper and CTO): a name (res2net50_v1b_26w_4s,
   # res2net101_v1b_26w_4s: downloaded once into $SGDNET_JAX_CACHE), a local .pth/.safetensors/.npz
   # (res2net50_v1b or timm res2net50d layout), an http(s) URL, or 'none' (random initialisation).

@@ -32,6 +32,7 @@ from typing import Any
 import tqdm
 
 from sgdnet_jax.core import errors, paths
+from sgdnet_jax.models import res2net
 from sgdnet_jax.porting import port, state_dicts
 
 NAMED_WEIGHTS = {
@@ -44,7 +45,7 @@ NAMED_WEIGHTS = {
 }
 # Encoder depth of each named file (blocks in layer3: 6 for depth 50, 23 for 101).
 NAMED_DEPTH = {"res2net50_v1b_26w_4s": 50, "res2net101_v1b_26w_4s": 101}
-LAYER3_BLOCKS = {6: 50, 23: 101}
+LAYER3_BLOCKS = {blocks[2]: depth for depth, blocks in res2net.DEPTH_TO_BLOCKS.items()}
 NONE = "none"
 CACHE_ENV = "SGDNET_JAX_CACHE"
 DEFAULT_CACHE = "~/.cache/sgdnet_jax/weights"
@@ -226,7 +227,7 @@ def _default_multihost() -> tuple[bool, Barrier | None]:
 
 
 def encoder_depth(variables: Mapping[str, Any]) -> int | None:
-  """50 or 101 from the number of layer3 blocks of the encoder's params, None if neither."""
+  """The encoder's depth (res2net.DEPTH_TO_BLOCKS) from its number of layer3 blocks, else None."""
   encoder = variables["params"].get(ENCODER, {})
   return LAYER3_BLOCKS.get(sum(1 for name in encoder if name.startswith("layer3_")))
 
