@@ -3,8 +3,8 @@
 # requirements-serving.txt runs the exported serving.py on a folder of an RGB, a grayscale, a
 # 16-bit and a corrupt image, and its masks agree with `predict`'s probabilities on the same
 # images; the corrupt image is skipped and named, the others are written, and both exit 1.
-# Cheap: random weights of configs/test.py's tiny network (64 px), nothing trained; the
-# compilations (predict, serving) take most of its 2-3 minutes, pip install the rest.
+# Cheap: random weights of configs/test.py's tiny network at depth 14 (64 px), nothing trained;
+# the compilations (predict, serving) take most of its 2-3 minutes, pip install the rest.
 #   bash .ci/serving_check.sh          (make serving-check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ start=$SECONDS
 work=$(mktemp -d -t sgdnet_jax-serving-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export JAX_PLATFORMS=cpu
+config=(--config configs/test.py --config.model.backbone_depth=14)
 
 # (a) A tiny model with random weights, and the images.
 "$PY" - "$work" <<'PYTHON'
@@ -32,7 +33,7 @@ from sgdnet_jax.workdir import variables_io
 from sgdnet_jax.data import synthetic
 
 work = pathlib.Path(sys.argv[1])
-config = config_utils.load_config("configs/test.py")
+config = config_utils.load_config("configs/test.py", ["--config.model.backbone_depth=14"])
 size = config.data.image_size
 module = models.build(config.model)
 shapes = jax.eval_shape(
@@ -70,9 +71,9 @@ Image.fromarray(rgb).save(buffer, format="PNG")
 PYTHON
 
 # (a) Export, and predict the folder with the main venv: the corrupt image makes it exit 1.
-"$PY" -m sgdnet_jax.main export --config configs/test.py --workdir "$work/model" --out "$work/exported"
+"$PY" -m sgdnet_jax.main export "${config[@]}" --workdir "$work/model" --out "$work/exported"
 status=0
-"$PY" -m sgdnet_jax.main predict --config configs/test.py --workdir "$work/model" \
+"$PY" -m sgdnet_jax.main predict "${config[@]}" --workdir "$work/model" \
   --images "$work/images" --out "$work/predicted" --save-probabilities 2>"$work/predict.err" ||
   status=$?
 cat "$work/predict.err" >&2
