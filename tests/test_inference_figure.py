@@ -1,17 +1,14 @@
-"""`figure` (the paper's Figure 2) on tiny models: the panel's size by columns, the guidance
-column of a model with SGE against one without, PNG and PDF, and a wrong case id."""
+"""`figure` (the paper's Figure 2) on tiny trained workdirs: the panel's size by columns, the
+guidance column of a model with SGE against one without, PNG and PDF, and a wrong case id."""
 
-import functools
-
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from sgdnet_jax import main, models
+from sgdnet_jax import main
 from sgdnet_jax.core import config_utils
 from sgdnet_jax.inference import figure
-from sgdnet_jax.workdir import variables_io
+from sgdnet_jax.train import loop
 from tests import train_helpers
 
 SIZE = train_helpers.IMAGE_SIZE
@@ -22,33 +19,18 @@ def spec(variant: str) -> str:
   return f"configs/test.py:variant={variant}"
 
 
-def random_variables(model) -> dict:
-  """Seeded variables of `model` without compiling its initialiser: kernels N(0, 1/fan_in),
-  scales 1, biases and means 0, variances 1 (the figure needs weights, not trained ones)."""
-  shapes = jax.eval_shape(
-    functools.partial(model.init, train=False), jax.random.key(0), np.zeros((1, SIZE, SIZE, 3))
-  )
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = str(path[-1].key)
-    if len(leaf.shape) >= 2:
-      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
-    return np.full(leaf.shape, name in ("scale", "var"), leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module")
 def workdirs(reference_training, tmp_path_factory):
-  """The trained reference baseline (no SGE, no edge branch), and variables directories of
-  SGD-Net (SGE) and CTO (EAM) with seeded weights, on the same 32 px data."""
+  """Three tiny trained workdirs on the same 32 px data: the reference baseline (no SGE, no edge
+  branch), and SGD-Net (SGE) and CTO (EAM) trained one step each, without validation (their
+  latest checkpoint holds the weights). CTO's training is test_study_sweep's cto/fold0 run (same
+  config, same training split): in one test run the second of the two to compile it finds it in
+  the persistent compilation cache."""
   root = tmp_path_factory.mktemp("figure")
   found = {"baseline": str(reference_training.workdir)}
   for variant in ("sgdnet", "cto"):
-    config = config_utils.load_config(spec(variant), argv(reference_training))
-    variables = random_variables(models.build(config.model))
-    variables_io.save_variables(root / variant, variables, config.to_dict())
+    more = train_helpers.overrides(reference_training.data_dir, total_steps=1, eval_every_epochs=0)
+    loop.train_and_evaluate(config_utils.load_config(spec(variant), more), root / variant)
     found[variant] = str(root / variant)
   return found
 

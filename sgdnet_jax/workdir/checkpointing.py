@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sgdnet_jax.core import distributed, errors, paths
@@ -78,6 +78,18 @@ def _own_data_state(data: dict[str, Any], where: str) -> dict[str, Any]:
   )
 
 
+def _same_local_shards(a: jax.Array, b: jax.Array) -> bool:
+  """Whether `a` and `b` have one shape and dtype and equal values on this process's devices."""
+  shards = lambda x: {s.device: np.asarray(s.data) for s in x.addressable_shards}
+  a_shards, b_shards = shards(a), shards(b)
+  return (
+    a.shape == b.shape
+    and a.dtype == b.dtype
+    and a_shards.keys() == b_shards.keys()
+    and all(np.array_equal(a_shards[d], b_shards[d]) for d in a_shards)
+  )
+
+
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
@@ -119,18 +131,28 @@ class WorkdirCheckpoints:
     self._save_replacing(self.best, step, args, stale)
 
   def _same_best(self, step: int, variables) -> bool:
-    """True when `best/<step>` restores to exactly `variables` (False when it cannot be read)."""
+    """True when `best/<step>` holds exactly `variables` on every process; False when it differs
+    or cannot be read (damaged, of another structure) on any.
+
+    Read through the handler alone, as `_restore_step` reads: the manager's restore ends in a
+    barrier that a process whose read failed never reaches. Each process compares its own shards
+    (no collective), then all take the outcome of all."""
     abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables
     )
+    handler = ocp.CompositeCheckpointHandler()
     try:
-      saved = self.best.restore(
-        step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
+      saved = handler.restore(
+        self.best.directory / str(step),
+        args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)),
       )["variables"]
-    except Exception:  # Damaged or of another structure: replaced below.
-      return False
-    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), variables, saved)
-    return all(jax.tree_util.tree_leaves(same))
+      same = jax.tree_util.tree_map(_same_local_shards, variables, saved)
+      outcome = "same" if all(jax.tree_util.tree_leaves(same)) else "different"
+    except Exception as error:  # Damaged or of another structure: replaced by the caller.
+      outcome = f"unreadable: {type(error).__name__}"
+    finally:
+      handler.close()
+    return all(v == "same" for v in distributed.all_values(f"best_same:{step}", outcome))
 
   def _save_replacing(self, manager, step: int, args, stale: list[int]):
     """`manager.save(step)` after setting the `stale` steps aside; deletes them once committed."""
