@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sgdnet_jax import metrics, models
-from sgdnet_jax.core import compilation_cache, distributed, errors, paths, sharding
+from sgdnet_jax.core import compilation_cache, distributed, errors, paths, programs, sharding
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import ensemble, postprocessing
 from sgdnet_jax.metrics import panoptic
@@ -82,6 +82,16 @@ def make_eval_step(
     return outputs
 
   return jax.jit(step, out_shardings=sharding.batch_sharding(mesh))
+
+
+def eval_step_for(model_config: ml_collections.ConfigDict, mesh, **options):
+  """`make_eval_step` of the model of `model_config`, the same jitted function for an equal
+  model, mesh and `options` within the process (`sgdnet_jax.core.programs`)."""
+  key = {"model": programs.config_key(model_config), "mesh": programs.mesh_key(mesh), **options}
+  frozen = programs.frozen(model_config)
+  return programs.cached(
+    "eval_step", key, lambda: make_eval_step(models.build(frozen), mesh, **options)
+  )
 
 
 def host_local(array: jax.Array, mesh) -> np.ndarray:
@@ -232,7 +242,6 @@ def evaluate(
   config.data.image_size = image_size.resolve(config, workdirs)
   name = split_name(config, split)
   mesh = sharding.make_mesh(config.mesh)
-  model = models.build(config.model)
   if variables is not None:
     variable_sets = [variables]
   else:
@@ -244,8 +253,13 @@ def evaluate(
   one_empty = "diagonal" if options.distance_empty == "diagonal" else "nan"
   device_metrics = distances_on == "device"
   step = distributed.CompiledOnAllProcesses(
-    make_eval_step(
-      model, mesh, device_metrics=device_metrics, distances=True, one_empty=one_empty, tta=tta
+    eval_step_for(
+      config.model,
+      mesh,
+      device_metrics=device_metrics,
+      distances=True,
+      one_empty=one_empty,
+      tta=tta,
     ),
     "eval_step",
   )

@@ -20,7 +20,7 @@ import ml_collections
 import optax
 
 from sgdnet_jax import metrics, models
-from sgdnet_jax.core import compilation_cache, distributed, errors, paths, sharding
+from sgdnet_jax.core import compilation_cache, distributed, errors, paths, programs, sharding
 from sgdnet_jax.data import pipeline
 from sgdnet_jax.inference import evaluate
 from sgdnet_jax.porting import pretrained
@@ -85,6 +85,59 @@ def make_train_step(model, tx, schedule, loss_config, mesh, shardings):
     in_shardings=(shardings, batch_sharding),
     out_shardings=(shardings, sharding.replicated(mesh)),
     donate_argnums=0,
+  )
+
+
+def _programs_key(config, steps_per_epoch: int, total_steps: int, mesh) -> dict[str, Any]:
+  """What `config`'s init and train step depend on besides argument shapes and dtypes."""
+  return {
+    "model": programs.config_key(config.model),
+    "optimizer": programs.config_key(config.optimizer),
+    "schedule": [steps_per_epoch, total_steps],
+    "image_size": config.data.image_size,
+    "mesh": programs.mesh_key(mesh),
+    "fsdp_min_size": config.mesh.fsdp_min_size,
+    "prng_impl": config.prng_impl,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+  """A config's model, optimizer, schedule and state init (`state.Init`)."""
+
+  model: Any
+  tx: Any
+  schedule: Any
+  init: state_lib.Init
+
+
+def _setup(config, steps_per_epoch: int, total_steps: int, mesh) -> _Setup:
+  """`config`'s `_Setup`, the same one for an equal key within the process (core.programs)."""
+  model_config, optimizer_config = programs.frozen(config.model), programs.frozen(config.optimizer)
+  image_shape = (1, config.data.image_size, config.data.image_size, 3)
+  min_size = config.mesh.fsdp_min_size
+
+  def build():
+    model = models.build(model_config)
+    tx, schedule = optimizer.make_optimizer(optimizer_config, steps_per_epoch, total_steps)
+    return _Setup(model, tx, schedule, state_lib.make_init(model, tx, image_shape, mesh, min_size))
+
+  return programs.cached(
+    "train_setup", _programs_key(config, steps_per_epoch, total_steps, mesh), build
+  )
+
+
+def _train_step(config, start: "_Start", mesh):
+  """`make_train_step` of `config`, the same jitted function for an equal key (core.programs)."""
+  key = _programs_key(config, start.steps_per_epoch, start.total_steps, mesh)
+  key["loss"] = programs.config_key(config.loss)
+  loss_config = programs.frozen(config.loss)
+  return programs.cached(
+    "train_step",
+    key,
+    lambda: make_train_step(
+      start.model, start.tx, start.schedule, loss_config, mesh, start.init.shardings
+    ),
   )
 
 
@@ -160,6 +213,7 @@ class _Start:
   model: Any
   tx: Any
   schedule: Any
+  init: state_lib.Init
   recorded_tx: Any = None
   recorded_prng_impl: str = ""
 
@@ -220,8 +274,8 @@ def check_start(
   refused naming the fields, unless `reset_optimizer` (then `_Start.recorded_*` say how to
   read the checkpoints, whose weights are kept and optimizer state dropped).
   """
-  try:
-    model = models.build(config.model)
+  try:  # Checked first; `_setup` builds the model the run uses.
+    models.build(config.model)
   except ValueError as error:
     raise errors.ConfigError(f"{error}; fix that --config.model field") from None
   mesh = sharding.make_mesh(config.mesh)
@@ -239,12 +293,9 @@ def check_start(
       f"(--config.data.val_split) or --config.eval_every_epochs=0"
     )
   steps_per_epoch, total_steps = schedule_length(config)
-  tx, schedule = optimizer.make_optimizer(config.optimizer, steps_per_epoch, total_steps)
-  start = _Start(steps_per_epoch, total_steps, model, tx, schedule)
-  image_shape = (1, config.data.image_size, config.data.image_size, 3)
-  abstract_params = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros(image_shape), train=False)
-  )["params"]
+  setup = _setup(config, steps_per_epoch, total_steps, mesh)
+  start = _Start(steps_per_epoch, total_steps, setup.model, setup.tx, setup.schedule, setup.init)
+  abstract_params = setup.init.abstract.params
   recorded = guard.check_config(workdir, config)
   if not checkpointing.trained_steps(workdir):
     if config.init_from and not paths.as_path(config.init_from).exists():
@@ -356,12 +407,8 @@ def _train_until_done_or_stopped(
 ) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   steps_per_epoch, total_steps = start.steps_per_epoch, start.total_steps
-  model, tx, schedule = start.model, start.tx, start.schedule
-  image_shape = (1, config.data.image_size, config.data.image_size, 3)
-  rng = jax.random.PRNGKey(config.seed)
-  state, shardings = state_lib.create_state(
-    model, tx, image_shape, rng, mesh, config.mesh.fsdp_min_size
-  )
+  state = start.init.init(jax.random.PRNGKey(config.seed))
+  shardings = start.init.shardings
   checkpoints = checkpointing.WorkdirCheckpoints(workdir, config.keep_checkpoints)
   train_iter = pipeline.make_train_iterator(config.data, config.global_batch_size, config.seed)
   best = BestCheckpoint()
@@ -396,12 +443,10 @@ def _train_until_done_or_stopped(
     if jax.process_index() == 0:
       print(loaded, flush=True)
 
-  train_step = distributed.CompiledOnAllProcesses(
-    make_train_step(model, tx, schedule, config.loss, mesh, shardings), "train_step"
-  )
+  train_step = distributed.CompiledOnAllProcesses(_train_step(config, start, mesh), "train_step")
   eval_step = distributed.CompiledOnAllProcesses(
-    evaluate.make_eval_step(
-      model, mesh, device_metrics=True, distances=False, one_empty="nan", probability=False
+    evaluate.eval_step_for(
+      config.model, mesh, device_metrics=True, distances=False, one_empty="nan", probability=False
     ),
     "validation_step",
   )

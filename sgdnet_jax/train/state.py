@@ -1,5 +1,7 @@
 """The train state, created directly in its sharded layout (`sgdnet_jax.core.sharding`)."""
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -22,10 +24,19 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_state(
-  model, tx, image_shape: tuple[int, ...], rng: jax.Array, mesh: Mesh, min_size: int
-) -> tuple[TrainState, TrainState]:
-  """Initialises the state directly in its sharded layout; returns (state, its shardings)."""
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """The jitted init of a train state in its sharded layout (rng -> state), the state's
+  shardings and its abstract value (shapes and dtypes, for checks before a run)."""
+
+  init: Callable[[jax.Array], TrainState]
+  shardings: TrainState
+  abstract: TrainState
+
+
+def make_init(model, tx, image_shape: tuple[int, ...], mesh: Mesh, min_size: int) -> Init:
+  """The init of `model`'s state with `tx`'s optimizer state, for a key of the default PRNG
+  implementation (`jax_default_prng_impl`)."""
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
@@ -39,7 +50,14 @@ def create_state(
       rng=state_rng,
     )
 
-  abstract = jax.eval_shape(init, rng)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
   shardings = sharding.param_sharding(abstract, mesh, min_size)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  return state, shardings
+  return Init(jax.jit(init, out_shardings=shardings), shardings, abstract)
+
+
+def create_state(
+  model, tx, image_shape: tuple[int, ...], rng: jax.Array, mesh: Mesh, min_size: int
+) -> tuple[TrainState, TrainState]:
+  """Initialises the state directly in its sharded layout; returns (state, its shardings)."""
+  made = make_init(model, tx, image_shape, mesh, min_size)
+  return made.init(rng), made.shardings
