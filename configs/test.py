@@ -2,8 +2,9 @@
 
 python -m sgdnet_jax.main summary --config configs/test.py:variant=cto
 
-Sweep `tiny`: baseline and cto on folds 0 and 1 of a protocol with two folds
-(tests/test_study_sweep.py).
+Sweep `tiny`: baseline and cto on folds 0 and 1 of a protocol with two folds; sweep `seeds`:
+the baseline on both folds with seeds 0 and 1, four runs that train and evaluate one program
+(tests/test_study_sweep.py interrupts and resumes it).
 """
 
 from configs import common
@@ -23,4 +24,7 @@ def get_config(arg=None):
 
 def get_sweep(name):
   tiny = [{"variant": v, "config.data.fold": k} for v in ("baseline", "cto") for k in (0, 1)]
-  return common.select_sweep({"tiny": tiny}, name)
+  seeds = [
+    {"variant": "baseline", "config.data.fold": k, "config.seed": s} for k in (0, 1) for s in (0, 1)
+  ]
+  return common.select_sweep({"tiny": tiny, "seeds": seeds}, name)

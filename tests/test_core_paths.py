@@ -298,7 +298,9 @@ def test_export_reads_a_bucket_workdir_and_writes_its_files_to_a_bucket(fake_gcs
   from sgdnet_jax import models
   from sgdnet_jax.inference import stablehlo
 
-  config = config_utils.load_config(str(train_helpers.REPO / train_helpers.TRAIN_CONFIG))
+  config = config_utils.load_config(  # the tiny baseline at depth 14, 32 px: traced twice
+    str(train_helpers.REPO / train_helpers.TRAIN_CONFIG), train_helpers.overrides("")
+  )
   size = config.data.image_size
   shapes = jax.eval_shape(
     lambda: models.build(config.model).init(

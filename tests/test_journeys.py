@@ -4,9 +4,10 @@ Each journey writes a replica of the download (`tests/replicas.py`), then `prepa
 the tiny baseline for two steps, `evaluate`s every split the dataset reports and writes the study
 `report`, all through `sgdnet_jax.main.main` with command-line arguments: the CLI parsing, the
 config files of the experiments and the library are exercised together, as the user meets them.
-Every journey trains the same program (tiny baseline, 32 px, batch 4, and 5-8 training cases:
-2 steps per epoch, which the learning-rate schedule bakes into the program), so the persistent
-compilation cache of the test session compiles each program once for all four.
+Every journey trains the same program (tiny baseline at depth 14, 32 px, batch 4, and 5-8
+training cases: 2 steps per epoch, which the learning-rate schedule bakes into the program; the
+model, optimizer, loss and schedule fields are identical), so the test session compiles each
+program once for all four.
 """
 
 import csv
@@ -24,9 +25,12 @@ from tests import replicas
 VARIANT = "baseline"  # compiles fastest; no dataset needs an edge branch
 SIZE = 32
 STEPS = 2
-# The tiny model of configs/test.py (`common.make_tiny`) at 32 px, as command-line overrides.
+# The tiny model of configs/test.py (`common.make_tiny`) at 32 px, as command-line overrides, with
+# one Res2Net block a stage (the journeys are about the commands, not the depth), and
+# metrics.jsonl only (TensorFlow's import is paid by the tests of the event writer).
 TINY = (
   "--config.model.pretrained=none",
+  "--config.model.backbone_depth=14",
   "--config.model.backbone_base_planes=16",
   "--config.model.decoder_channels=16",
   "--config.model.trans_patch_sizes=(8, 4, 2, 1)",
@@ -36,6 +40,7 @@ TINY = (
   "--config.eval_batch_size=4",
   "--config.log_every_steps=1",
   f"--config.total_steps={STEPS}",
+  "--config.tensorboard=False",
 )
 SEGMENTATION_METRICS = ("dice", "iou", "thresholded_jaccard", "hd", "hd95", "assd")
 PANOPTIC_METRICS = ("pq", "pq_dataset")

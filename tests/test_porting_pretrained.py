@@ -304,7 +304,13 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
   monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
   workdir = tmp_path / "run"
   common_args = ["train", "--config", "configs/test.py:variant=baseline", "--workdir", str(workdir)]
-  fields = {"model.pretrained": server.url(path), "optimizer.lr": 0.0}
+  # Depth 50, the served encoder's (the depth is the point here); no validation (not checked).
+  fields = {
+    "model.pretrained": server.url(path),
+    "model.backbone_depth": 50,
+    "optimizer.lr": 0.0,
+    "eval_every_epochs": 0,
+  }
   assert main.main(common_args + train_helpers.overrides(data, total_steps=1, **fields)) == 0
   assert _cache_files(cache) == [os.path.basename(path)]
   trained = variables_io.load_variables(str(workdir))

@@ -1,5 +1,6 @@
-"""Sweeps: the tiny sweep (2 variants x 2 folds) printed, written as a SLURM array, and run here,
-interrupted by SIGTERM in its third run and resumed; plus the sweeps of the experiment configs."""
+"""Sweeps: the tiny sweep (2 variants x 2 folds) printed, written as a SLURM array; the seeds
+sweep (one program, 2 folds x 2 seeds) run here, interrupted by SIGTERM in its third run and
+resumed; plus the sweeps of the experiment configs."""
 
 import json
 import os
@@ -7,15 +8,13 @@ import pathlib
 import shlex
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from sgdnet_jax import main
 from sgdnet_jax.core import config_utils, errors
 from sgdnet_jax.study import sweep, sweeps
-from sgdnet_jax.workdir import checkpointing, layout
+from sgdnet_jax.workdir import checkpointing, guard, layout
 from tests import train_helpers
 
 SPEC = "configs/test.py:sweep=tiny"
@@ -210,11 +209,11 @@ def test_a_workdir_holds_only_the_steps_orbax_finished(tmp_path):
   assert checkpointing.trained_steps(tmp_path / "never_trained") == []
 
 
-def header(root: pathlib.Path, index: int, skipped: bool = False) -> str:
-  """The line a local sweep prints before run `index` of RUN_NAMES (or instead, if skipped)."""
-  words = RUN_NAMES[index].replace("/fold", " fold ")
+def header(root: pathlib.Path, index: int, skipped: bool = False, names=RUN_NAMES) -> str:
+  """The line a local sweep prints before run `index` of `names` (or instead, if skipped)."""
+  words = names[index].replace("/fold", " fold ").replace("/seed", " seed ")
   what = ": finished before, skipped" if skipped else ""
-  return f"=== run {index + 1}/{len(RUN_NAMES)}: {words} → {root / RUN_NAMES[index]}{what} ==="
+  return f"=== run {index + 1}/{len(names)}: {words} → {root / names[index]}{what} ==="
 
 
 def headers(output: str) -> list[str]:
@@ -226,46 +225,54 @@ def _mtimes(root: pathlib.Path, name: str) -> dict[str, int]:
   return {str(path): path.stat().st_mtime_ns for path in paths}
 
 
+# Four runs of one program (the baseline on two folds with two seeds): what the interrupted
+# sweep checks is its bookkeeping, which needs no second model to compile.
+SEEDS_SPEC = "configs/test.py:sweep=seeds"
+SEEDS_RUNS = [f"baseline/fold{k}/seed{s}" for k in (0, 1) for s in (0, 1)]
+
+
 def test_local_sweep_interrupted_in_its_third_run_resumes_only_what_is_missing(
   data_dir, tmp_path, capsys
 ):
+  """SIGTERM, as a scheduler sends it, once the third run's training recorded its config."""
   root = tmp_path / "R"
-  argv = ["sweep", "--config", SPEC, "--root", str(root), "--local", *sweep_overrides(data_dir)]
-  process = subprocess.Popen(
-    [sys.executable, "-m", "sgdnet_jax.main", *argv],
-    cwd=train_helpers.REPO,
-    env=train_helpers.subprocess_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  third = root / RUN_NAMES[2] / "config.json"
-  deadline = time.time() + 600
-  while time.time() < deadline and process.poll() is None and not third.exists():
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  output, _ = process.communicate(timeout=600)
-  assert process.returncode == sweep.INTERRUPTED_EXIT, output[-3000:]
+  argv = ["sweep", "--config", SEEDS_SPEC, "--root", str(root), "--local"]
+  argv += sweep_overrides(data_dir)
+  third = root / SEEDS_RUNS[2]
+  record_config = guard.check_and_record_config
+
+  def record_then_terminate(workdir, config, write):
+    record_config(workdir, config, write)
+    if pathlib.Path(str(workdir)) == third:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(guard, "check_and_record_config", record_then_terminate)
+    assert main.main(argv) == sweep.INTERRUPTED_EXIT
+  output = capsys.readouterr().out
+  assert (third / "config.json").is_file()  # stopped inside its training
   record = json.loads((root / "sweep.json").read_text())
   statuses = [entry["status"] for entry in record["runs"]]
   assert statuses == ["done", "done", "interrupted", "pending"], output[-3000:]
-  finished = {name: _mtimes(root, name) for name in RUN_NAMES[:2]}
+  finished = {name: _mtimes(root, name) for name in SEEDS_RUNS[:2]}
   # Each run's log opens with its header; the training of a finished run (the third may stop
   # before it compiles) announces the compilation.
   lines = output.splitlines()
-  assert headers(output) == [header(root, i) for i in range(3)], output[-3000:]
-  starts = [lines.index(header(root, i)) for i in range(3)]
+  expected = [header(root, i, names=SEEDS_RUNS) for i in range(3)]
+  assert headers(output) == expected, output[-3000:]
+  starts = [lines.index(line) for line in expected]
   for start, end in zip(starts[:2], starts[1:]):
     assert "compiling the train step (first step only)…" in lines[start:end]
 
   assert main.main(argv) == 0
-  resumed = [header(root, 0, skipped=True), header(root, 1, skipped=True)]
-  assert headers(capsys.readouterr().out) == [*resumed, header(root, 2), header(root, 3)]
+  resumed = [header(root, i, skipped=True, names=SEEDS_RUNS) for i in range(2)]
+  resumed += [header(root, i, names=SEEDS_RUNS) for i in range(2, 4)]
+  assert headers(capsys.readouterr().out) == resumed
   record = json.loads((root / "sweep.json").read_text())
   assert [entry["status"] for entry in record["runs"]] == ["skipped", "skipped", "done", "done"]
   for name, mtimes in finished.items():  # neither trained nor evaluated again
     assert _mtimes(root, name) == mtimes
-  for name in RUN_NAMES[2:]:
+  for name in SEEDS_RUNS[2:]:
     result = json.loads((root / name / "eval" / "test.json").read_text())
     assert result["n_total"] == 6 and 0.0 <= result["dice"] <= 1.0
 
