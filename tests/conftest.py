@@ -103,8 +103,9 @@ class ReferenceTraining:
 
 @pytest.fixture(scope="session")
 def reference_training(shared_tmp) -> ReferenceTraining:
-  """The tiny baseline trained 6 steps (checkpoints every 2) in-process, once per test run: the
-  first worker to ask trains it while the other waits, then both read it (with what it printed)."""
+  """The tiny baseline trained 6 steps (`train_helpers.REFERENCE_FIELDS`: checkpoints 2, 4 and 6
+  kept) in-process, once per test run: the first worker to ask trains it while the other waits,
+  then both read it (with what it printed)."""
   from sgdnet_jax.core import config_utils
   from sgdnet_jax.train import loop
   from tests import train_helpers
@@ -117,7 +118,7 @@ def reference_training(shared_tmp) -> ReferenceTraining:
     return config_utils.load_config(
       train_helpers.TRAIN_CONFIG,
       train_helpers.overrides(
-        str(data_dir / "prepared"), total_steps=6, checkpoint_every_steps=2, tensorboard=True
+        str(data_dir / "prepared"), tensorboard=True, **train_helpers.REFERENCE_FIELDS
       ),
     )
 

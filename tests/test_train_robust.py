@@ -27,20 +27,14 @@ FIELDS = {"total_steps": TOTAL_STEPS, "eval_every_epochs": 0}
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return train_helpers.tiny_dataset(tmp_path_factory.mktemp("data"))
+def data_dir(reference_training):
+  return reference_training.data_dir
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
-  """An uninterrupted run (checkpoints at steps 2, 4 and 6): its workdir and config."""
-  reference_dir = tmp_path_factory.mktemp("reference")
-  config = config_utils.load_config(
-    train_helpers.TRAIN_CONFIG,
-    train_helpers.overrides(data_dir, checkpoint_every_steps=2, keep_checkpoints=3, **FIELDS),
-  )
-  loop.train_and_evaluate(config, str(reference_dir))
-  return reference_dir, config
+def reference(reference_training):
+  """The uninterrupted reference run (checkpoints at steps 2, 4 and 6): its workdir and config."""
+  return reference_training.workdir, reference_training.config
 
 
 def train(workdir, data_dir, **fields) -> int:

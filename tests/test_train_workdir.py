@@ -42,8 +42,8 @@ def tree(folder: pathlib.Path) -> list[str]:
 
 @pytest.fixture
 def copy_of_reference(reference_training, tmp_path):
-  """A copy of the reference workdir (6 steps, validated at 4 and 6, checkpoints 4 and 6) and
-  the step of its best checkpoint."""
+  """A copy of the reference workdir (6 steps, validated at 4 and 6, checkpoints 2, 4 and 6)
+  and the step of its best checkpoint."""
   workdir = tmp_path / "run"
   shutil.copytree(reference_training.workdir, workdir)
   (best_step,) = steps_in(workdir / "best")
@@ -52,9 +52,9 @@ def copy_of_reference(reference_training, tmp_path):
 
 def finish(workdir, reference_training, capsys):
   """Resumes `workdir` to the end and checks it continued the reference run exactly."""
-  assert train(workdir, reference_training.data_dir, total_steps=6, checkpoint_every_steps=2) == 0
+  assert train(workdir, reference_training.data_dir, **train_helpers.REFERENCE_FIELDS) == 0
   capsys.readouterr()
-  assert steps_in(workdir / "checkpoints") == [4, 6]
+  assert steps_in(workdir / "checkpoints") == [2, 4, 6]
   assert steps_in(workdir / "best") == steps_in(reference_training.workdir / "best")
   assert not [name for name in os.listdir(workdir / "best") if not name.isdigit()]
   assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference_training.workdir)
@@ -78,9 +78,14 @@ def test_best_ahead_of_latest_a_kill_between_the_saves_and_every_latest_damaged(
 
 
 def test_a_second_ctrl_c_while_a_best_checkpoint_is_saved_leaves_a_workdir_that_resumes(
-  reference_training, tmp_path, capsys, monkeypatch
+  copy_of_reference, reference_training, capsys, monkeypatch
 ):
-  """F1 by Ctrl-C twice: both SIGINTs arrive while the first best checkpoint is being saved."""
+  """F1 by Ctrl-C twice: both SIGINTs arrive while the first best checkpoint is being saved (of
+  the reference run resumed from its step 2, before any validation)."""
+  workdir, _ = copy_of_reference
+  shutil.rmtree(workdir / "best")
+  for step in (4, 6):
+    shutil.rmtree(workdir / "checkpoints" / str(step))
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
   save_best = checkpointing.WorkdirCheckpoints.save_best
 
@@ -90,9 +95,8 @@ def test_a_second_ctrl_c_while_a_best_checkpoint_is_saved_leaves_a_workdir_that_
     save_best(self, step, variables)
 
   monkeypatch.setattr(checkpointing.WorkdirCheckpoints, "save_best", interrupted_save_best)
-  workdir = tmp_path / "run"
   try:
-    code = train(workdir, reference_training.data_dir, total_steps=6, checkpoint_every_steps=2)
+    code = train(workdir, reference_training.data_dir, **train_helpers.REFERENCE_FIELDS)
   finally:
     signal.signal(signal.SIGINT, previous)
   assert code == 130
@@ -152,7 +156,7 @@ def test_a_change_that_does_not_fit_the_optimizer_state_is_refused_renaming_noth
   before = tree(workdir)
   recorded = (workdir / "config.json").read_bytes()
   code = train(
-    workdir, reference_training.data_dir, total_steps=6, checkpoint_every_steps=2, **{field: value}
+    workdir, reference_training.data_dir, **{**train_helpers.REFERENCE_FIELDS, field: value}
   )
   assert code == 2
   line = one_error_line(capsys)
@@ -233,10 +237,10 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line(
 
   monkeypatch.setattr(checkpointing.WorkdirCheckpoints, "save", no_space)
   workdir = tmp_path / "run"
-  code = train(workdir, reference_training.data_dir, total_steps=1, eval_every_epochs=0)
+  code = train(workdir, reference_training.data_dir, **train_helpers.REFERENCE_FIELDS)
   assert code == 2
   line = one_error_line(capsys)
-  assert f"cannot write {workdir}/checkpoints/1 (No space left on device)" in line
+  assert f"cannot write {workdir}/checkpoints/2 (No space left on device)" in line
   assert not (workdir / layout.LOCK_FILE).exists()
 
 
@@ -244,13 +248,7 @@ def test_a_non_finite_loss_before_any_checkpoint_is_one_line_saying_what_to_try(
   reference_training, tmp_path, capsys
 ):
   workdir = tmp_path / "run"
-  code = train(
-    workdir,
-    reference_training.data_dir,
-    total_steps=2,
-    eval_every_epochs=0,
-    **{"optimizer.lr": 1e38},
-  )
+  code = train(workdir, reference_training.data_dir, **train_helpers.EXPLODING_FIELDS)
   assert code == 2
   line = one_error_line(capsys)
   assert "at step 1 is not finite" in line or "at step 2 is not finite" in line
@@ -264,52 +262,57 @@ def trained_lines(workdir: pathlib.Path) -> int:
   return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def seen_lines(process: subprocess.Popen, workdir: pathlib.Path, count: int) -> list[float]:
+  """Waits for `count` new lines of metrics.jsonl or the end of `process`: when each was seen."""
+  lines, seen = trained_lines(workdir), []
+  deadline = time.monotonic() + 600
+  while process.poll() is None and len(seen) < count:
+    assert time.monotonic() < deadline, f"{count} lines not written in 600 s"
+    now = trained_lines(workdir)
+    seen += [time.monotonic()] * (now - lines)
+    lines = now
+    time.sleep(0.02)
+  return seen
+
+
 def test_sigkill_at_random_moments_never_leaves_a_workdir_that_train_cannot_continue(
   reference_training, tmp_path
 ):
   """10 `train` processes killed with SIGKILL one after the other on the same workdir, each at
-  a moment drawn within the training part of a run (from its first metrics line to its end:
-  any save of `checkpoints/` or `best/` may be cut); a run that finished first restarts the
-  workdir empty. The next `train` always finishes."""
+  a moment drawn within the training part of its run (after its first metrics line, a random
+  number of further lines, then a random fraction of the time a step took: any save of
+  `checkpoints/` or `best/` may be cut); a run that finished first restarts the workdir empty.
+  The next `train` always finishes and continues the reference run exactly: the steps trained
+  again after a kill repeat the reference's losses."""
   workdir = tmp_path / "run"
   command = train_helpers.train_command(
-    workdir,
-    reference_training.data_dir,
-    total_steps=6,
-    checkpoint_every_steps=1,
-    compilation_cache_dir=str(tmp_path / "xla"),  # the first run compiles for the others
+    workdir, reference_training.data_dir, total_steps=6, checkpoint_every_steps=1
   )
   env = train_helpers.subprocess_env()
-
-  def start() -> subprocess.Popen:
+  rng = random.Random(22)
+  step_seconds = None  # of the last run that trained two steps or more
+  for _ in range(10):
     process = subprocess.Popen(
       command, cwd=train_helpers.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    lines = trained_lines(workdir)
-    while process.poll() is None and trained_lines(workdir) == lines:
-      time.sleep(0.05)
-    return process
-
-  process = start()
-  training_started = time.monotonic()
-  process.wait(timeout=600)
-  training = time.monotonic() - training_started
-  assert process.returncode == 0, process.stderr.read().decode()[-3000:]
-  process.stderr.close()
-  shutil.rmtree(workdir)
-  rng = random.Random(22)
-  for _ in range(10):
-    process = start()
     try:
-      process.wait(timeout=rng.uniform(0.0, training))
-    except subprocess.TimeoutExpired:
-      process.kill()
+      further = rng.randint(0 if step_seconds else 1, 6)
+      seen = seen_lines(process, workdir, 1 + further)
+      if process.poll() is None:
+        if further:
+          step_seconds = (seen[-1] - seen[0]) / further
+        try:
+          process.wait(timeout=rng.uniform(0.0, step_seconds))
+        except subprocess.TimeoutExpired:
+          process.kill()
       process.wait()
-    else:
-      assert process.returncode == 0, process.stderr.read().decode()[-3000:]
-      shutil.rmtree(workdir)
+      if process.returncode == 0:  # finished before its kill
+        shutil.rmtree(workdir)
+      else:
+        assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-3000:]
     finally:
       process.stderr.close()
   result = train_helpers.run(command, env)
   assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 6
   assert steps_in(workdir / "checkpoints")[-1] == 6
+  assert train_helpers.step_losses(workdir) == train_helpers.step_losses(reference_training.workdir)

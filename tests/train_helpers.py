@@ -10,6 +10,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
 # The loop's mechanics do not depend on the variant: the baseline compiles fastest.
 TRAIN_CONFIG = "configs/test.py:variant=baseline"
+# The reference run's fields (tests/conftest.py): a test that trains with them (or resumes a copy
+# of the reference) compiles nothing the reference did not.
+REFERENCE_FIELDS = {"total_steps": 6, "checkpoint_every_steps": 2, "keep_checkpoints": 3}
+# The reference's fields with a learning rate whose first update overflows the parameters: the
+# tests of a non-finite loss share one compiled train step.
+EXPLODING_FIELDS = {**REFERENCE_FIELDS, "optimizer.lr": 1e38}
 
 
 def tiny_dataset(root: pathlib.Path, image_size: int = IMAGE_SIZE) -> str:
