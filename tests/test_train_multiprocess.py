@@ -109,12 +109,14 @@ def test_two_processes_equal_one_stop_together_on_preemption_and_resume_on_one_d
     "optimizer.grad_clip": 0.0,
     "optimizer.weight_decay": 0.0,
   }
+  # The reference: one process with one device, the layout of the final resume below, which
+  # then loads this run's programs from the persistent compilation cache instead of compiling.
   single = tmp_path / "single"
+  one_device = train_helpers.subprocess_env(
+    JAX_ENABLE_X64="1", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+  )
   train_helpers.run(
-    train_helpers.train_command(single, data_dir, fields, total_steps=TOTAL_STEPS),
-    train_helpers.subprocess_env(
-      JAX_ENABLE_X64="1", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    ),
+    train_helpers.train_command(single, data_dir, fields, total_steps=TOTAL_STEPS), one_device
   )
 
   multi = tmp_path / "multi"
@@ -155,10 +157,7 @@ def test_two_processes_equal_one_stop_together_on_preemption_and_resume_on_one_d
   # Resume the two-process checkpoint in one process with one device: the updates after it must
   # be the single-process run's.
   train_helpers.run(
-    train_helpers.train_command(multi, data_dir, fields, total_steps=TOTAL_STEPS),
-    train_helpers.subprocess_env(
-      JAX_ENABLE_X64="1", XLA_FLAGS="--xla_force_host_platform_device_count=1"
-    ),
+    train_helpers.train_command(multi, data_dir, fields, total_steps=TOTAL_STEPS), one_device
   )
 
   expected = train_helpers.step_losses(single)
