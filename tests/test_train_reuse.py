@@ -40,10 +40,15 @@ def reference_config(reference, **fields):
   )
 
 
-def train(config, workdir):
-  with contextlib.redirect_stdout(io.StringIO()):
+COMPILING = "compiling the train step (first step only)…"
+
+
+def train(config, workdir) -> tuple[dict, str]:
+  """The losses by step and the printed output of a training in this process."""
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
     loop.train_and_evaluate(config, str(workdir))
-  return train_helpers.step_losses(workdir)
+  return train_helpers.step_losses(workdir), output.getvalue()
 
 
 def test_equal_trainings_reuse_the_programs_and_another_learning_rate_traces_anew(
@@ -51,18 +56,22 @@ def test_equal_trainings_reuse_the_programs_and_another_learning_rate_traces_ane
 ):
   reference_losses = train_helpers.step_losses(reference_training.workdir)
   # The reference may have trained in another test process: this one trains it first.
-  assert train(reference_config(reference_training), tmp_path / "first") == reference_losses
+  assert train(reference_config(reference_training), tmp_path / "first")[0] == reference_losses
   with counted_events() as counts:
-    again = train(reference_config(reference_training), tmp_path / "again")
+    again, output = train(reference_config(reference_training), tmp_path / "again")
   assert again == reference_losses  # the same floats, not merely close
+  assert COMPILING not in output and "compiled the train step" not in output, output
   for name in ("train_step", "init", "step"):  # step: the validation step
     assert not counts[dispatch.JAXPR_TRACE_EVENT, name], (name, counts)
     assert not counts[dispatch.BACKEND_COMPILE_EVENT, name], (name, counts)
 
   lr = reference_training.config.optimizer.lr * 2
   with counted_events() as counts:
-    other = train(reference_config(reference_training, **{"optimizer.lr": lr}), tmp_path / "lr")
+    other, output = train(
+      reference_config(reference_training, **{"optimizer.lr": lr}), tmp_path / "lr"
+    )
   assert counts[dispatch.JAXPR_TRACE_EVENT, "train_step"] == 1, counts
+  assert COMPILING in output, output
   assert other[1] == reference_losses[1]  # the first step's loss precedes any update
   assert all(other[step] != reference_losses[step] for step in range(2, 7)), other
 

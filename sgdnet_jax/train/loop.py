@@ -118,7 +118,10 @@ def _setup(config, steps_per_epoch: int, total_steps: int, mesh) -> _Setup:
   min_size = config.mesh.fsdp_min_size
 
   def build():
-    model = models.build(model_config)
+    try:
+      model = models.build(model_config)
+    except ValueError as error:
+      raise errors.ConfigError(f"{error}; fix that --config.model field") from None
     tx, schedule = optimizer.make_optimizer(optimizer_config, steps_per_epoch, total_steps)
     return _Setup(model, tx, schedule, state_lib.make_init(model, tx, image_shape, mesh, min_size))
 
@@ -127,18 +130,22 @@ def _setup(config, steps_per_epoch: int, total_steps: int, mesh) -> _Setup:
   )
 
 
-def _train_step(config, start: "_Start", mesh):
-  """`make_train_step` of `config`, the same jitted function for an equal key (core.programs)."""
+def _train_step(config, start: "_Start", mesh) -> tuple[Any, bool]:
+  """`make_train_step` of `config`, the same jitted function for an equal key (core.programs),
+  and whether it is new to this process (then its first call compiles or loads it)."""
   key = _programs_key(config, start.steps_per_epoch, start.total_steps, mesh)
   key["loss"] = programs.config_key(config.loss)
   loss_config = programs.frozen(config.loss)
-  return programs.cached(
-    "train_step",
-    key,
-    lambda: make_train_step(
-      start.model, start.tx, start.schedule, loss_config, mesh, start.init.shardings
-    ),
-  )
+  setup = start.setup
+  built = []
+
+  def build():
+    built.append(True)
+    return make_train_step(
+      setup.model, setup.tx, setup.schedule, loss_config, mesh, setup.init.shardings
+    )
+
+  return programs.cached("train_step", key, build), bool(built)
 
 
 def validation_dice(step_fn, variables, config: ml_collections.ConfigDict, mesh) -> float:
@@ -210,10 +217,7 @@ class _Start:
 
   steps_per_epoch: int
   total_steps: int
-  model: Any
-  tx: Any
-  schedule: Any
-  init: state_lib.Init
+  setup: _Setup
   recorded_tx: Any = None
   recorded_prng_impl: str = ""
 
@@ -255,7 +259,7 @@ def _optimizer_fits(recorded: dict[str, Any], config, start: _Start, abstract_pa
   shapes = lambda tx: jax.tree_util.tree_map(
     lambda x: (x.shape, x.dtype), jax.eval_shape(tx.init, abstract_params)
   )
-  new, old = shapes(start.tx), shapes(recorded_tx)
+  new, old = shapes(start.setup.tx), shapes(recorded_tx)
   prng_impl = recorded.get("prng_impl", config.prng_impl)
   start.recorded_tx, start.recorded_prng_impl = recorded_tx, prng_impl
   same_tree = jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(old)
@@ -274,10 +278,6 @@ def check_start(
   refused naming the fields, unless `reset_optimizer` (then `_Start.recorded_*` say how to
   read the checkpoints, whose weights are kept and optimizer state dropped).
   """
-  try:  # Checked first; `_setup` builds the model the run uses.
-    models.build(config.model)
-  except ValueError as error:
-    raise errors.ConfigError(f"{error}; fix that --config.model field") from None
   mesh = sharding.make_mesh(config.mesh)
   train_size = pipeline.split_size(config.data, config.data.train_split)
   _check_batch_sizes(config, train_size, mesh.size)
@@ -294,7 +294,7 @@ def check_start(
     )
   steps_per_epoch, total_steps = schedule_length(config)
   setup = _setup(config, steps_per_epoch, total_steps, mesh)
-  start = _Start(steps_per_epoch, total_steps, setup.model, setup.tx, setup.schedule, setup.init)
+  start = _Start(steps_per_epoch, total_steps, setup)
   abstract_params = setup.init.abstract.params
   recorded = guard.check_config(workdir, config)
   if not checkpointing.trained_steps(workdir):
@@ -407,8 +407,8 @@ def _train_until_done_or_stopped(
 ) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   steps_per_epoch, total_steps = start.steps_per_epoch, start.total_steps
-  state = start.init.init(jax.random.PRNGKey(config.seed))
-  shardings = start.init.shardings
+  state = start.setup.init.init(jax.random.PRNGKey(config.seed))
+  shardings = start.setup.init.shardings
   checkpoints = checkpointing.WorkdirCheckpoints(workdir, config.keep_checkpoints)
   train_iter = pipeline.make_train_iterator(config.data, config.global_batch_size, config.seed)
   best = BestCheckpoint()
@@ -443,7 +443,8 @@ def _train_until_done_or_stopped(
     if jax.process_index() == 0:
       print(loaded, flush=True)
 
-  train_step = distributed.CompiledOnAllProcesses(_train_step(config, start, mesh), "train_step")
+  train_step, new_train_step = _train_step(config, start, mesh)
+  train_step = distributed.CompiledOnAllProcesses(train_step, "train_step")
   eval_step = distributed.CompiledOnAllProcesses(
     evaluate.eval_step_for(
       config.model, mesh, device_metrics=True, distances=False, one_empty="nan", probability=False
@@ -461,7 +462,7 @@ def _train_until_done_or_stopped(
   window_start, window_steps = None, 0
   validation_compiled = False
   last_log: dict[str, Any] = {}
-  if is_main and step < total_steps:
+  if is_main and step < total_steps and new_train_step:
     print("compiling the train step (first step only)…", flush=True)
   first_step_start = time.time()
   batch = None
@@ -478,7 +479,7 @@ def _train_until_done_or_stopped(
       step += 1
       if window_start is None:
         jax.block_until_ready(scalars)
-        if is_main:
+        if is_main and new_train_step:
           print(
             f"compiled the train step: step {step} took {time.time() - first_step_start:.1f} s",
             flush=True,

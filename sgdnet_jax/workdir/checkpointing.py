@@ -90,6 +90,18 @@ def _same_local_shards(a: jax.Array, b: jax.Array) -> bool:
   )
 
 
+def _read_step(manager, step: int, **items) -> dict[str, Any]:
+  """`items` (name -> restore args) of `manager`'s checkpoint `step`, read by this process
+  through the handler alone: the manager's restore ends in a barrier over every device
+  (`Checkpointer:restore`), which a process whose read failed never reaches, so that the others
+  would wait there forever."""
+  handler = ocp.CompositeCheckpointHandler()
+  try:
+    return handler.restore(manager.directory / str(step), args=ocp.args.Composite(**items))
+  finally:
+    handler.close()
+
+
 class WorkdirCheckpoints:
   """The two checkpoint managers of a workdir."""
 
@@ -134,24 +146,17 @@ class WorkdirCheckpoints:
     """True when `best/<step>` holds exactly `variables` on every process; False when it differs
     or cannot be read (damaged, of another structure) on any.
 
-    Read through the handler alone, as `_restore_step` reads: the manager's restore ends in a
-    barrier that a process whose read failed never reaches. Each process compares its own shards
-    (no collective), then all take the outcome of all."""
+    Each process reads (`_read_step`) and compares its own shards (no collective), then all
+    take the outcome of all."""
     abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), variables
     )
-    handler = ocp.CompositeCheckpointHandler()
     try:
-      saved = handler.restore(
-        self.best.directory / str(step),
-        args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)),
-      )["variables"]
+      saved = _read_step(self.best, step, variables=ocp.args.StandardRestore(abstract))["variables"]
       same = jax.tree_util.tree_map(_same_local_shards, variables, saved)
       outcome = "same" if all(jax.tree_util.tree_leaves(same)) else "different"
     except Exception as error:  # Damaged or of another structure: replaced by the caller.
       outcome = f"unreadable: {type(error).__name__}"
-    finally:
-      handler.close()
     return all(v == "same" for v in distributed.all_values(f"best_same:{step}", outcome))
 
   def _save_replacing(self, manager, step: int, args, stale: list[int]):
@@ -232,21 +237,14 @@ class WorkdirCheckpoints:
       )
 
   def _restore_step(self, step: int, abstract_state) -> dict[str, Any]:
-    """Checkpoint `step` read by this process, through the handler alone: the manager's restore
-    ends in a barrier over every device (`Checkpointer:restore`), which a process whose read
-    failed never reaches, so that the others would wait there forever."""
-    handler = ocp.CompositeCheckpointHandler()
-    try:
-      return handler.restore(
-        self.latest.directory / str(step),
-        args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore(),
-          meta=ocp.args.JsonRestore(),
-        ),
-      )
-    finally:
-      handler.close()
+    """Checkpoint `step` read by this process (`_read_step`)."""
+    return _read_step(
+      self.latest,
+      step,
+      state=ocp.args.StandardRestore(abstract_state),
+      data=ocp.args.JsonRestore(),
+      meta=ocp.args.JsonRestore(),
+    )
 
   @staticmethod
   def _set_aside(manager, step: int, suffix: str) -> str:
