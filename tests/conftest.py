@@ -19,13 +19,20 @@ import os
 import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
-# The tests compile hundreds of small programs and run each a few times: LLVM's optimisations cost
-# more than they save (-26 % compile CPU time). Every test compares programs compiled alike, and
-# subprocesses inherit the flag (tests.train_helpers.subprocess_env keeps it). An optimisation
-# level already in $XLA_FLAGS wins (to compare timings or results at another level).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
+XLA_TEST_FLAGS = {
+  # The tests compile hundreds of small programs and run each a few times: LLVM's optimisations
+  # cost more than they save (-26 % compile CPU time).
+  "xla_backend_optimization_level": "0",
+  # XLA:CPU's older elemental emitters compile a training step of the tests' model 38 % faster
+  # (14.2 -> 8.8 s at level 0) than its fusion emitters.
+  "xla_cpu_use_fusion_emitters": "false",
+}
+# Every test compares programs compiled alike, and subprocesses inherit the flags
+# (tests.train_helpers.subprocess_env keeps them). A flag already in $XLA_FLAGS wins (to compare
+# timings or results under other flags).
+for _name, _value in XLA_TEST_FLAGS.items():
+  if _name not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_name}={_value}".strip()
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR",
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"),

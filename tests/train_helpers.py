@@ -60,7 +60,7 @@ def train_command(workdir, data_dir: str, fields=None, **more_fields) -> list:
 
 def subprocess_env(**extra) -> dict:
   """This process's environment plus `extra`; XLA flags in `extra` add to this process's (the
-  optimisation level tests/conftest.py sets)."""
+  flags tests/conftest.py sets)."""
   env = dict(os.environ)
   if "XLA_FLAGS" in extra:
     extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
