@@ -1,5 +1,6 @@
 """`figure` (the paper's Figure 2) on tiny trained workdirs: the panel's size by columns, the
-guidance column of a model with SGE against one without, PNG and PDF, and a wrong case id."""
+guidance column of a model with SGE against one without, the boundary column of a model with an
+edge output against one without, PNG and PDF, and a wrong case id."""
 
 import numpy as np
 import pytest
@@ -21,18 +22,13 @@ def spec(variant: str) -> str:
 
 @pytest.fixture(scope="module")
 def workdirs(reference_training, tmp_path_factory):
-  """Three tiny trained workdirs on the same 32 px data: the reference baseline (no SGE, no edge
-  branch), and SGD-Net (SGE) and CTO (EAM) trained one step each, without validation (their
-  latest checkpoint holds the weights). CTO's training is test_study_sweep's cto/fold0 run (same
-  config, same training split): in one test run the second of the two to compile it finds it in
-  the persistent compilation cache."""
-  root = tmp_path_factory.mktemp("figure")
-  found = {"baseline": str(reference_training.workdir)}
-  for variant in ("sgdnet", "cto"):
-    more = train_helpers.overrides(reference_training.data_dir, total_steps=1, eval_every_epochs=0)
-    loop.train_and_evaluate(config_utils.load_config(spec(variant), more), root / variant)
-    found[variant] = str(root / variant)
-  return found
+  """Two tiny trained workdirs on the same 32 px data: the reference baseline (no SGE, no edge
+  branch) and SGD-Net (SGE and an edge output) trained one step, without validation (its latest
+  checkpoint holds the weights)."""
+  workdir = tmp_path_factory.mktemp("figure") / "sgdnet"
+  more = train_helpers.overrides(reference_training.data_dir, total_steps=1, eval_every_epochs=0)
+  loop.train_and_evaluate(config_utils.load_config(spec("sgdnet"), more), workdir)
+  return {"baseline": str(reference_training.workdir), "sgdnet": str(workdir)}
 
 
 def argv(reference_training) -> list[str]:
@@ -48,19 +44,32 @@ def draw(reference_training, workdirs, a, b, out, *more) -> int:
   )  # fmt: skip
 
 
-def guidance_column(path) -> np.ndarray:
-  """The guidance column's first row (below the header) of a panel, box pixels included."""
+def column(path, index: int) -> np.ndarray:
+  """Column `index`'s first row (below the header) of a panel, box pixels included."""
   with Image.open(path) as image:
     pixels = np.asarray(image.convert("RGB"))
-  return pixels[figure.HEADER : figure.HEADER + TILE, 4 * TILE : 5 * TILE]
+  return pixels[figure.HEADER : figure.HEADER + TILE, index * TILE : (index + 1) * TILE]
 
 
-def test_figure_draws_six_columns_and_the_guidance_of_sge_only(
+GUIDANCE, BOUNDARY = 4, 5  # image, truth, A, B, A's guidance, B's boundary
+
+
+def is_empty(tile: np.ndarray) -> bool:
+  """The grey of a model without that map, outside the zoom box."""
+  return bool(np.all(tile[np.any(tile != figure.BOX_COLOR, axis=-1)] == figure.EMPTY))
+
+
+def levels(tile: np.ndarray) -> int:
+  """How many levels a map shows outside the zoom box (a missing map: one)."""
+  return np.unique(tile[np.any(tile != figure.BOX_COLOR, axis=-1)]).size
+
+
+def test_figure_draws_six_columns_the_guidance_of_sge_and_the_boundary_of_an_edge_output(
   reference_training, workdirs, tmp_path
 ):
   with_sge, without = tmp_path / "with_sge", tmp_path / "without"
-  assert draw(reference_training, workdirs, "sgdnet", "cto", with_sge, "--channels") == 0
-  assert draw(reference_training, workdirs, "baseline", "cto", without, "--limit", "1") == 0
+  assert draw(reference_training, workdirs, "sgdnet", "baseline", with_sge, "--channels") == 0
+  assert draw(reference_training, workdirs, "baseline", "sgdnet", without, "--limit", "1") == 0
   cases = sorted(p.stem for p in with_sge.glob("*.pdf") if p.stem != "figure")
   assert len(cases) == 2
   for name in cases:
@@ -71,11 +80,14 @@ def test_figure_draws_six_columns_and_the_guidance_of_sge_only(
       assert channels.size == (8 * TILE, TILE)  # configs/test.py: 8 guidance channels
   with Image.open(with_sge / "figure.png") as whole:
     assert whole.size == (6 * TILE, figure.HEADER + 4 * TILE)
-  sge = guidance_column(with_sge / f"{cases[0]}.png")
-  none = guidance_column(without / f"{cases[0]}.png")
-  not_box = np.any(none != figure.BOX_COLOR, axis=-1)
-  assert np.all(none[not_box] == figure.EMPTY)  # no SGE: the grey of an empty column
-  assert np.unique(sge[np.any(sge != figure.BOX_COLOR, axis=-1)]).size > 10  # a rendered map
+  # A: SGD-Net's guidance against the baseline's none; B: the baseline's missing edge output
+  # against SGD-Net's boundary map.
+  # The guidance is min-max normalised; the boundary map is the edge probability, near 0.5
+  # everywhere after one step.
+  assert levels(column(with_sge / f"{cases[0]}.png", GUIDANCE)) > 10
+  assert is_empty(column(without / f"{cases[0]}.png", GUIDANCE))
+  assert is_empty(column(with_sge / f"{cases[0]}.png", BOUNDARY))
+  assert levels(column(without / f"{cases[0]}.png", BOUNDARY)) > 1
   assert not list(without.glob("*_guidance.png"))
 
 
@@ -96,7 +108,7 @@ def test_a_case_not_in_the_split_is_one_line_and_nothing_is_written(
   reference_training, workdirs, tmp_path, capsys
 ):
   out = tmp_path / "out"
-  assert draw(reference_training, workdirs, "sgdnet", "cto", out, "--cases", "nope") == 2
+  assert draw(reference_training, workdirs, "sgdnet", "baseline", out, "--cases", "nope") == 2
   error = capsys.readouterr().err
   assert error.startswith("error: --cases nope: not in split test") and error.count("\n") == 1
   assert not out.exists()

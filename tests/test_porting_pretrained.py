@@ -294,9 +294,11 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
   tmp_path, served, monkeypatch
 ):
   """`train --config.model.pretrained=<URL>`: cached, and the encoder starts as the file says
-  (learning rate 0, so the one step leaves the params as they started)."""
+  (learning rate 0, so the steps leave the params as they started). The first run is stopped
+  after step 2 of 3; the resume trains step 3 with the same (reused) programs."""
   from sgdnet_jax import main
-  from sgdnet_jax.workdir import variables_io
+  from sgdnet_jax.train import preemption
+  from sgdnet_jax.workdir import checkpointing, variables_io
 
   server, path, state = served
   data = train_helpers.tiny_dataset(tmp_path / "data")
@@ -311,7 +313,10 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
     "optimizer.lr": 0.0,
     "eval_every_epochs": 0,
   }
-  assert main.main(common_args + train_helpers.overrides(data, total_steps=1, **fields)) == 0
+  argv = common_args + train_helpers.overrides(data, total_steps=3, **fields)
+  with train_helpers.sigterm_while_logging(1):
+    assert main.main(argv) == preemption.RESUME_EXIT
+  assert checkpointing.trained_steps(workdir) == [2]
   assert _cache_files(cache) == [os.path.basename(path)]
   trained = variables_io.load_variables(str(workdir))
   for key, value in _encoder_state(trained).items():
@@ -320,5 +325,6 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
   # Resume (one more step) with an empty cache: nothing is fetched, nothing is cached.
   shutil.rmtree(cache)
   requests = server.requests
-  assert main.main(common_args + train_helpers.overrides(data, total_steps=2, **fields)) == 0
+  assert main.main(argv) == 0
+  assert checkpointing.trained_steps(workdir)[-1] == 3
   assert server.requests == requests and _cache_files(cache) == []

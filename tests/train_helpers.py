@@ -1,10 +1,14 @@
 """Shared pieces of the training tests: a tiny synthetic dataset and the CLI in a subprocess."""
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -87,3 +91,23 @@ def run(command, env, timeout=900):
     f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
   )
   return result
+
+
+@contextlib.contextmanager
+def sigterm_while_logging(step: int):
+  """An in-process training meanwhile gets SIGTERM while it writes step `step`'s metrics: it
+  saves and stops after step `step + 1` (train/preemption.py), exit `RESUME_EXIT`. A resume of
+  the same config then reuses the stopped run's programs (core.programs), where a shorter
+  `total_steps` would compile new ones."""
+  from sgdnet_jax.train import writers
+
+  write_scalars = writers.MetricsWriter.write_scalars
+
+  def write_then_terminate(writer, at_step, scalars):
+    write_scalars(writer, at_step, scalars)
+    if at_step == step and "loss" in scalars:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(writers.MetricsWriter, "write_scalars", write_then_terminate)
+    yield
