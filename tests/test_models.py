@@ -70,7 +70,9 @@ def test_paper_convention_gmacs(variant, paper, tolerance):
 @pytest.mark.parametrize("variant", sorted(default.VARIANTS))
 @pytest.mark.parametrize("num_classes", [1, 2])
 def test_every_variant_output_shapes(variant, num_classes):
-  module = models.build(common.tiny_model_config(variant, num_classes))
+  config = common.tiny_model_config(variant, num_classes)
+  config.backbone_depth = 14  # one block a stage: the same stage shapes, a third of the tracing
+  module = models.build(config)
   images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), images)
   for train in (False, True):
@@ -102,6 +104,7 @@ def test_float64_model_computes_everything_in_float64(variant, x64):
   float32 input image is the only float32 value in the traced train step)."""
   config = common.tiny_model_config(variant, 1)
   config.dtype = "float64"
+  config.backbone_depth = 14  # every kind of layer, a third of the tracing
   module = models.build(config)
   images = jnp.zeros((2, 32, 32, 3), jnp.float32)
   mask = jnp.zeros((2, 32, 32), jnp.uint8)
@@ -203,14 +206,15 @@ def test_sgdc_module_implementations_agree_end_to_end(x64):
     lambda path, v: jnp.ones_like(v) if path[-1].key in ("ls1", "ls2") else v, variables
   )
   loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x, g, train=False)))
-  out = shifted.apply(variables, x, g, train=False)
+  forward = lambda m: jax.jit(lambda v, x: m.apply(v, x, g, train=False))
+  out = forward(shifted)(variables, x)
   assert out.dtype == jnp.float64
   np.testing.assert_allclose(
-    out, patches.apply(variables, x, g, train=False), rtol=0, atol=tolerances.FLOAT64_AGREEMENT
+    out, forward(patches)(variables, x), rtol=0, atol=tolerances.FLOAT64_AGREEMENT
   )
   for u, v in zip(
-    jax.tree_util.tree_leaves(jax.grad(loss(shifted), (0, 1))(variables, x)),
-    jax.tree_util.tree_leaves(jax.grad(loss(patches), (0, 1))(variables, x)),
+    jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(shifted), (0, 1)))(variables, x)),
+    jax.tree_util.tree_leaves(jax.jit(jax.grad(loss(patches), (0, 1)))(variables, x)),
   ):
     scale = max(1.0, float(np.max(np.abs(v))))
     np.testing.assert_allclose(u, v, rtol=0, atol=tolerances.FLOAT64_AGREEMENT * scale)
@@ -258,11 +262,11 @@ def test_sobel_kernels_are_constants_and_gradients_stay_finite_on_flat_maps():
     )
     return jnp.sum(out["edge_logits"]) + jnp.sum(out["guidance"])
 
-  grads = jax.grad(loss, (0, 1, 2))(variables["params"], x4, x1)  # Flat input: magnitude exactly 0.
+  # Flat input: magnitude exactly 0.
+  grads = jax.jit(jax.grad(loss, (0, 1, 2)))(variables["params"], x4, x1)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
-  gate_grad = jax.grad(lambda s: jnp.sum(layers.sobel_gate(s, *layers.sobel_of_channel_sum(s))))(
-    jnp.ones((1, 5, 5, 3))
-  )
+  gate = lambda s: jnp.sum(layers.sobel_gate(s, *layers.sobel_of_channel_sum(s)))
+  gate_grad = jax.jit(jax.grad(gate))(jnp.ones((1, 5, 5, 3)))
   assert bool(jnp.all(jnp.isfinite(gate_grad)))
 
 
