@@ -36,6 +36,7 @@ RELATIVE_TOLERANCE = 9 * 64 * np.finfo(np.float32).eps
 def model_config(variant: str, knockout_names=(), **fields):
   """The tiny model of `variant`; layer scales 1 so that the SGDC branches weigh in the output."""
   config = common.tiny_model_config(variant, 1)
+  config.backbone_depth = 14  # one encoder block a stage: the knockouts act after the encoder
   config.trans_patch_sizes = (8, 4, 2, 1)
   config.sgdc.layer_scale_init = 1.0
   config.knockouts = tuple(knockout_names)
