@@ -386,8 +386,8 @@ def _write_error(workdir: paths.Path, error: OSError) -> errors.UserError:
 
 
 def _restore_abstract(state, shardings, start: _Start, mesh, min_size: int):
-  """The abstract state to restore the checkpoints into: this run's, or with
-  `--reset-optimizer` the recorded run's optimizer state and PRNG key."""
+  """The abstract state to restore the checkpoints into (from this run's abstract `state`):
+  this run's, or with `--reset-optimizer` the recorded run's optimizer state and PRNG key."""
   place = lambda tree, where: jax.tree_util.tree_map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, where
   )
@@ -407,14 +407,16 @@ def _train_until_done_or_stopped(
 ) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   steps_per_epoch, total_steps = start.steps_per_epoch, start.total_steps
-  state = start.setup.init.init(jax.random.PRNGKey(config.seed))
-  shardings = start.setup.init.shardings
+  # The initial state is computed only where a run needs it: a resume restores into the abstract
+  # state (no init program to load and run).
+  init, shardings = start.setup.init, start.setup.init.shardings
+  initial_state = lambda: init.init(jax.random.PRNGKey(config.seed))
   checkpoints = checkpointing.WorkdirCheckpoints(workdir, config.keep_checkpoints)
   train_iter = pipeline.make_train_iterator(config.data, config.global_batch_size, config.seed)
   best = BestCheckpoint()
   restored = None
   if checkpoints.latest_step() is not None:
-    abstract = _restore_abstract(state, shardings, start, mesh, config.mesh.fsdp_min_size)
+    abstract = _restore_abstract(init.abstract, shardings, start, mesh, config.mesh.fsdp_min_size)
     restored = checkpoints.restore_newest_intact(abstract)
     if restored is None:
       logging.warning("no checkpoint in %s could be restored: starting from scratch", workdir)
@@ -423,18 +425,20 @@ def _train_until_done_or_stopped(
     if start.recorded_tx is None:
       state = restored_state
     else:  # --reset-optimizer: the weights and step; this run's fresh optimizer state.
-      state = state.replace(
+      fresh = initial_state()
+      state = fresh.replace(
         step=restored_state.step,
         params=restored_state.params,
         batch_stats=restored_state.batch_stats,
-        rng=restored_state.rng if start.recorded_prng_impl == config.prng_impl else state.rng,
+        rng=restored_state.rng if start.recorded_prng_impl == config.prng_impl else fresh.rng,
       )
     train_iter.set_state(data_state)
     best = BestCheckpoint.from_json(best_record)
     logging.info("resumed from step %d", int(state.step))
   elif config.init_from:
-    state = _load_initial_variables(config.init_from, state, shardings)
+    state = _load_initial_variables(config.init_from, initial_state(), shardings)
   else:
+    state = initial_state()
     variables, loaded = pretrained.initialize_encoder(config.model.pretrained, state.variables())
     state = state.replace(
       params=jax.device_put(variables["params"], shardings.params),
