@@ -33,20 +33,20 @@ IMAGE_SIZE = 32
 
 
 @functools.cache
-def _encoder_shapes() -> dict:
+def _encoder_shapes(depth: int = 50) -> dict:
   """The tiny encoder's (configs/test.py: Res2Net-50 v1b, base planes 16) variable shapes."""
   module = res2net.Res2Net(
-    depth=50, base_planes=common.tiny_model_config("baseline", 1).backbone_base_planes
+    depth=depth, base_planes=common.tiny_model_config("baseline", 1).backbone_base_planes
   )
   images = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
   return jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x, train=False), images)
 
 
-def _variables(seed: int) -> dict:
+def _variables(seed: int, depth: int = 50) -> dict:
   """A network's variables: the tiny encoder as `resnet` and one more module, random values."""
   rng = np.random.default_rng(seed)
   random = lambda leaf: rng.normal(size=leaf.shape).astype(np.float32)
-  encoder = jax.tree_util.tree_map(random, _encoder_shapes())
+  encoder = jax.tree_util.tree_map(random, _encoder_shapes(depth))
   return {
     "params": {"resnet": encoder["params"], "head": {"kernel": random(np.zeros((1, 1, 8, 2)))}},
     "batch_stats": {"resnet": encoder["batch_stats"], "head_bn": {"mean": random(np.zeros(8))}},
@@ -295,21 +295,26 @@ def test_train_starts_from_the_pretrained_encoder_and_resume_does_not_reload(
 ):
   """`train --config.model.pretrained=<URL>`: cached, and the encoder starts as the file says
   (learning rate 0, so the steps leave the params as they started). The first run is stopped
-  after step 2 of 3; the resume trains step 3 with the same (reused) programs."""
+  after step 2 of 3; the resume trains step 3 with the same (reused) programs. The served
+  encoder has the training tests' depth, 14 (train_helpers.overrides); the tests above read the
+  depth-50 layout."""
   from sgdnet_jax import main
   from sgdnet_jax.train import preemption
   from sgdnet_jax.workdir import checkpointing, variables_io
 
-  server, path, state = served
+  server, served_path, _ = served
+  state = _encoder_state(_variables(seed=3, depth=14))
+  path = os.path.join(os.path.dirname(served_path), "res2net_depth14.pth")
+  porting.write_state_dict(state, path)
+  path = _hash_named(path, "res2net_depth14")
   data = train_helpers.tiny_dataset(tmp_path / "data")
   cache = tmp_path / "cache"
   monkeypatch.setenv(pretrained.CACHE_ENV, str(cache))
   workdir = tmp_path / "run"
   common_args = ["train", "--config", "configs/test.py:variant=baseline", "--workdir", str(workdir)]
-  # Depth 50, the served encoder's (the depth is the point here); no validation (not checked).
+  # No validation (not checked).
   fields = {
     "model.pretrained": server.url(path),
-    "model.backbone_depth": 50,
     "optimizer.lr": 0.0,
     "eval_every_epochs": 0,
   }
