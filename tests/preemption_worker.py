@@ -5,8 +5,11 @@ the environment asks, for the two-process preemption test (tests/test_train_mult
   PREEMPT_AT_COMPILE=1 SIGTERM to itself when the train step starts compiling
   FAIL_NEWEST_RESTORE=1 the first restore of a training checkpoint (the newest) raises here
 
-After a planted SIGTERM the process sleeps PREEMPT_SLEEP_S (default 3) seconds: JAX's notifier
-polls its flag every second, so the stop step then does not depend on the machine's speed.
+After a planted SIGTERM the process sleeps PREEMPT_SLEEP_S (default 3) seconds, and with
+PREEMPT_AT_BATCH as long again at every later batch: JAX's notifier polls its flag every second
+and its sync protocol then runs in the background while the processes keep stepping, so that
+with steps slower than both the stop step does not depend on the machine's speed (with fast
+steps a run was seen to pass its sync point and finish).
 """
 
 import os
@@ -15,9 +18,13 @@ import sys
 import time
 
 
+def _sleep():
+  time.sleep(float(os.environ.get("PREEMPT_SLEEP_S", "3")))
+
+
 def _preempt():
   os.kill(os.getpid(), signal.SIGTERM)
-  time.sleep(float(os.environ.get("PREEMPT_SLEEP_S", "3")))
+  _sleep()
 
 
 def main() -> int:
@@ -33,6 +40,8 @@ def main() -> int:
       calls[0] += 1
       if calls[0] == at_batch:
         _preempt()
+      elif calls[0] > at_batch:
+        _sleep()
       return global_batch(*args, **kwargs)
 
     sharding.global_batch = planted_global_batch

@@ -17,11 +17,12 @@ import pytest
 from sgdnet_jax.train import preemption
 from tests import ports, tolerances, train_helpers
 
-# SIGTERM reaches process 1 before step 2 or 3 (PREEMPT_AT_BATCH). JAX's sync point is one past
-# the largest step at which a process first sees the notice: process 1 sees it at its planted
-# step, after sleeping on it, and process 0 (held by the step's collectives) at most one step
-# later, so the run stops at step 5 at the latest, before its last step; with 5 steps, a notice
-# that process 0 sees one step late after a SIGTERM before step 3 ends the run normally instead.
+# SIGTERM reaches process 1 before step 2 or 3 (PREEMPT_AT_BATCH, each later step slowed down by
+# tests/preemption_worker.py). JAX's sync point is one past the largest step at which a process
+# first sees the notice: process 1 sees it at its planted step, after sleeping on it, and
+# process 0 (held by the step's collectives) at most one step later, so the run stops at step 5
+# at the latest, before its last step; with 5 steps, a notice that process 0 sees one step late
+# after a SIGTERM before step 3 ends the run normally instead.
 TOTAL_STEPS = 6
 
 
